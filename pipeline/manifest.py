@@ -1,0 +1,328 @@
+"""Manifests: scan a raw dataset folder, pair each video with its skeleton and write the protocol splits.
+
+``python -m pipeline.manifest --dataset ntu60 --data-root DIR [--out CSV] [--validate] [--missing-list TXT]``
+
+The scan never stops on bad input: a file whose name does not parse is skipped and counted; a sample whose
+video or skeleton is missing, empty or (with ``--validate``) malformed stays in the manifest with a ``problem``
+saying why, so later stages skip it and record it in ``failures.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import ntu, nucla, smarthome
+from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
+from pipeline.datasets import DatasetSpec, get_dataset
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm")
+
+
+@dataclass
+class ScanReport:
+    """What a scan saw besides the samples: unparseable names, files outside the dataset, duplicates."""
+
+    unparsed: list[str] = field(default_factory=list)
+    outside_dataset: int = 0
+    duplicates: list[str] = field(default_factory=list)
+
+
+def protocol_columns(spec: DatasetSpec) -> list[str]:
+    return list(spec.protocols)
+
+
+def manifest_columns(spec: DatasetSpec) -> list[str]:
+    """Column order of a manifest of ``spec``: the contract columns, the protocols, ``problem``."""
+    extra = ["setup"] if spec.name.startswith("ntu") else []
+    return [*MANIFEST_COLUMNS, *extra, *protocol_columns(spec), PROBLEM_COLUMN]
+
+
+def _walk(root: Path):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def _rel(path: Path | None, root: Path) -> str:
+    return "" if path is None else path.relative_to(root).as_posix()
+
+
+def _file_problem(path: Path | None, what: str) -> str:
+    if path is None:
+        return f"{what} missing"
+    if path.is_file() and path.stat().st_size == 0:
+        return f"{what} is an empty file"
+    return ""
+
+
+def _row(spec: DatasetSpec, sample_id: str, video: Path | None, skeleton: Path | None, root: Path, *,
+         action: str, subject: int, view: int, splits: dict[str, str], problems: list[str], **extra) -> dict:
+    label = spec.classes.index(action) if action in spec.classes else -1
+    if label < 0:
+        problems.append(f"action {action!r} is not one of the {len(spec.classes)} {spec.name} classes")
+    problems.extend(p for p in (_file_problem(video, "video"), _file_problem(skeleton, "skeleton")) if p)
+    return {"sample_id": sample_id, "dataset": spec.name, "video_path": _rel(video, root),
+            "skeleton_path": _rel(skeleton, root), "label": label, "action": action, "subject": subject,
+            "view": view, **extra, **splits, PROBLEM_COLUMN: "; ".join(problems)}
+
+
+def _pair(found: dict[str, dict[str, Path]], key: str, kind: str, path: Path, report: ScanReport) -> None:
+    slot = found.setdefault(key, {})
+    if kind in slot:
+        report.duplicates.append(_duplicate_note(key, kind, slot[kind], path))
+        return
+    slot[kind] = path
+
+
+def _duplicate_note(key: str, kind: str, kept: Path, dropped: Path) -> str:
+    return f"{key}: second {kind} {dropped} ignored (kept {kept})"
+
+
+def _scan_ntu(spec: DatasetSpec, root: Path, report: ScanReport, missing: set[str]) -> list[dict]:
+    found: dict[str, dict[str, Path]] = {}
+    for path in _walk(root):
+        is_video = path.suffix.lower() in VIDEO_SUFFIXES
+        if not (is_video or path.suffix == ".skeleton"):
+            continue
+        try:
+            sid = ntu.parse_sample_id(path.name)
+        except ValueError:
+            report.unparsed.append(str(path.relative_to(root)))
+            continue
+        if not ntu.in_dataset(sid, spec.name):
+            report.outside_dataset += 1
+            continue
+        _pair(found, str(sid), "video" if is_video else "skeleton", path, report)
+    rows = []
+    for key in sorted(found):
+        sid = ntu.parse_sample_id(key)
+        problems = ["listed in the official missing-skeleton list"] if key in missing else []
+        rows.append(_row(spec, key, found[key].get("video"), found[key].get("skeleton"), root,
+                         action=spec.classes[sid.action - 1], subject=sid.subject, view=sid.camera,
+                         splits=ntu.ntu_splits(sid, spec.name), problems=problems, setup=sid.setup))
+    return rows
+
+
+def _scan_smarthome(spec: DatasetSpec, root: Path, report: ScanReport) -> list[dict]:
+    found: dict[str, dict[str, Path]] = {}
+    for path in _walk(root):
+        suffix = path.suffix.lower()
+        if suffix not in VIDEO_SUFFIXES and suffix != ".json":
+            continue
+        try:
+            clip = smarthome.parse_clip_name(path.name)
+        except ValueError:
+            report.unparsed.append(str(path.relative_to(root)))
+            continue
+        _pair(found, clip.sample_id, "video" if suffix in VIDEO_SUFFIXES else "skeleton", path, report)
+    rows = []
+    for key in sorted(found):
+        clip = smarthome.parse_clip_name(key)
+        rows.append(_row(spec, key, found[key].get("video"), found[key].get("skeleton"), root,
+                         action=clip.activity, subject=clip.subject, view=clip.camera,
+                         splits=smarthome.smarthome_splits(clip), problems=[]))
+    return rows
+
+
+def _scan_nucla(spec: DatasetSpec, root: Path, report: ScanReport) -> list[dict]:
+    found: dict[str, dict[str, Path]] = {}
+    raw_folders: set[Path] = set()
+    for path in _walk(root):
+        if path.suffix == ".json":
+            try:
+                sample = nucla.parse_sample_name(path.stem)
+            except ValueError:
+                report.unparsed.append(str(path.relative_to(root)))
+                continue
+            _pair(found, sample.sample_id, "skeleton", path, report)
+        elif path.name.endswith(("_rgb.jpg", "skeletons.txt")):
+            raw_folders.add(path.parent)
+    for folder in sorted(raw_folders):
+        view_dir = folder.parent.name
+        try:
+            view = int(view_dir.removeprefix("view_")) if view_dir.startswith("view_") else None
+            sample = nucla.parse_sample_name(folder.name, view=view)
+        except ValueError:
+            report.unparsed.append(str(folder.relative_to(root)))
+            continue
+        slot = found.setdefault(sample.sample_id, {})
+        if any(folder.glob("*_rgb.jpg")):
+            slot["video"] = folder
+        slot.setdefault("skeleton", folder)
+    rows = []
+    for key in sorted(found):
+        sample = nucla.parse_sample_name(key)
+        rows.append(_row(spec, key, found[key].get("video"), found[key].get("skeleton"), root,
+                         action=spec.classes[sample.label], subject=sample.subject, view=sample.view,
+                         splits=nucla.nucla_splits(sample), problems=[]))
+    return rows
+
+
+def validate_skeleton(dataset: str, path: Path) -> str:
+    """Fully parse one skeleton; return '' when usable, otherwise the problem."""
+    try:
+        if dataset.startswith("ntu"):
+            seq = ntu.read_skeleton(path)
+            ok = seq.num_frames > 0 and bool(seq.frames_with_bodies().any())
+        elif dataset == "smarthome":
+            ok = bool(np.isfinite(smarthome.read_lcrnet_json(path).pose2d).any())
+        elif path.is_dir():
+            ok = bool(np.isfinite(nucla.read_raw_sample(path)[0]).any())
+        else:
+            ok = bool(len(nucla.read_sqe_json(path)))
+    except (ValueError, OSError) as err:
+        return f"malformed skeleton: {err}"
+    return "" if ok else "skeleton has no body in any frame"
+
+
+def _validate(df: pd.DataFrame, root: Path, workers: int) -> None:
+    todo = df.index[(df[PROBLEM_COLUMN] == "") & (df["skeleton_path"] != "")]
+    paths = [root / p for p in df.loc[todo, "skeleton_path"]]
+    dataset = df["dataset"].iloc[0]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        problems = list(pool.map(validate_skeleton, [dataset] * len(paths), paths, chunksize=32))
+    df.loc[todo, PROBLEM_COLUMN] = problems
+
+
+def scan(dataset: str, data_root: str | Path, *, validate: bool = False, missing_list: str | Path | None = None,
+         workers: int = 2) -> tuple[pd.DataFrame, ScanReport]:
+    """Scan ``data_root`` recursively and build the manifest of ``dataset``.
+
+    Args:
+        dataset: ``ntu60``, ``ntu120``, ``smarthome`` or ``nucla``.
+        data_root: the user's dataset folder; manifest paths are relative to it.
+        validate: fully parse every skeleton (slower) and mark malformed or body-less ones.
+        missing_list: an official NTU missing-skeleton list; listed samples get a ``problem``.
+        workers: processes used by ``validate``.
+
+    Raises:
+        FileNotFoundError: when ``data_root`` is not a folder.
+    """
+    spec = get_dataset(dataset)
+    root = Path(data_root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"DATA_ROOT {data_root} is not a folder")
+    report = ScanReport()
+    if dataset.startswith("ntu"):
+        missing = ntu.read_missing_list(missing_list) if missing_list else set()
+        rows = _scan_ntu(spec, root, report, missing)
+    elif dataset == "smarthome":
+        rows = _scan_smarthome(spec, root, report)
+    else:
+        rows = _scan_nucla(spec, root, report)
+    df = pd.DataFrame(rows, columns=manifest_columns(spec))
+    df["label"] = df["label"].astype("int64")
+    if validate and len(df):
+        _validate(df, root, workers)
+    for note in report.duplicates:
+        log.warning("duplicate: %s", note)
+    return df, report
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a manifest CSV atomically (tmp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and check a manifest against the contract.
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: missing columns or bad protocol values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist (run `make manifest` first)")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in (*MANIFEST_COLUMNS, PROBLEM_COLUMN) if c not in df.columns]
+    if missing:
+        raise ValueError(f"manifest {path} lacks columns {missing}")
+    if df.empty:
+        return df
+    spec = get_dataset(df["dataset"].iloc[0])
+    for protocol in protocol_columns(spec):
+        if protocol not in df.columns:
+            raise ValueError(f"manifest {path} lacks protocol column {protocol!r}")
+        bad = set(df[protocol]) - set(PROTOCOL_VALUES)
+        if bad:
+            raise ValueError(f"manifest {path}: column {protocol!r} holds {sorted(bad)}, expected train/val/test/empty")
+    df["label"] = df["label"].astype("int64")
+    return df
+
+
+def summarize(df: pd.DataFrame, report: ScanReport | None = None) -> str:
+    """A human-readable summary: samples per split per protocol, per class, problems, skipped names."""
+    if df.empty:
+        return "manifest is empty: no samples found"
+    spec = get_dataset(df["dataset"].iloc[0])
+    ok = df[df[PROBLEM_COLUMN] == ""]
+    lines = [f"{spec.name}: {len(df)} samples, {len(ok)} usable, {len(df) - len(ok)} with a problem"]
+    for protocol in protocol_columns(spec):
+        counts = Counter(ok[protocol])
+        parts = ", ".join(f"{s} {counts.get(s, 0)}" for s in ("train", "val", "test") if counts.get(s, 0) or s != "val")
+        lines.append(f"  {protocol}: {parts}" + (f", not in protocol {counts['']}" if counts.get("") else ""))
+    per_class = ok.groupby("action").size()
+    if len(per_class):
+        lines.append(f"  classes present: {len(per_class)}/{len(spec.classes)}; samples per class min "
+                     f"{per_class.min()} / median {int(per_class.median())} / max {per_class.max()}")
+    else:
+        lines.append("  no usable sample")
+    absent = [c for c in spec.classes if c not in per_class.index]
+    if absent and len(absent) <= 10:
+        lines.append(f"  classes absent: {', '.join(absent)}")
+    problems = Counter(p.split(":")[0] for p in df[PROBLEM_COLUMN] if p)
+    for problem, n in problems.most_common():
+        lines.append(f"  problem: {problem}: {n}")
+    if report is not None:
+        if report.unparsed:
+            lines.append(f"  skipped {len(report.unparsed)} files whose names do not parse "
+                         f"(e.g. {report.unparsed[0]})")
+        if report.outside_dataset:
+            lines.append(f"  skipped {report.outside_dataset} files outside {spec.name} (setup/action range)")
+        if report.duplicates:
+            lines.append(f"  ignored {len(report.duplicates)} duplicate files")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="ntu60 | ntu120 | smarthome | nucla")
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--out", help="manifest CSV (default manifests/<dataset>.csv)")
+    parser.add_argument("--validate", action="store_true", help="fully parse every skeleton")
+    parser.add_argument("--missing-list", help="official NTU missing-skeleton list to mark")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        df, report = scan(args.dataset, args.data_root, validate=args.validate, missing_list=args.missing_list,
+                          workers=args.workers)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"manifests/{args.dataset}.csv")
+    write_manifest(df, out)
+    print(summarize(df, report))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

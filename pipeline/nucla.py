@@ -1,0 +1,174 @@
+"""Northwestern-UCLA Multiview Action3D: sample names, raw per-frame skeleton text, all_sqe JSON, protocol.
+
+Two skeleton sources are read:
+
+* the raw release: ``multiview_action/view_V/aXX_sYY_eZZ/`` folders holding per-frame ``frame_<N>_..._rgb.jpg``
+  images and ``frame_<N>_..._skeletons.txt`` files. Each text file is a header line, then groups of 20 lines
+  ``x,y,z,trackingState`` (Kinect v1 camera space, metres), one group per tracked skeleton;
+* the widely used per-sample JSON (``all_sqe``): ``{"file_name": "aXX_sYY_eZZ_vVV", "skeletons": [T][20][3],
+  "label": 1..10}`` (label is 1-based over the 10 classes, *not* ``int(aXX) - 1``).
+
+Sample ids are ``aXX_sYY_eZZ_vVV`` (action, subject, episode, view). Labels index
+``datasets.NUCLA_ACTION_IDS`` = a01..a06, a08, a09, a11, a12.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.datasets import NUCLA_ACTION_IDS
+from pipeline.ntu import SkeletonFormatError
+
+NUM_JOINTS = 20
+FRAME_SIZE = (640, 480)
+SAMPLE_RE = re.compile(r"a(\d{2})_s(\d{2})_e(\d{2})(?:_[vc](\d{2}))?")
+FRAME_INDEX_RE = re.compile(r"^frame_(\d+)_")
+V3_12_TRAIN_VIEWS = frozenset((1, 2))
+V3_12_TEST_VIEWS = frozenset((3,))
+
+# Approximate Kinect v1 colour-camera pinhole model for 640x480 images (focal length in pixels, principal point).
+# The release ships no calibration; this is only used to place a generously padded person box.
+KINECT_V1_FOCAL = 525.0
+KINECT_V1_CENTRE = (319.5, 239.5)
+
+
+@dataclass(frozen=True)
+class NuclaSample:
+    """Fields of ``aXX_sYY_eZZ_vVV``."""
+
+    action: int
+    subject: int
+    episode: int
+    view: int
+
+    @property
+    def sample_id(self) -> str:
+        return f"a{self.action:02d}_s{self.subject:02d}_e{self.episode:02d}_v{self.view:02d}"
+
+    @property
+    def label(self) -> int:
+        """0-based label in the 10-class list (a07 and a10 do not exist)."""
+        return NUCLA_ACTION_IDS.index(self.action)
+
+
+def parse_sample_name(name: str, view: int | None = None) -> NuclaSample:
+    """Parse ``a01_s01_e00_v01`` (JSON stem) or ``a01_s01_e00`` plus the view of its ``view_V`` folder.
+
+    Raises:
+        ValueError: unparseable name, missing view, or an action id outside the 10 classes.
+    """
+    match = SAMPLE_RE.fullmatch(Path(name).name.removesuffix(".json"))
+    if match is None:
+        raise ValueError(f"{name!r} is not an N-UCLA sample name aXX_sYY_eZZ[_vVV]")
+    action, subject, episode = (int(g) for g in match.groups()[:3])
+    view = int(match.group(4)) if match.group(4) else view
+    if view is None:
+        raise ValueError(f"{name!r}: no view in the name and none given")
+    if action not in NUCLA_ACTION_IDS:
+        raise ValueError(f"{name!r}: action a{action:02d} is not one of the 10 N-UCLA actions")
+    return NuclaSample(action, subject, episode, view)
+
+
+def nucla_splits(sample: NuclaSample) -> dict[str, str]:
+    """Protocol ``v3_12``: train on views 1 and 2, test on view 3."""
+    if sample.view in V3_12_TRAIN_VIEWS:
+        return {"v3_12": "train"}
+    return {"v3_12": "test" if sample.view in V3_12_TEST_VIEWS else ""}
+
+
+def frame_number(path: str | Path) -> int:
+    """The ``N`` of ``frame_N_...``; raises ValueError for other names."""
+    match = FRAME_INDEX_RE.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path}: not a frame_<N>_... file name")
+    return int(match.group(1))
+
+
+def read_sqe_json(path: str | Path) -> np.ndarray:
+    """Read an all_sqe JSON: returns joints (T, 1, 20, 3) float32 (one body).
+
+    Raises:
+        SkeletonFormatError: invalid JSON, missing ``skeletons``, wrong shape, empty or non-finite values.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        skeletons = np.asarray(data["skeletons"], dtype=np.float32)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise SkeletonFormatError(f"{path}: not an N-UCLA skeleton JSON with a [T][20][3] 'skeletons' ({err})") from None
+    if skeletons.ndim != 3 or skeletons.shape[1:] != (NUM_JOINTS, 3):
+        raise SkeletonFormatError(f"{path}: skeletons have shape {skeletons.shape}, expected (T, {NUM_JOINTS}, 3)")
+    if len(skeletons) == 0:
+        raise SkeletonFormatError(f"{path}: no frames")
+    if not np.isfinite(skeletons).all():
+        frame = int(np.flatnonzero(~np.isfinite(skeletons).reshape(len(skeletons), -1).all(axis=1))[0])
+        raise SkeletonFormatError(f"{path}: frame {frame}: non-finite (NaN/inf) coordinate")
+    return skeletons[:, None]
+
+
+def read_frame_skeletons(path: str | Path, max_bodies: int = 2) -> np.ndarray:
+    """Read one raw per-frame ``*_skeletons.txt``: returns (max_bodies, 20, 3) float32, NaN for absent bodies.
+
+    Raises:
+        SkeletonFormatError: a body group that is not 20 lines of ``x,y,z,state``; names the file and line.
+    """
+    path = Path(path)
+    lines = [line.strip() for line in path.read_text(encoding="ascii", errors="replace").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    out = np.full((max_bodies, NUM_JOINTS, 3), np.nan, dtype=np.float32)
+    if not lines:
+        return out
+    body_lines = lines[1:]
+    if len(body_lines) % NUM_JOINTS:
+        raise SkeletonFormatError(f"{path}: line {len(lines)}: {len(body_lines)} joint lines is not a multiple of "
+                                  f"{NUM_JOINTS} (truncated or wrong joint count)")
+    for b in range(min(max_bodies, len(body_lines) // NUM_JOINTS)):
+        for j in range(NUM_JOINTS):
+            lineno = 2 + b * NUM_JOINTS + j
+            fields = body_lines[b * NUM_JOINTS + j].split(",")
+            try:
+                values = [float(v) for v in fields[:3]]
+            except ValueError:
+                raise SkeletonFormatError(f"{path}: line {lineno}: non-numeric joint {fields[:3]}") from None
+            if len(fields) < 3 or not np.isfinite(values).all():
+                raise SkeletonFormatError(f"{path}: line {lineno}: expected finite x,y,z,state")
+            out[b, j] = values
+    return out
+
+
+def read_raw_sample(folder: str | Path, max_bodies: int = 2) -> tuple[np.ndarray, list[Path]]:
+    """Read a raw sample folder: joints (T, M, 20, 3) and the sorted RGB frame paths.
+
+    Frames are ordered by their ``frame_<N>`` number; a frame whose skeleton file is missing has NaN joints.
+    """
+    folder = Path(folder)
+    rgb = sorted(folder.glob("*_rgb.jpg"), key=frame_number)
+    skeleton_files = {frame_number(p): p for p in folder.glob("*skeletons.txt")}
+    numbers = [frame_number(p) for p in rgb] or sorted(skeleton_files)
+    joints = np.full((len(numbers), max_bodies, NUM_JOINTS, 3), np.nan, dtype=np.float32)
+    for t, n in enumerate(numbers):
+        if n in skeleton_files:
+            joints[t] = read_frame_skeletons(skeleton_files[n], max_bodies)
+    return joints, rgb
+
+
+def project_kinect_v1(joints: np.ndarray) -> np.ndarray:
+    """Project Kinect v1 camera-space joints (..., 3) in metres to approximate 640x480 pixels (..., 2).
+
+    Uses a pinhole model with ``KINECT_V1_FOCAL``; y is flipped (Kinect y points up, image y down). Points with
+    z <= 0 become NaN. The result is approximate (no calibration ships with the data), so crops built from it use
+    extra padding.
+    """
+    x, y, z = joints[..., 0], joints[..., 1], joints[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = KINECT_V1_CENTRE[0] + KINECT_V1_FOCAL * x / z
+        v = KINECT_V1_CENTRE[1] - KINECT_V1_FOCAL * y / z
+    out = np.stack([u, v], axis=-1).astype(np.float32)
+    out[~(z > 0)] = np.nan
+    return out

@@ -1,0 +1,152 @@
+"""Toyota Smarthome (trimmed): clip names, LCR-Net skeleton JSON and the CS / CV1 / CV2 protocols.
+
+Clips are ``<Activity>_pPP_rRR_vVV_cCC.mp4`` (640x480); the skeleton of a clip is the JSON of the same stem,
+``{"K": .., "njts": 13, "frames": [[{"pose2d": [26], "pose3d": [39], "cumscore": s}, ...], ...]}`` with one
+list of detections per video frame (possibly empty). Coordinates are planar: joint j of ``pose2d`` is
+``(pose2d[j], pose2d[j + 13])`` and of ``pose3d`` is ``(pose3d[j], pose3d[j + 13], pose3d[j + 26])``.
+
+Trap (DATASETS.md 1.1): the official split lists hold 14 clips of ``Pour.Fromcup``, which is not one of the
+31 classes. The manifest keeps such clips with a ``problem`` instead of mislabelling them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.datasets import SMARTHOME_CLASSES, SMARTHOME_CV_CLASSES
+from pipeline.ntu import SkeletonFormatError
+
+NUM_JOINTS = 13
+FRAME_SIZE = (640, 480)
+CLIP_NAME_RE = re.compile(r"^(?P<activity>.+)_p(?P<subject>\d+)_r(?P<rep>\d+)_v(?P<take>\d+)_c(?P<camera>\d+)$")
+
+CS_TRAIN_SUBJECTS = frozenset((3, 4, 6, 7, 9, 12, 13, 15, 17))
+CS_VAL_SUBJECTS = frozenset((19, 25))
+CS_TEST_SUBJECTS = frozenset((2, 10, 11, 14, 16, 18, 20))
+CV1_CAMERAS = {"train": frozenset((1,)), "val": frozenset((5,)), "test": frozenset((2,))}
+CV2_CAMERAS = {"train": frozenset((1, 3, 4, 6, 7)), "val": frozenset((5,)), "test": frozenset((2,))}
+
+
+@dataclass(frozen=True)
+class SmarthomeClip:
+    """Fields of a clip name."""
+
+    activity: str
+    subject: int
+    repetition: int
+    take: int
+    camera: int
+
+    @property
+    def sample_id(self) -> str:
+        return f"{self.activity}_p{self.subject:02d}_r{self.repetition:02d}_v{self.take:02d}_c{self.camera:02d}"
+
+
+def parse_clip_name(name: str) -> SmarthomeClip:
+    """Parse ``Cook.Cleandishes_p02_r00_v02_c03(.mp4|.json)``.
+
+    Raises:
+        ValueError: when the name does not follow the pattern.
+    """
+    stem = Path(name).name
+    for suffix in (".mp4", ".json", "_pose3d", "_LCRNet2d"):
+        stem = stem.removesuffix(suffix)
+    match = CLIP_NAME_RE.match(stem)
+    if match is None:
+        raise ValueError(f"{name!r} is not a Smarthome clip name <Activity>_pPP_rRR_vVV_cCC")
+    return SmarthomeClip(match["activity"], int(match["subject"]), int(match["rep"]), int(match["take"]),
+                         int(match["camera"]))
+
+
+def smarthome_splits(clip: SmarthomeClip) -> dict[str, str]:
+    """Protocol membership: ``cs`` by subject, ``cv1``/``cv2`` by camera and only over the 19 CV classes."""
+    splits = {"cs": "", "cv1": "", "cv2": ""}
+    if clip.activity in SMARTHOME_CLASSES:
+        if clip.subject in CS_TRAIN_SUBJECTS:
+            splits["cs"] = "train"
+        elif clip.subject in CS_VAL_SUBJECTS:
+            splits["cs"] = "val"
+        elif clip.subject in CS_TEST_SUBJECTS:
+            splits["cs"] = "test"
+    if clip.activity in SMARTHOME_CV_CLASSES:
+        for protocol, cameras in (("cv1", CV1_CAMERAS), ("cv2", CV2_CAMERAS)):
+            for split, members in cameras.items():
+                if clip.camera in members:
+                    splits[protocol] = split
+    return splits
+
+
+@dataclass(frozen=True)
+class LcrSkeleton:
+    """An LCR-Net skeleton file as arrays, at most ``max_bodies`` detections per frame.
+
+    Attributes:
+        num_frames: frames in the file.
+        pose2d: (T, M, 13, 2) float32 image pixels, NaN where no detection.
+        pose3d: (T, M, 13, 3) float32 world coordinates, NaN where no detection.
+        score: (T, M) float32 LCR-Net ``cumscore`` (NaN where absent; 1 when the file has none).
+    """
+
+    num_frames: int
+    pose2d: np.ndarray
+    pose3d: np.ndarray
+    score: np.ndarray
+
+
+def read_lcrnet_json(path: str | Path, max_bodies: int = 2) -> LcrSkeleton:
+    """Read a Smarthome LCR-Net JSON, keeping the best ``max_bodies`` detections of each frame.
+
+    Detections are ranked by ``cumscore`` per frame; the slots are then kept stable over time by assigning each
+    frame's detections to the slot whose last 2D centre is nearest (greedy), so a person keeps one slot.
+
+    Raises:
+        SkeletonFormatError: unreadable JSON, missing keys, wrong joint count, wrong vector lengths or non-finite
+            values; the message names the file and the frame.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SkeletonFormatError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or "frames" not in data:
+        raise SkeletonFormatError(f"{path}: missing key 'frames' (expected LCR-Net keys K, njts, frames)")
+    njts = data.get("njts", NUM_JOINTS)
+    if njts != NUM_JOINTS:
+        raise SkeletonFormatError(f"{path}: njts = {njts}, expected {NUM_JOINTS}")
+    frames = data["frames"]
+    num_frames = len(frames)
+    pose2d = np.full((num_frames, max_bodies, NUM_JOINTS, 2), np.nan, dtype=np.float32)
+    pose3d = np.full((num_frames, max_bodies, NUM_JOINTS, 3), np.nan, dtype=np.float32)
+    score = np.full((num_frames, max_bodies), np.nan, dtype=np.float32)
+    last_centre = [None] * max_bodies
+    for t, detections in enumerate(frames):
+        if not isinstance(detections, list):
+            raise SkeletonFormatError(f"{path}: frame {t}: expected a list of detections")
+        parsed = []
+        for k, det in enumerate(detections):
+            try:
+                p2 = np.asarray(det["pose2d"], dtype=np.float64)
+                p3 = np.asarray(det["pose3d"], dtype=np.float64)
+            except (KeyError, TypeError, ValueError):
+                raise SkeletonFormatError(f"{path}: frame {t}, detection {k}: needs numeric pose2d and pose3d") from None
+            if p2.shape != (2 * NUM_JOINTS,) or p3.shape != (3 * NUM_JOINTS,):
+                raise SkeletonFormatError(f"{path}: frame {t}, detection {k}: pose2d has {p2.size} values, pose3d "
+                                          f"{p3.size}; expected {2 * NUM_JOINTS} and {3 * NUM_JOINTS}")
+            if not (np.isfinite(p2).all() and np.isfinite(p3).all()):
+                raise SkeletonFormatError(f"{path}: frame {t}, detection {k}: non-finite (NaN/inf) coordinate")
+            parsed.append((float(det.get("cumscore", 1.0)), p2.reshape(2, NUM_JOINTS).T, p3.reshape(3, NUM_JOINTS).T))
+        parsed.sort(key=lambda d: -d[0])
+        free = list(range(max_bodies))
+        for det_score, p2, p3 in parsed[:max_bodies]:
+            centre = p2.mean(axis=0)
+            known = [s for s in free if last_centre[s] is not None]
+            slot = min(known, key=lambda s: np.linalg.norm(last_centre[s] - centre)) if known else free[0]
+            free.remove(slot)
+            pose2d[t, slot], pose3d[t, slot], score[t, slot] = p2, p3, det_score
+            last_centre[slot] = centre
+    return LcrSkeleton(num_frames, pose2d, pose3d, score)
