@@ -63,12 +63,13 @@ manifest: setup  ## DATASET=ntu60|ntu120|smarthome|nucla DATA_ROOT=dir [MANIFEST
 	$(PY) -m pipeline.manifest --dataset $(DATASET) --data-root $(DATA_ROOT) --out $(MANIFEST) $(if $(VALIDATE),--validate,) $(call opt,MISSING_LIST,--missing-list)
 
 cache: setup  ## build (or resume) the HDF5 caches of MANIFEST under CACHE_DIR
-	$(PY) -m tasks.cache --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights)
+	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights)
 
 resume: setup  ## print done/remaining shards of a cache run, then continue it
-	$(PY) -m tasks.cache --resume --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights)
+	$(PY) -m tasks.cache --resume $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights)
 
 luigid: setup  ## start Luigi's central scheduler (PORT=8082)
+	mkdir -p $(CACHE_DIR)/luigid
 	$(VENV)/bin/luigid --port $(or $(PORT),8082) --logdir $(CACHE_DIR)/luigid --state-path $(CACHE_DIR)/luigid/state.pickle
 
 train-head: setup  ## DATASET= PROTOCOL= [VARIANT=vpn] [EPOCHS=30] [RUN=name] [CACHE=dir]

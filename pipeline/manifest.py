@@ -10,6 +10,7 @@ saying why, so later stages skip it and record it in ``failures.csv``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -232,13 +233,32 @@ def scan(dataset: str, data_root: str | Path, *, validate: bool = False, missing
     return df, report
 
 
-def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a manifest CSV atomically (tmp file + rename)."""
+def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path | None = None) -> None:
+    """Write a manifest CSV atomically (tmp file + rename).
+
+    With ``data_root``, a side file ``<name>.json`` records the absolute folder the CSV's paths are relative to,
+    so later stages need no ``DATA_ROOT``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
+    if data_root is not None:
+        side = {"data_root": str(Path(data_root).resolve()), "rows": len(df)}
+        path.with_suffix(".json").write_text(json.dumps(side, indent=2) + "\n")
+
+
+def read_manifest_root(path: str | Path) -> Path:
+    """The DATA_ROOT recorded beside a manifest by ``write_manifest``.
+
+    Raises:
+        FileNotFoundError: no side file (pass DATA_ROOT= explicitly).
+    """
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        raise FileNotFoundError(f"{side} does not exist: pass DATA_ROOT= (the folder {path}'s paths are relative to)")
+    return Path(json.loads(side.read_text())["data_root"])
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -318,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out or f"manifests/{args.dataset}.csv")
-    write_manifest(df, out)
+    write_manifest(df, out, data_root=args.data_root)
     print(summarize(df, report))
     print(f"wrote {out}")
     return 0

@@ -1,0 +1,266 @@
+"""One shard of the cache: decode + crop + poses in DataLoader workers, I3D Mixed_5c in the main process.
+
+Per sample (``prepare_sample``, runs in a worker):
+
+1. ``decode``: sample ``clips_per_video`` x 64 frame indices over the video (``video.read_sampled_clips``, with
+   the backend fallback; a wrong frame count in the metadata is re-sampled over the frames that decode);
+2. ``skeleton``: read the skeleton (``poses.load_skeleton``) and map the sampled video frames to skeleton frames
+   (``poses.align_frames``, proportional when the two frame counts differ);
+3. ``crop``: one square box per clip around the (<= 2) bodies' joints over the clip's frames
+   (``crop.clip_box``); frames without a body use the clip's box; a clip none of whose frames has a body uses the
+   box over the whole skeleton; crop and resize to 224x224, RGB in [-1, 1];
+4. ``poses``: ``poses.clip_poses`` subsamples ``t_p`` poses from the clip's frames.
+
+A sample that fails any stage becomes a ``(sample_id, stage, reason)`` failure row and the shard goes on.
+Decoded crops are never written between stages: a 64-frame float32 clip is 38.5 MB, so decoding overlaps the
+I3D forward pass through DataLoader workers instead (see the README's performance notes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline import cache, crop, poses, video
+from pipeline.config import CacheConfig
+from pipeline.contracts import FEATURE_SHAPE, PROBLEM_COLUMN
+from pipeline.datasets import DatasetSpec, get_dataset
+from pipeline.i3d import extract_features, load_i3d
+from pipeline.ntu import SkeletonFormatError
+
+log = logging.getLogger(__name__)
+
+
+class PixelFeatures(torch.nn.Module):
+    """A fast stand-in for I3D with the same output shape, for smoke tests and plumbing checks (``extractor=pixels``).
+
+    Mixed_5c-shaped features from the crop itself: adaptive average pooling of the clip to (8, 7, 7) followed by a
+    fixed random 1x1x1 projection 3 -> 1024 and a ReLU. No learning, deterministic (seed 0). It keeps where things
+    are in the crop, so a head can still learn spatial cues from it, but it is no video model.
+    """
+
+    def __init__(self, channels: int = FEATURE_SHAPE[0]):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("projection", torch.randn(channels, 3, generator=generator))
+        self.eval()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.nn.functional.adaptive_avg_pool3d(x, FEATURE_SHAPE[1:])  # (N, 3, 8, 7, 7)
+        return torch.relu(torch.einsum("ck,nkthw->ncthw", self.projection, pooled))  # (N, 1024, 8, 7, 7)
+
+
+def make_extractor(name: str, weights: str | None, device: str) -> torch.nn.Module:
+    """The feature extractor of a cache config: ``i3d`` (the paper's) or ``pixels`` (smoke tests)."""
+    if name == "i3d":
+        return load_i3d(weights or None, device=device)
+    if name == "pixels":
+        return PixelFeatures().to(device)
+    raise ValueError(f"unknown feature extractor {name!r}; choose i3d or pixels")
+
+
+@dataclass
+class PreparedSample:
+    """A sample ready for I3D: K clips with their frame indices, boxes and poses."""
+
+    sample_id: str
+    label: int
+    action: str
+    splits: dict[str, str]
+    clips: torch.Tensor  # (K, 3, 64, 224, 224) float32 in [-1, 1]
+    frame_indices: np.ndarray  # (K, 64)
+    boxes: np.ndarray  # (K, 4)
+    poses: np.ndarray  # (K, 2, 3, J, t_p)
+    backend: str
+
+
+@dataclass
+class SampleFailure:
+    sample_id: str
+    stage: str
+    reason: str
+
+
+class SampleError(Exception):
+    """A sample that cannot be cached, with the stage that failed."""
+
+    def __init__(self, stage: str, reason: str):
+        self.stage = stage
+        self.reason = reason
+        super().__init__(f"{stage}: {reason}")
+
+
+def _video_backends(spec: DatasetSpec, config: CacheConfig, video_path: Path) -> tuple[str, ...]:
+    if video_path.is_dir():
+        return ("frames",)
+    return (config.backend, *(b for b in config.fallback if b != config.backend))
+
+
+def _clip_box(joints2d: np.ndarray, skeleton_frames: np.ndarray, size: tuple[int, int], pad: float) -> np.ndarray:
+    """Box of one clip: its frames' joints, else the whole skeleton's; (4,) float32."""
+    clip_joints = joints2d[skeleton_frames]  # (64, 2, J, 2)
+    if not np.isfinite(clip_joints).all(-1).any():
+        clip_joints = joints2d
+    return crop.clip_box(clip_joints, size[0], size[1], pad=pad)
+
+
+def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, config: CacheConfig) -> PreparedSample:
+    """Decode, crop and pose one manifest row.
+
+    Raises:
+        SampleError: with the stage (``manifest``, ``decode``, ``skeleton``, ``crop``) and the reason.
+    """
+    if row.get(PROBLEM_COLUMN):
+        raise SampleError("manifest", row[PROBLEM_COLUMN])
+    video_path = data_root / row["video_path"]
+    try:
+        sampled = video.read_sampled_clips(video_path, clip_len=config.clip_len,
+                                           clips_per_video=config.clips_per_video,
+                                           backends=_video_backends(spec, config, video_path))
+    except video.DecodeError as err:
+        raise SampleError("decode", str(err)) from None
+    height, width = sampled.frames.shape[2:4]
+    try:
+        skeleton = poses.load_skeleton(spec, data_root / row["skeleton_path"], (width, height))
+    except (SkeletonFormatError, OSError) as err:
+        raise SampleError("skeleton", str(err)) from None
+    if skeleton.num_frames == 0 or not np.isfinite(skeleton.joints3d).any():
+        raise SampleError("skeleton", "no body in any frame")
+    k = config.clips_per_video
+    clips = torch.empty((k, 3, config.clip_len, config.crop_size, config.crop_size), dtype=torch.float32)
+    boxes = np.empty((k, 4), dtype=np.float32)
+    pose_out = np.empty((k, 2, 3, spec.num_joints, config.t_p), dtype=np.float32)
+    for c in range(k):
+        skel_frames = poses.align_frames(sampled.indices[c], sampled.num_frames, skeleton.num_frames)
+        boxes[c] = _clip_box(skeleton.joints2d, skel_frames, (width, height), config.crop_pad)
+        try:
+            clips[c] = torch.from_numpy(crop.crop_and_resize(sampled.frames[c], boxes[c], config.crop_size))
+        except (ValueError, RuntimeError) as err:
+            raise SampleError("crop", str(err)) from None
+        pose_out[c] = poses.clip_poses(skeleton.joints3d[skel_frames], config.t_p, spec.centre_joint)
+    splits = {p: row.get(p, "") for p in spec.protocols}
+    return PreparedSample(row["sample_id"], int(row["label"]), row["action"], splits, clips,
+                          sampled.indices.astype(np.int32), boxes, pose_out, sampled.backend)
+
+
+class PreparedSamples(Dataset):
+    """Manifest rows -> ``PreparedSample`` or ``SampleFailure`` (never raises), for a DataLoader's workers."""
+
+    def __init__(self, rows: Sequence[Mapping[str, str]], data_root: Path, config: CacheConfig):
+        self.rows = list(rows)
+        self.data_root = Path(data_root)
+        self.config = config
+        self.spec = get_dataset(config.dataset)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> PreparedSample | SampleFailure:
+        row = self.rows[i]
+        try:
+            return prepare_sample(row, self.data_root, self.spec, self.config)
+        except SampleError as err:
+            return SampleFailure(row["sample_id"], err.stage, err.reason)
+        except Exception as err:  # a bug or an unforeseen input must not kill the shard: record it
+            log.exception("unexpected error on %s", row["sample_id"])
+            return SampleFailure(row["sample_id"], "unexpected", f"{type(err).__name__}: {err}")
+
+
+def _keep(item):
+    return item
+
+
+@dataclass
+class ShardStats:
+    """What one shard did, for the run log."""
+
+    samples: int = 0
+    clips: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    i3d_seconds: float = 0.0
+    backends: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.clips / self.seconds if self.seconds else 0.0
+
+
+def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, config: CacheConfig,
+                  model: torch.nn.Module, out_path: str | Path, *, attrs: Mapping[str, str], workers: int = 1,
+                  batch_size: int = 4, device: str = "cpu", progress: bool = True) -> ShardStats:
+    """Cache one shard of manifest rows into ``out_path`` (written in place: pass a temporary path).
+
+    Args:
+        rows: the shard's manifest rows (dicts of strings).
+        data_root: folder the manifest's paths are relative to.
+        config: the cache config.
+        model: I3D in eval mode.
+        out_path: the shard file to write.
+        attrs: provenance attrs (``cache.make_attrs``).
+        workers: DataLoader worker processes decoding and cropping (0 = in the main process).
+        batch_size: clips per I3D forward pass.
+        device: where I3D runs.
+        progress: show a tqdm bar.
+    """
+    from tqdm import tqdm
+
+    spec = get_dataset(config.dataset)
+    loader = DataLoader(PreparedSamples(rows, Path(data_root), config), batch_size=None, shuffle=False,
+                        num_workers=workers, collate_fn=_keep, prefetch_factor=2 if workers else None,
+                        persistent_workers=False)
+    stats = ShardStats()
+    start = time.perf_counter()
+    pending: list[tuple[PreparedSample, int]] = []
+    failed: set[str] = set()
+    amp = config.precision == "bf16"
+
+    def flush(writer: cache.ShardWriter) -> None:
+        if not pending:
+            return
+        batch = torch.stack([sample.clips[c] for sample, c in pending])  # (B, 3, 64, 224, 224)
+        t0 = time.perf_counter()
+        feats = extract_features(model, batch, batch_size=len(batch), device=device, amp_bf16=amp)
+        stats.i3d_seconds += time.perf_counter() - t0
+        for (sample, c), feat in zip(pending, feats):
+            if sample.sample_id in failed:
+                continue
+            try:
+                writer.append(features=feat, poses=sample.poses[c], sample_id=sample.sample_id,
+                              label=sample.label, action=sample.action, clip_index=c,
+                              frame_indices=sample.frame_indices[c], box=sample.boxes[c], splits=sample.splits)
+                stats.clips += 1
+            except ValueError as err:  # e.g. features that overflow float16
+                failed.add(sample.sample_id)
+                writer.add_failure(sample.sample_id, "features", str(err))
+                stats.failures += 1
+        pending.clear()
+
+    n_rows_max = len(rows) * config.clips_per_video
+    with cache.ShardWriter(out_path, n_rows_max=n_rows_max, num_joints=spec.num_joints, t_p=config.t_p,
+                           attrs=attrs, protocols=tuple(spec.protocols), compression=config.compression) as writer:
+        bar = tqdm(loader, total=len(rows), desc=Path(out_path).name.split("-luigi")[0], unit="video",
+                   disable=not progress, leave=False)
+        for item in bar:
+            stats.samples += 1
+            if isinstance(item, SampleFailure):
+                writer.add_failure(item.sample_id, item.stage, item.reason)
+                stats.failures += 1
+                log.warning("skipped %s at %s: %s", item.sample_id, item.stage, item.reason)
+                continue
+            stats.backends[item.backend] = stats.backends.get(item.backend, 0) + 1
+            for c in range(len(item.clips)):
+                pending.append((item, c))
+                if len(pending) >= batch_size:
+                    flush(writer)
+            bar.set_postfix(failed=stats.failures)
+        flush(writer)
+    stats.seconds = time.perf_counter() - start
+    return stats

@@ -1,0 +1,248 @@
+"""Luigi tasks that build a cache: one ``CacheShard`` per N videos behind one ``BuildCache`` wrapper.
+
+``python -m tasks.cache --dataset ntu60 --manifest manifests/ntu60.csv --cache-dir cache [--protocol cs]
+[--shard-size 200] [--workers 1] [--decode-workers 1] [--scheduler host:port] [--i3d-weights W] [--resume]``
+
+* The task parameters that change the output are the ``CacheConfig`` (as JSON) and the cache root; the config's
+  hash names the folder ``<cache-dir>/<dataset>/<hash>/``. Worker counts, batch size and device do not change
+  the output and are insignificant parameters.
+* Every shard is written through ``temporary_path()`` (atomic rename): a crash or ``kill -9`` leaves no partial
+  file under a final name, and re-running the same command redoes only the shards that are missing.
+* With ``--scheduler host:port`` the tasks go to a central ``luigid``: several machines sharing the cache folder
+  each take different shards and none is done twice. Tasks on a GPU declare ``resources={"gpu": 1}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import luigi
+import torch
+
+from pipeline import cache, extract
+from pipeline.config import CacheConfig, file_sha256
+from pipeline.datasets import get_dataset
+from pipeline.manifest import read_manifest, read_manifest_root
+
+log = logging.getLogger("tasks.cache")
+
+RUN_LOG = "run_log.jsonl"
+CONFIG_NAME = "config.json"
+LATEST = "LATEST"
+
+
+@lru_cache(maxsize=4)
+def _manifest_rows(manifest: str, protocol: str) -> tuple[dict, ...]:
+    """The manifest rows a cache covers (all, or those in ``protocol``'s splits), in manifest order."""
+    df = read_manifest(manifest)
+    if protocol:
+        df = df[df[protocol] != ""]
+    return tuple(df.to_dict("records"))
+
+
+@lru_cache(maxsize=2)
+def _model(extractor: str, weights: str, device: str) -> torch.nn.Module:
+    return extract.make_extractor(extractor, weights, device)
+
+
+def shard_path(cache_dir: Path, index: int) -> Path:
+    return cache_dir / f"shard_{index:05d}.h5"
+
+
+def num_shards(num_rows: int, shard_size: int) -> int:
+    return max(1, -(-num_rows // shard_size))
+
+
+class CacheShard(luigi.Task):
+    """Decode, crop, pose and I3D-encode one shard of videos into ``shard_NNNNN.h5``."""
+
+    config_json = luigi.Parameter(description="the CacheConfig as JSON: the identity of the cache")
+    cache_root = luigi.Parameter()
+    shard_index = luigi.IntParameter()
+    manifest = luigi.Parameter(significant=False)
+    data_root = luigi.Parameter(significant=False)
+    i3d_weights = luigi.Parameter(default="", significant=False)
+    decode_workers = luigi.IntParameter(default=1, significant=False)
+    batch_size = luigi.IntParameter(default=4, significant=False)
+    device = luigi.Parameter(default="cpu", significant=False)
+
+    @property
+    def config(self) -> CacheConfig:
+        return CacheConfig.from_json(self.config_json)
+
+    @property
+    def resources(self) -> dict[str, int]:
+        return {"gpu": 1} if str(self.device).startswith("cuda") else {}
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(shard_path(self.config.cache_dir(self.cache_root), self.shard_index)))
+
+    def run(self) -> None:
+        config = self.config
+        rows = _manifest_rows(self.manifest, config.protocol)
+        chunk = rows[self.shard_index * config.shard_size:(self.shard_index + 1) * config.shard_size]
+        attrs = cache.make_attrs(config, config.i3d_weights_sha256)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self.output().temporary_path() as tmp:
+            stats = extract.extract_shard(chunk, self.data_root, config, _model(config.extractor, self.i3d_weights, self.device), tmp,
+                                          attrs=attrs, workers=self.decode_workers, batch_size=self.batch_size,
+                                          device=self.device)
+        entry = {"shard": self.shard_index, "started": started, "host": socket.gethostname(), "pid": os.getpid(),
+                 "videos": stats.samples, "clips": stats.clips, "failures": stats.failures,
+                 "seconds": round(stats.seconds, 2), "i3d_seconds": round(stats.i3d_seconds, 2),
+                 "videos_per_s": round(stats.samples / stats.seconds, 3) if stats.seconds else 0.0,
+                 "backends": stats.backends}
+        _append_log(Path(self.output().path).parent, entry)
+        done, total = _progress(config, self.cache_root, self.manifest)
+        log.info("shard %d: %d videos, %d clips, %d failures in %.1f s; %d/%d shards complete", self.shard_index,
+                 stats.samples, stats.clips, stats.failures, stats.seconds, done, total)
+
+
+class BuildCache(luigi.Task):
+    """Wrapper: all shards of a cache, then the merged view ``cache.h5`` and ``failures.csv``."""
+
+    config_json = luigi.Parameter()
+    cache_root = luigi.Parameter()
+    manifest = luigi.Parameter(significant=False)
+    data_root = luigi.Parameter(significant=False)
+    i3d_weights = luigi.Parameter(default="", significant=False)
+    decode_workers = luigi.IntParameter(default=1, significant=False)
+    batch_size = luigi.IntParameter(default=4, significant=False)
+    device = luigi.Parameter(default="cpu", significant=False)
+
+    @property
+    def config(self) -> CacheConfig:
+        return CacheConfig.from_json(self.config_json)
+
+    def requires(self) -> list[CacheShard]:
+        config = self.config
+        n = num_shards(len(_manifest_rows(self.manifest, config.protocol)), config.shard_size)
+        return [CacheShard(shard_index=i, **self.param_kwargs) for i in range(n)]
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(self.config.cache_dir(self.cache_root) / cache.MERGED_NAME))
+
+    def run(self) -> None:
+        cache_dir = self.config.cache_dir(self.cache_root)
+        cache.merge_shards([Path(t.output().path) for t in self.requires()], cache_dir / cache.MERGED_NAME)
+        for stale in cache_dir.glob("shard_*.h5-luigi-tmp-*"):  # left by killed runs; every shard is done now
+            stale.unlink(missing_ok=True)
+        (cache_dir.parent / LATEST).write_text(cache_dir.name + "\n")
+        _append_log(cache_dir, {"merged": cache.MERGED_NAME, "host": socket.gethostname(),
+                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def _append_log(cache_dir: Path, entry: dict) -> None:
+    with open(cache_dir / RUN_LOG, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _progress(config: CacheConfig, cache_root: str, manifest: str) -> tuple[int, int]:
+    total = num_shards(len(_manifest_rows(manifest, config.protocol)), config.shard_size)
+    cache_dir = config.cache_dir(cache_root)
+    return sum(shard_path(cache_dir, i).exists() for i in range(total)), total
+
+
+def build_config(args: argparse.Namespace) -> CacheConfig:
+    """The CacheConfig of a command line (hashes the manifest and the weights)."""
+    spec = get_dataset(args.dataset)
+    if args.protocol and args.protocol not in spec.protocols:
+        raise ValueError(f"{args.dataset} has no protocol {args.protocol!r}; choose one of {sorted(spec.protocols)}")
+    weights_sha = "random-init" if args.extractor == "i3d" else "none"
+    if args.i3d_weights and args.extractor == "i3d":
+        if not Path(args.i3d_weights).is_file():
+            raise FileNotFoundError(f"I3D_WEIGHTS {args.i3d_weights} does not exist")
+        weights_sha = file_sha256(args.i3d_weights)
+    return CacheConfig(dataset=args.dataset, protocol=args.protocol or "", manifest_sha256=file_sha256(args.manifest),
+                       i3d_weights_sha256=weights_sha, extractor=args.extractor, clips_per_video=args.clips_per_video,
+                       t_p=args.t_p or spec.t_p, crop_pad=args.crop_pad, backend=args.backend,
+                       precision=args.precision, compression=args.compression, shard_size=args.shard_size)
+
+
+def status(config: CacheConfig, cache_root: str, manifest: str) -> str:
+    """One line per state: done and remaining shards."""
+    cache_dir = config.cache_dir(cache_root)
+    total = num_shards(len(_manifest_rows(manifest, config.protocol)), config.shard_size)
+    done = [i for i in range(total) if shard_path(cache_dir, i).exists()]
+    merged = (cache_dir / cache.MERGED_NAME).exists()
+    return (f"{cache_dir}: {len(done)}/{total} shards complete, {total - len(done)} remaining"
+            + ("; merged view present" if merged else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--cache-dir", default="cache")
+    parser.add_argument("--data-root", help="folder the manifest's paths are relative to (default: from the "
+                                            "manifest's side file)")
+    parser.add_argument("--protocol", default="")
+    parser.add_argument("--shard-size", type=int, default=200)
+    parser.add_argument("--clips-per-video", type=int, default=1)
+    parser.add_argument("--t-p", type=int, default=0, help="poses per clip (default: the dataset's)")
+    parser.add_argument("--crop-pad", type=float, default=0.15)
+    parser.add_argument("--backend", default="opencv", choices=("opencv", "pyav", "decord"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--compression", default=cache.DEFAULT_COMPRESSION)
+    parser.add_argument("--i3d-weights", default="")
+    parser.add_argument("--extractor", default="i3d", choices=("i3d", "pixels"),
+                        help="pixels: a fast stand-in for I3D, for smoke tests only")
+    parser.add_argument("--workers", type=int, default=1, help="Luigi worker processes (shards in parallel)")
+    parser.add_argument("--decode-workers", type=int, default=1, help="decode/crop processes per shard")
+    parser.add_argument("--batch-size", type=int, default=4, help="clips per I3D forward pass")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--scheduler", default="", help="host:port of a central luigid (default: local)")
+    parser.add_argument("--resume", action="store_true", help="print done/remaining shards first")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = build_config(args)
+        data_root = args.data_root or read_manifest_root(args.manifest)
+        rows = _manifest_rows(args.manifest, config.protocol)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"error: {args.manifest} has no sample{' in protocol ' + args.protocol if args.protocol else ''}",
+              file=sys.stderr)
+        return 2
+    if config.extractor == "i3d" and config.i3d_weights_sha256 == "random-init":
+        log.warning("NO I3D WEIGHTS GIVEN (I3D_WEIGHTS=): features come from a RANDOMLY INITIALISED I3D and are "
+                    "meaningless for real data")
+    cache_dir = config.cache_dir(args.cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    print(status(config, args.cache_dir, args.manifest))
+    task = BuildCache(config_json=config.to_json(), cache_root=str(args.cache_dir), manifest=str(args.manifest),
+                      data_root=str(data_root), i3d_weights=args.i3d_weights, decode_workers=args.decode_workers,
+                      batch_size=args.batch_size, device=args.device)
+    scheduler = {"local_scheduler": True}
+    if args.scheduler:
+        host, _, port = args.scheduler.partition(":")
+        scheduler = {"scheduler_host": host, "scheduler_port": int(port or 8082)}
+        # stay alive while other machines still run shards this run's wrapper needs, then merge or exit
+        luigi.configuration.get_config().set("worker", "keep_alive", "true")
+        luigi.configuration.get_config().set("worker", "wait_interval", "2")
+    start = time.perf_counter()
+    result = luigi.build([task], workers=args.workers, detailed_summary=True, log_level="WARNING",
+                         **scheduler)
+    print(result.summary_text)
+    print(status(config, args.cache_dir, args.manifest) + f" ({time.perf_counter() - start:.1f} s)")
+    failures = cache_dir / cache.FAILURES_NAME
+    if failures.exists():
+        n_failed = max(0, sum(1 for _ in open(failures, encoding="utf-8")) - 1)
+        print(f"{n_failed} samples skipped, listed in {failures}")
+    return 0 if result.scheduling_succeeded and task.complete() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
