@@ -1,0 +1,81 @@
+"""Spatio-temporal attention driven by the pose feature h* (paper section 3.2, eq. 2-3).
+
+For r in {1, 2}: ``z_r = W_zr tanh(W_hr h* + b_hr) + b_zr`` (two independent branches).
+Spatial attention ``A_S = sigmoid(z_1)`` over the S x S grid (S = 7), temporal attention
+``A_T = softmax(z_2)`` over the T = 8 time steps.
+
+Coupler on (eq. 3): ``A_ST[t, i, j] = A_T[t] * A_S[i, j]`` (the outer product of the two maps, as the equation
+says) and ``f' = A_ST * f + f``, broadcast over channels.
+
+Coupler off: the two attentions are applied one after the other, each with its own residual:
+``f_s = A_S * f + f`` then ``f' = A_T * f_s + f_s``, i.e. ``f' = (1 + A_S)(1 + A_T) f``. It differs from the
+coupled form ``(1 + A_T A_S) f`` by the extra ``A_S + A_T`` terms: spatial and temporal attention then act
+independently instead of as one joint map.
+
+Other spatial sizes: A_S is predicted on the S x S grid the head was configured for. A feature map of a
+different size H x W (a larger test-time input) gets A_S resized bilinearly to H x W (``align_corners=False``)
+before it is applied; A_T is not resized, so T must equal ``feature_time``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PoseAttention(nn.Module):
+    """Two tanh-MLP branches from h* to the spatial (S * S) and temporal (T) attention logits (eq. 2)."""
+
+    def __init__(self, pose_dim: int, hidden: int, feature_time: int, feature_size: int):
+        super().__init__()
+        self.feature_size = feature_size
+        self.spatial = nn.Sequential(nn.Linear(pose_dim, hidden), nn.Tanh(), nn.Linear(hidden, feature_size ** 2))
+        self.temporal = nn.Sequential(nn.Linear(pose_dim, hidden), nn.Tanh(), nn.Linear(hidden, feature_time))
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Compute the attention maps from the pose feature.
+
+        Args:
+            h: h*, (N, pose_dim).
+
+        Returns:
+            ``(z1, a_s, a_t)``: spatial logits (N, S * S), A_S = sigmoid(z1) as (N, S, S), A_T = softmax(z2) (N, T).
+        """
+        z1 = self.spatial(h)  # (N, 49)
+        z2 = self.temporal(h)  # (N, 8)
+        a_s = torch.sigmoid(z1).unflatten(1, (self.feature_size, self.feature_size))  # (N, 7, 7)
+        a_t = torch.softmax(z2, dim=1)  # (N, 8)
+        return z1, a_s, a_t
+
+
+def couple(a_s: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """The coupler: ``A_ST[n, t, i, j] = A_T[n, t] * A_S[n, i, j]`` for A_S (N, H, W), A_T (N, T) -> (N, T, H, W)."""
+    return a_t[:, :, None, None] * a_s[:, None, :, :]  # (N, T, H, W)
+
+
+def resize_spatial_attention(a_s: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize A_S (N, S, S) bilinearly to ``size`` = (H, W); returned unchanged when it already has that size."""
+    if tuple(a_s.shape[-2:]) == tuple(size):
+        return a_s
+    return F.interpolate(a_s[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]  # (N, H, W)
+
+
+def apply_attention(f: torch.Tensor, a_s: torch.Tensor, a_t: torch.Tensor, coupler: bool) -> torch.Tensor:
+    """Modulate the feature map with the attention (see the module doc for both definitions).
+
+    Args:
+        f: I3D feature map (N, C, T, H, W).
+        a_s: spatial attention (N, S, S), resized to (H, W) when they differ.
+        a_t: temporal attention (N, T).
+        coupler: True for ``A_ST * f + f``; False for ``f_s = A_S * f + f``, ``A_T * f_s + f_s``.
+
+    Returns:
+        f', same shape as f.
+    """
+    a_s = resize_spatial_attention(a_s, f.shape[-2:])  # (N, H, W)
+    if coupler:
+        a_st = couple(a_s, a_t)  # (N, T, H, W)
+        return a_st[:, None] * f + f  # (N, C, T, H, W)
+    f_s = a_s[:, None, None] * f + f  # (N, C, T, H, W)
+    return a_t[:, None, :, None, None] * f_s + f_s  # (N, C, T, H, W)

@@ -1,0 +1,146 @@
+"""The VPN head's configuration: one frozen dataclass holding every value that changes results.
+
+``VPNConfig.for_dataset`` fills the dataset facts (classes, joints, skeleton edges, ``t_p``) from
+``pipeline.datasets``, so the skeleton graph stays data. ``to_dict`` / ``from_dict`` round-trip through JSON
+(run directories and HDF5 attrs store the config that way).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any
+
+from pipeline.datasets import get_dataset
+
+VARIANTS: tuple[str, ...] = ("i3d", "attention", "vpn")
+"""Paper Table 1 rows: ``i3d`` (l1, no pose), ``attention`` (l2, pose attention without the embedding loss),
+``vpn`` (l3, attention + spatial embedding)."""
+POSE_BACKBONES: tuple[str, ...] = ("gcn", "lstm")
+EMBEDDING_LOSSES: tuple[str, ...] = ("euclid", "kl_fe_pe", "kl_pe_fe", "bikl")
+
+
+@dataclass(frozen=True)
+class VPNConfig:
+    """Hyper-parameters of the VPN head (paper section 3, defaults from the paper where it gives them).
+
+    Attributes:
+        num_classes: number of action classes of the protocol.
+        num_joints: J, joints per pose.
+        edges: 0-based undirected bones of the skeleton graph.
+        t_p: poses per clip (paper: 20 NTU, 30 Smarthome, 5 N-UCLA).
+        variant: ``i3d`` | ``attention`` | ``vpn`` (see ``VARIANTS``).
+        pose_backbone: ``gcn`` (paper) | ``lstm`` (the paper's LSTM-vs-GCN ablation).
+        coupler: couple spatial and temporal attention into one spatio-temporal map (eq. 3); when False the two
+            attentions are applied one after the other (see ``vpn_head.attention.apply_attention``).
+        embedding_loss: ``euclid`` (paper) | ``kl_fe_pe`` | ``kl_pe_fe`` | ``bikl`` (Table 3 ablation).
+        alpha: adjacency weight of two joints joined by a bone.
+        beta: adjacency weight of two joints not joined by a bone.
+        feature_channels: C of the I3D Mixed_5c feature map.
+        feature_time: T of the feature map (the temporal attention has this many steps).
+        feature_size: H = W of the feature map the spatial attention is defined on.
+        gcn_channels: output width of the per-time-step graph convolution.
+        embed_dim: size of the common visual/pose embedding space. Default 256: large enough to hold the
+            49-d spatial attention logits, small enough to keep ``T_v`` (C * 49 x embed_dim) moderate.
+        attention_hidden: width of the tanh hidden layer of each attention branch (eq. 2). Default 256.
+        dropout: dropout before the classifier.
+        lambda1: weight of the classification loss against the embedding loss (eq. 6).
+        lambda2: weight of the attention regulariser (eq. 6).
+    """
+
+    num_classes: int
+    num_joints: int
+    edges: tuple[tuple[int, int], ...]
+    t_p: int = 20
+    variant: str = "vpn"
+    pose_backbone: str = "gcn"
+    coupler: bool = True
+    embedding_loss: str = "euclid"
+    alpha: float = 5.0
+    beta: float = 2.0
+    feature_channels: int = 1024
+    feature_time: int = 8
+    feature_size: int = 7
+    gcn_channels: int = 64
+    embed_dim: int = 256
+    attention_hidden: int = 256
+    dropout: float = 0.3
+    lambda1: float = 0.8
+    lambda2: float = 1e-5
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field and what it must be."""
+        _choice("variant", self.variant, VARIANTS)
+        _choice("pose_backbone", self.pose_backbone, POSE_BACKBONES)
+        _choice("embedding_loss", self.embedding_loss, EMBEDDING_LOSSES)
+        for name in ("num_classes", "num_joints", "t_p", "feature_channels", "feature_time", "feature_size",
+                     "gcn_channels", "embed_dim", "attention_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"VPNConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.coupler, bool):
+            raise ValueError(f"VPNConfig.coupler must be a bool, got {self.coupler!r}")
+        for name in ("alpha", "beta", "lambda2"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"VPNConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"VPNConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.lambda1 <= 1.0:
+            raise ValueError(f"VPNConfig.lambda1 must be in [0, 1], got {self.lambda1!r}")
+        if not isinstance(self.edges, tuple):
+            raise ValueError(f"VPNConfig.edges must be a tuple of (i, j) pairs (from_dict accepts lists), "
+                             f"got {type(self.edges).__name__}")
+        for edge in self.edges:
+            if (not isinstance(edge, tuple) or len(edge) != 2
+                    or not all(isinstance(j, int) and 0 <= j < self.num_joints for j in edge)):
+                raise ValueError(f"VPNConfig.edges: {edge!r} is not a pair of joint indices in "
+                                 f"[0, {self.num_joints})")
+            if edge[0] == edge[1]:
+                raise ValueError(f"VPNConfig.edges: self-loop {edge!r}; the graph's diagonal is fixed to 0")
+
+    @classmethod
+    def for_dataset(cls, dataset: str, protocol: str, **overrides: Any) -> VPNConfig:
+        """Build the config of ``dataset``/``protocol`` from the dataset registry.
+
+        Args:
+            dataset: registry name (``ntu60``, ``ntu120``, ``smarthome``, ``nucla``).
+            protocol: one of the dataset's protocols (``cs``, ``cv``, ``cs1``, ...); sets ``num_classes``.
+            **overrides: any other ``VPNConfig`` field (``variant="attention"``, ``embed_dim=512``, ...).
+
+        Returns:
+            The validated config.
+        """
+        spec = get_dataset(dataset)
+        values: dict[str, Any] = dict(num_classes=len(spec.protocol_classes(protocol)),
+                                      num_joints=spec.num_joints, edges=spec.edges, t_p=spec.t_p)
+        values.update(overrides)
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (edges as a list of ``[i, j]`` lists)."""
+        values = asdict(self)
+        values["edges"] = [list(edge) for edge in self.edges]
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> VPNConfig:
+        """Inverse of ``to_dict``: accepts edges as lists, rejects unknown keys, validates."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown VPNConfig field(s) {unknown}; known fields are {sorted(known)}")
+        values = dict(values)
+        if "edges" in values:
+            values["edges"] = tuple(tuple(edge) for edge in values["edges"])
+        missing = sorted(f.name for f in fields(cls) if f.name not in values and f.default is MISSING)
+        if missing:
+            raise ValueError(f"VPNConfig is missing required field(s) {missing}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"VPNConfig.{name} must be one of {choices}, got {value!r}")

@@ -1,0 +1,48 @@
+"""Spatial embedding of video and pose (paper section 3.3, eq. 4).
+
+``f_s = sum_t f``: the ORIGINAL feature map (before attention) summed over time, (N, C, H, W). It is average-
+pooled to the S x S grid of the spatial attention (an identity for the usual 7 x 7 map) and flattened, so the
+embedding keeps the spatial layout that the pose logits ``z1`` describe.
+
+``f_e = T_v f_s`` and ``P_e = T_p z1`` project both into a common space of size ``embed_dim`` (linear maps,
+no bias). The constraint ``||T_v|| = ||T_p|| = 1`` is enforced as a unit *spectral* norm with
+``torch.nn.utils.parametrizations.spectral_norm``: the used weight is ``W / sigma_max(W)``, with sigma_max
+estimated by power iteration (15 steps at construction, then one per training forward, frozen in eval mode):
+sigma_max(W_used) starts within ~10% of 1 and converges to 1 as training runs, at a rate set by the gap
+between the two largest singular values (typically < 0.1% off after a few hundred steps). A unit spectral
+norm keeps both maps non-expansive without shrinking every entry, as a unit Frobenius norm of a
+(embed_dim x C * 49) matrix would, which would make the KL losses' softmaxes nearly uniform.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+class SpatialEmbedding(nn.Module):
+    """Projects the time-summed feature map and the spatial attention logits into one embedding space."""
+
+    def __init__(self, feature_channels: int, feature_size: int, embed_dim: int):
+        super().__init__()
+        self.feature_size = feature_size
+        self.visual = spectral_norm(nn.Linear(feature_channels * feature_size ** 2, embed_dim, bias=False))  # T_v
+        self.pose = spectral_norm(nn.Linear(feature_size ** 2, embed_dim, bias=False))  # T_p
+
+    def forward(self, f: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed video and pose.
+
+        Args:
+            f: original feature map (N, C, T, H, W).
+            z1: spatial attention logits (N, S * S).
+
+        Returns:
+            ``(f_e, p_e)``, each (N, embed_dim).
+        """
+        f_s = f.sum(dim=2)  # (N, C, H, W)
+        f_s = F.adaptive_avg_pool2d(f_s, self.feature_size)  # (N, C, 7, 7)
+        f_e = self.visual(f_s.flatten(1))  # (N, embed_dim)
+        p_e = self.pose(z1)  # (N, embed_dim)
+        return f_e, p_e
