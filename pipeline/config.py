@@ -8,7 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.cache import DEFAULT_COMPRESSION
 from pipeline.contracts import CLIP_FRAMES, CROP_SIZE
+from pipeline.video import DEFAULT_BACKEND, DEFAULT_FALLBACK
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,10 @@ class CacheConfig:
     t_p: int = 20
     crop_size: int = CROP_SIZE
     crop_pad: float = 0.15
-    backend: str = "opencv"
-    fallback: tuple[str, ...] = ("pyav", "decord")
+    backend: str = DEFAULT_BACKEND
+    fallback: tuple[str, ...] = DEFAULT_FALLBACK
     precision: str = "fp32"
-    compression: str = "gzip-1"
+    compression: str = DEFAULT_COMPRESSION
     shard_size: int = 200
 
     def __post_init__(self) -> None:

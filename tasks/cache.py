@@ -28,7 +28,7 @@ from pathlib import Path
 import luigi
 import torch
 
-from pipeline import cache, extract
+from pipeline import cache, extract, video
 from pipeline.config import CacheConfig, file_sha256
 from pipeline.datasets import get_dataset
 from pipeline.manifest import read_manifest, read_manifest_root
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips-per-video", type=int, default=1)
     parser.add_argument("--t-p", type=int, default=0, help="poses per clip (default: the dataset's)")
     parser.add_argument("--crop-pad", type=float, default=0.15)
-    parser.add_argument("--backend", default="opencv", choices=("opencv", "pyav", "decord"))
+    parser.add_argument("--backend", default=video.DEFAULT_BACKEND, choices=("opencv", "pyav", "decord"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--compression", default=cache.DEFAULT_COMPRESSION)
     parser.add_argument("--i3d-weights", default="")
