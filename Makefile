@@ -88,7 +88,7 @@ finetune: setup  ## end-to-end fine-tune: DATASET= PROTOCOL= [INIT=runs/<head ru
 	$(if $(filter-out 1,$(GPUS)),$(VENV)/bin/torchrun --standalone --nproc_per_node $(GPUS),$(PY)) -m vpn_head.finetune --dataset $(DATASET) --protocol $(PROTOCOL) --epochs $(EPOCHS) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --runs-dir $(RUNS_DIR) $(call opt,INIT,--init) $(call opt,RUN,--run) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root)
 
 bench: setup  ## benchmarks (JSON under bench/results/)
-	$(PY) -m bench.run_all --out-dir bench/results $(call opt,I3D_WEIGHTS,--i3d-weights)
+	$(PY) -m bench.run_all --out-dir bench/results $(call opt,I3D_WEIGHTS,--i3d-weights) $(if $(ONLY),--only $(ONLY),)
 
 report: setup  ## figures for a run: RUN=name
 	$(call need,RUN,the run to draw)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -177,6 +178,12 @@ def _keep(item):
     return item
 
 
+def _init_decode_worker(_: int) -> None:
+    """One thread per decode worker: the workers are the parallelism, and the main process runs I3D."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 @dataclass
 class ShardStats:
     """What one shard did, for the run log."""
@@ -215,7 +222,7 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
     spec = get_dataset(config.dataset)
     loader = DataLoader(PreparedSamples(rows, Path(data_root), config), batch_size=None, shuffle=False,
                         num_workers=workers, collate_fn=_keep, prefetch_factor=2 if workers else None,
-                        persistent_workers=False)
+                        worker_init_fn=_init_decode_worker if workers else None, persistent_workers=False)
     stats = ShardStats()
     start = time.perf_counter()
     pending: list[tuple[PreparedSample, int]] = []
