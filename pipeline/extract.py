@@ -174,6 +174,11 @@ class PreparedSamples(Dataset):
             return SampleFailure(row["sample_id"], "unexpected", f"{type(err).__name__}: {err}")
 
 
+DECODE_WORKER_START = "forkserver"
+"""How decode workers start. Not ``fork``: a worker forked from a process whose OpenMP/OpenCV thread pools already
+ran (the I3D forward pass of the previous shard) can hang; a fork server starts them from a clean process."""
+
+
 def _keep(item):
     return item
 
@@ -222,7 +227,8 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
     spec = get_dataset(config.dataset)
     loader = DataLoader(PreparedSamples(rows, Path(data_root), config), batch_size=None, shuffle=False,
                         num_workers=workers, collate_fn=_keep, prefetch_factor=2 if workers else None,
-                        worker_init_fn=_init_decode_worker if workers else None, persistent_workers=False)
+                        worker_init_fn=_init_decode_worker if workers else None, persistent_workers=False,
+                        multiprocessing_context=DECODE_WORKER_START if workers else None)
     stats = ShardStats()
     start = time.perf_counter()
     pending: list[tuple[PreparedSample, int]] = []

@@ -22,6 +22,7 @@ from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
 from pipeline.synthetic import SyntheticConfig, generate
 from tasks import cache as cache_tasks
+from vpn_head.data import resolve_cache
 from tests.conftest import REPO, shared_path
 
 PY = sys.executable
@@ -49,8 +50,8 @@ def _features_by_id(cache_path: Path) -> dict[tuple[str, int], np.ndarray]:
 
 
 def _cache_dir(cache_root: Path) -> Path:
-    (latest,) = [d for d in (cache_root / "ntu60").iterdir() if d.is_dir()]
-    return latest
+    (only,) = [d for d in (cache_root / "ntu60").iterdir() if d.is_dir()]
+    return only
 
 
 def test_luigi_run_writes_a_complete_cache(synthetic, tmp_path):
@@ -71,6 +72,10 @@ def test_luigi_run_writes_a_complete_cache(synthetic, tmp_path):
         assert set(c.splits("cs")) <= {"train", "test"}
     config = CacheConfig.from_json((cache_dir / "config.json").read_text().replace("\n", ""))
     assert config.digest() == cache_dir.name
+    # a second cache of the same dataset: the trainer then follows LATEST (the build that finished last)
+    assert cache_tasks.main(_cache_cmd(synthetic, tmp_path / "cache", "--shard-size", "12", "--t-p", "10")[3:]) == 0
+    second = (tmp_path / "cache" / "ntu60" / "LATEST").read_text().strip()
+    assert second != cache_dir.name and resolve_cache(tmp_path / "cache", "ntu60").name == second
 
 
 def test_protocol_filter_and_failures_csv_for_bad_rows(synthetic, tmp_path):

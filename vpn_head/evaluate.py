@@ -305,6 +305,10 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run (train it first with `make train-head`)")
     ckpt = load_checkpoint(ckpt_path)
+    if "i3d" in ckpt:  # an end-to-end fine-tune: score it from pixels, the paper's way, not on cached features
+        from vpn_head.finetune import evaluate_finetuned
+
+        return evaluate_finetuned(run_dir, split=split, checkpoint=checkpoint, out_dir=out_dir)
     model = model_from_checkpoint(ckpt, ckpt_path)
     train_config = ckpt["train_config"]
     dataset, protocol = train_config["dataset"], train_config["protocol"]
