@@ -29,6 +29,7 @@ SEED       ?= 0
 PYTEST_ARGS ?=
 TRAIN_ARGS ?=
 
+DEMO_N     ?= 96
 DEMO_ROOT  ?= data/demo
 DEMO_DIR   ?= data/demo-work
 SHARED_WEIGHTS := ../shared/i3d/rgb_scratch.pt
@@ -96,9 +97,9 @@ report: setup  ## figures for a run: RUN=name
 	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN)
 
 demo: setup  ## synthetic data -> manifest -> cache -> train i3d and vpn heads -> evaluate, in minutes on CPU
-	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(N) --seed $(SEED)
+	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --overwrite
 	$(PY) -m pipeline.manifest --dataset ntu60 --data-root $(DEMO_ROOT) --out $(DEMO_DIR)/manifest.csv
-	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(DEMO_DIR)/manifest.csv --cache-dir $(DEMO_DIR)/cache --shard-size 16 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
+	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(DEMO_DIR)/manifest.csv --cache-dir $(DEMO_DIR)/cache --shard-size 32 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
 	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --epochs $(or $(DEMO_EPOCHS),30)
 
 clean-demo:  ## remove the demo's data

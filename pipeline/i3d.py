@@ -240,6 +240,18 @@ class InceptionI3d(nn.Module):
             self.logits = Unit3D(FEATURE_CHANNELS, cfg.num_classes, cfg=cfg, use_bn=False, activation=False,
                                  bias=True)
             self.block_names += ("logits",)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He-normal init for the convs, so a random-init trunk keeps activations of order 1.
+
+        PyTorch's default conv init shrinks the activation variance about 3x per layer; through I3D's depth a
+        random-init Mixed_5c would be ~1e-6, below float16's normal range, and a random-init cache would hold
+        zeros. Pretrained weights overwrite all of this.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Run the trunk.

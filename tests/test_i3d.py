@@ -387,3 +387,12 @@ def test_freeze_until_freezes_params_and_keeps_frozen_bn_in_eval() -> None:
     assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="unknown block 'Mixed_9z'"):
         model.freeze_until("Mixed_9z")
+
+
+def test_random_init_features_survive_float16():
+    """A random-init cache must not be all zeros: activations stay of order 1 through the trunk."""
+    model = load_i3d(None)
+    with torch.inference_mode():
+        feat = model.forward_features(torch.rand(1, 3, 16, 64, 64) * 2 - 1)  # (1, 1024, 2, 2, 2)
+    half = feat.half()
+    assert torch.isfinite(half).all() and half.float().std() > 0.1 and (half != 0).float().mean() > 0.2
