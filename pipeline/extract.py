@@ -174,6 +174,7 @@ class PreparedSamples(Dataset):
             return SampleFailure(row["sample_id"], "unexpected", f"{type(err).__name__}: {err}")
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 DECODE_WORKER_START = "forkserver"
 """How decode workers start. Not ``fork``: a worker forked from a process whose OpenMP/OpenCV thread pools already
 ran (the I3D forward pass of the previous shard) can hang; a fork server starts them from a clean process."""
@@ -232,28 +233,29 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
     stats = ShardStats()
     start = time.perf_counter()
     pending: list[tuple[PreparedSample, int]] = []
-    failed: set[str] = set()
     amp = config.precision == "bf16"
 
     def flush(writer: cache.ShardWriter) -> None:
+        """I3D on the pending clips (whole samples only), then write them; a sample any of whose clips has
+        features that do not fit float16 is written to failures instead, with none of its clips."""
         if not pending:
             return
         batch = torch.stack([sample.clips[c] for sample, c in pending])  # (B, 3, 64, 224, 224)
         t0 = time.perf_counter()
-        feats = extract_features(model, batch, batch_size=len(batch), device=device, amp_bf16=amp)
+        feats = extract_features(model, batch, batch_size=batch_size, device=device, amp_bf16=amp)
         stats.i3d_seconds += time.perf_counter() - t0
+        peaks = np.abs(feats).reshape(len(feats), -1).max(axis=1)  # NaN propagates
+        overflow = {sample.sample_id: float(peak) for (sample, _), peak in zip(pending, peaks)
+                    if not peak <= FLOAT16_MAX}
+        for sample_id, peak in overflow.items():
+            writer.add_failure(sample_id, "features", f"features overflow float16 (max |x| {peak:.4g})")
+            stats.failures += 1
         for (sample, c), feat in zip(pending, feats):
-            if sample.sample_id in failed:
-                continue
-            try:
+            if sample.sample_id not in overflow:
                 writer.append(features=feat, poses=sample.poses[c], sample_id=sample.sample_id,
                               label=sample.label, action=sample.action, clip_index=c,
                               frame_indices=sample.frame_indices[c], box=sample.boxes[c], splits=sample.splits)
                 stats.clips += 1
-            except ValueError as err:  # e.g. features that overflow float16
-                failed.add(sample.sample_id)
-                writer.add_failure(sample.sample_id, "features", str(err))
-                stats.failures += 1
         pending.clear()
 
     n_rows_max = len(rows) * config.clips_per_video
@@ -269,10 +271,9 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
                 log.warning("skipped %s at %s: %s", item.sample_id, item.stage, item.reason)
                 continue
             stats.backends[item.backend] = stats.backends.get(item.backend, 0) + 1
-            for c in range(len(item.clips)):
-                pending.append((item, c))
-                if len(pending) >= batch_size:
-                    flush(writer)
+            pending.extend((item, c) for c in range(len(item.clips)))
+            if len(pending) >= batch_size:  # only between samples, so a sample's clips share one flush
+                flush(writer)
             bar.set_postfix(failed=stats.failures)
         flush(writer)
     stats.seconds = time.perf_counter() - start

@@ -62,12 +62,12 @@ def num_shards(num_rows: int, shard_size: int) -> int:
     return max(1, -(-num_rows // shard_size))
 
 
-class CacheShard(luigi.Task):
-    """Decode, crop, pose and I3D-encode one shard of videos into ``shard_NNNNN.h5``."""
+class _CacheTask(luigi.Task):
+    """The parameters every task of one cache build shares; only ``config_json`` and ``cache_root`` are its
+    identity, the rest says where inputs are and how to run."""
 
     config_json = luigi.Parameter(description="the CacheConfig as JSON: the identity of the cache")
     cache_root = luigi.Parameter()
-    shard_index = luigi.IntParameter()
     manifest = luigi.Parameter(significant=False)
     data_root = luigi.Parameter(significant=False)
     i3d_weights = luigi.Parameter(default="", significant=False)
@@ -78,6 +78,12 @@ class CacheShard(luigi.Task):
     @property
     def config(self) -> CacheConfig:
         return CacheConfig.from_json(self.config_json)
+
+
+class CacheShard(_CacheTask):
+    """Decode, crop, pose and I3D-encode one shard of videos into ``shard_NNNNN.h5``."""
+
+    shard_index = luigi.IntParameter()
 
     @property
     def resources(self) -> dict[str, int]:
@@ -92,10 +98,10 @@ class CacheShard(luigi.Task):
         chunk = rows[self.shard_index * config.shard_size:(self.shard_index + 1) * config.shard_size]
         attrs = cache.make_attrs(config, config.i3d_weights_sha256)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        model = _model(config.extractor, self.i3d_weights, self.device)
         with self.output().temporary_path() as tmp:
-            stats = extract.extract_shard(chunk, self.data_root, config, _model(config.extractor, self.i3d_weights, self.device), tmp,
-                                          attrs=attrs, workers=self.decode_workers, batch_size=self.batch_size,
-                                          device=self.device)
+            stats = extract.extract_shard(chunk, self.data_root, config, model, tmp, attrs=attrs,
+                                          workers=self.decode_workers, batch_size=self.batch_size, device=self.device)
         entry = {"shard": self.shard_index, "started": started, "host": socket.gethostname(), "pid": os.getpid(),
                  "videos": stats.samples, "clips": stats.clips, "failures": stats.failures,
                  "seconds": round(stats.seconds, 2), "i3d_seconds": round(stats.i3d_seconds, 2),
@@ -107,21 +113,8 @@ class CacheShard(luigi.Task):
                  stats.samples, stats.clips, stats.failures, stats.seconds, done, total)
 
 
-class BuildCache(luigi.Task):
+class BuildCache(_CacheTask):
     """Wrapper: all shards of a cache, then the merged view ``cache.h5`` and ``failures.csv``."""
-
-    config_json = luigi.Parameter()
-    cache_root = luigi.Parameter()
-    manifest = luigi.Parameter(significant=False)
-    data_root = luigi.Parameter(significant=False)
-    i3d_weights = luigi.Parameter(default="", significant=False)
-    decode_workers = luigi.IntParameter(default=1, significant=False)
-    batch_size = luigi.IntParameter(default=4, significant=False)
-    device = luigi.Parameter(default="cpu", significant=False)
-
-    @property
-    def config(self) -> CacheConfig:
-        return CacheConfig.from_json(self.config_json)
 
     def requires(self) -> list[CacheShard]:
         config = self.config

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pipeline import extract, manifest, ntu
-from pipeline.cache import open_cache
+from pipeline.cache import make_attrs, open_cache
 from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
 from pipeline.synthetic import SyntheticConfig, generate
@@ -271,3 +271,29 @@ def test_real_ntu_pair_crop_contains_the_person_and_features_are_sane(tmp_path):
     feats = extract.extract_features(model, out.clips, batch_size=1, device="cpu", amp_bf16=False)
     assert feats.shape == (1, 1024, 8, 7, 7) and np.isfinite(feats).all() and feats.min() >= 0
     assert torch.is_tensor(out.clips) and get_dataset("ntu60").num_joints == out.poses.shape[3]
+
+
+class _OverflowOnce(extract.PixelFeatures):
+    """Pixel features whose second clip of the first batch overflows float16."""
+
+    calls = 0
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward_features(x)
+        if self.calls == 0:
+            out[1] = 1e6
+        self.calls += 1
+        return out
+
+
+def test_features_that_overflow_float16_fail_the_whole_sample(synthetic, tmp_path):
+    rows = manifest.read_manifest(synthetic / "manifest.csv").to_dict("records")[:3]
+    config = CacheConfig(dataset="ntu60", extractor="pixels", clips_per_video=2)
+    out = tmp_path / "shard.h5"
+    stats = extract.extract_shard(rows, synthetic, config, _OverflowOnce(), out, workers=0, batch_size=2,
+                                  attrs=make_attrs(config, "none"), progress=False)
+    assert (stats.samples, stats.clips, stats.failures) == (3, 4, 1)
+    with open_cache(out) as c:
+        assert rows[0]["sample_id"] not in set(c.sample_ids)  # neither of its two clips was written
+        assert c.failures.values.tolist()[0][:2] == [rows[0]["sample_id"], "features"]
+        assert "overflow float16" in c.failures.values.tolist()[0][2]
