@@ -94,7 +94,7 @@ bench: setup  ## benchmarks (JSON under bench/results/)
 
 report: setup  ## figures for a run: RUN=name
 	$(call need,RUN,the run to draw)
-	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN)
+	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(if $(filter command line environment,$(origin MANIFEST)),--manifest $(MANIFEST),)
 
 demo: setup  ## synthetic data -> manifest -> cache -> train i3d and vpn heads -> evaluate, in minutes on CPU
 	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --overwrite
