@@ -7,7 +7,7 @@ Stages:
 * ``decode_crop``: ``extract.prepare_sample`` alone (decode 64 frames, skeleton, crop, poses), one process;
 * ``i3d``: ``InceptionI3d.forward_features`` alone on ready (B, 3, 64, 224, 224) batches;
 * ``pipeline``: ``extract.extract_shard`` (decode/crop in DataLoader workers overlapping the I3D forward pass,
-  writing the HDF5 shard), in videos/s.
+  writing the HDF5 shard), in videos/s, with 0 (in-process) and ``--decode-workers`` workers.
 
 The goal is ``pipeline >= 0.85 x min(decode_crop, i3d)`` (in videos/s, with one clip per video). The videos
 are synthetic ones in the genuine NTU format at the real 1920x1080 resolution (decode cost like NTU's).
@@ -66,18 +66,28 @@ def run(out: Path, weights: str | None, videos: int, frame_size: tuple[int, int]
             i3d_bf16 = repeats * len(clips) / (time.perf_counter() - start)
 
         attrs = cache.make_attrs(config, config.i3d_weights_sha256)
-        stats = extract.extract_shard(rows, root, config, model, Path(tmp) / "shard.h5", attrs=attrs,
-                                      workers=workers, batch_size=batch_size, device=device, progress=False)
-        pipeline_rate = stats.samples / stats.seconds
+        pipeline_rates = {}
+        for n_workers in sorted({0, workers}):
+            stats = extract.extract_shard(rows, root, config, model, Path(tmp) / f"shard{n_workers}.h5",
+                                          attrs=attrs, workers=n_workers, batch_size=batch_size, device=device,
+                                          progress=False)
+            pipeline_rates[n_workers] = stats.samples / stats.seconds
+    pipeline_rate = max(pipeline_rates.values())
     slowest = min(decode_rate, i3d_rate)
+    serial = 1 / (1 / decode_rate + 1 / i3d_rate)  # both stages on the same cores, one after the other
     result = {
         "videos": videos, "frame_size": list(frame_size), "batch_size": batch_size, "decode_workers": workers,
         "device": device, "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "decode_crop_videos_per_s": round(decode_rate, 3), "i3d_clips_per_s_fp32": round(i3d_rate, 3),
         "i3d_clips_per_s_bf16": None if i3d_bf16 is None else round(i3d_bf16, 3),
-        "pipeline_videos_per_s": round(pipeline_rate, 3), "pipeline_over_slowest_stage": round(pipeline_rate / slowest, 3),
+        "pipeline_videos_per_s_by_decode_workers": {str(k): round(v, 3) for k, v in pipeline_rates.items()},
+        "pipeline_videos_per_s": round(pipeline_rate, 3),
+        "pipeline_over_slowest_stage": round(pipeline_rate / slowest, 3),
+        "serial_bound_over_slowest_stage": round(serial / slowest, 3),
         "goal": ">= 0.85",
+        "note": "on a CPU-only machine both stages compete for the same cores, so the pipeline cannot beat the serial "
+                "bound 1 / (1/decode + 1/i3d) by much; the goal applies where I3D runs on a GPU",
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

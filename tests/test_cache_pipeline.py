@@ -55,7 +55,8 @@ def _cache_dir(cache_root: Path) -> Path:
 
 
 def test_luigi_run_writes_a_complete_cache(synthetic, tmp_path):
-    assert cache_tasks.main(_cache_cmd(synthetic, tmp_path / "cache", "--shard-size", "5")[3:]) == 0
+    argv = _cache_cmd(synthetic, tmp_path / "cache", "--shard-size", "5", "--decode-workers", "1")[3:]
+    assert cache_tasks.main(argv) == 0  # decode in a worker process here; in-process elsewhere
     cache_dir = _cache_dir(tmp_path / "cache")
     assert (tmp_path / "cache" / "ntu60" / "LATEST").read_text().strip() == cache_dir.name
     assert sorted(p.name for p in cache_dir.glob("shard_*.h5")) == ["shard_00000.h5", "shard_00001.h5",
