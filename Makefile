@@ -75,18 +75,18 @@ luigid: setup  ## start Luigi's central scheduler (PORT=8082)
 	$(VENV)/bin/luigid --port $(or $(PORT),8082) --logdir $(CACHE_DIR)/luigid --state-path $(CACHE_DIR)/luigid/state.pickle
 
 train-head: setup  ## DATASET= PROTOCOL= [VARIANT=vpn] [EPOCHS=30] [RUN=name] [CACHE=dir]
-	$(call need,PROTOCOL,the evaluation protocol, e.g. cs)
+	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
 	$(PY) -m vpn_head.train --dataset $(DATASET) --protocol $(PROTOCOL) --variant $(VARIANT) --epochs $(EPOCHS) --cache $(or $(CACHE),$(CACHE_DIR)) --runs-dir $(RUNS_DIR) $(call opt,RUN,--run) $(TRAIN_ARGS)
 
 eval: setup  ## evaluate a run: RUN=name (or DATASET= PROTOCOL= [VARIANT=]) [SPLIT=test]
 	$(PY) -m vpn_head.evaluate --runs-dir $(RUNS_DIR) $(call opt,RUN,--run) --dataset $(DATASET) $(call opt,PROTOCOL,--protocol) --variant $(VARIANT) --split $(or $(SPLIT),test) $(call opt,CACHE,--cache)
 
 ablate: setup  ## train + evaluate the paper's ablations: DATASET= PROTOCOL= [EPOCHS=]
-	$(call need,PROTOCOL,the evaluation protocol, e.g. cs)
+	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
 	$(PY) -m vpn_head.ablate --dataset $(DATASET) --protocol $(PROTOCOL) --epochs $(EPOCHS) --cache $(or $(CACHE),$(CACHE_DIR)) --runs-dir $(RUNS_DIR) $(TRAIN_ARGS)
 
 finetune: setup  ## end-to-end fine-tune: DATASET= PROTOCOL= [INIT=runs/<head run>] [GPUS=n] [EPOCHS=]
-	$(call need,PROTOCOL,the evaluation protocol, e.g. cs)
+	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
 	$(if $(filter-out 1,$(GPUS)),$(VENV)/bin/torchrun --standalone --nproc_per_node $(GPUS),$(PY)) -m vpn_head.finetune --dataset $(DATASET) --protocol $(PROTOCOL) --epochs $(EPOCHS) --manifest $(MANIFEST) --cache-dir $(or $(CACHE),$(CACHE_DIR)) --runs-dir $(RUNS_DIR) $(call opt,INIT,--init) $(call opt,RUN,--run-name) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(TRAIN_ARGS)
 
 bench: setup  ## benchmarks (JSON under bench/results/)

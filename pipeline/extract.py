@@ -177,7 +177,9 @@ class PreparedSamples(Dataset):
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 DECODE_WORKER_START = "forkserver"
 """How decode workers start. Not ``fork``: a worker forked from a process whose OpenMP/OpenCV thread pools already
-ran (the I3D forward pass of the previous shard) can hang; a fork server starts them from a clean process."""
+ran (the I3D forward pass of the previous shard) can hang; a fork server starts them from a clean process. As with
+any non-fork start method, a script that calls ``extract_shard(workers > 0)`` needs the usual
+``if __name__ == "__main__":`` guard."""
 
 
 def _keep(item):

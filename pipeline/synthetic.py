@@ -146,6 +146,8 @@ class SyntheticConfig:
         hand_amplitude_m: amplitude of the class-specific right-hand motion (metres).
         num_distractors: bright moving shapes in the half of the frame away from the person.
         distance_m: (nearest, farthest) distance of a single performer from the camera (metres).
+        cameras_per_take: views filmed of each take: 3 (C001-C003, as NTU) or fewer, taken in turn so that every
+            camera still appears; fewer views per take give more independent takes for the same ``n``.
     """
 
     n: int = 48
@@ -160,6 +162,7 @@ class SyntheticConfig:
     hand_amplitude_m: float = 0.10
     num_distractors: int = 1
     distance_m: tuple[float, float] = (2.6, 3.8)
+    cameras_per_take: int = len(CAMERAS)
 
     def __post_init__(self) -> None:
         width, height = self.frame_size
@@ -177,6 +180,8 @@ class SyntheticConfig:
              f"zero_body_frames must be in [0, min_frames), got {self.zero_body_frames}"),
             (0.0 <= self.hand_amplitude_m <= 0.3, f"hand_amplitude_m must be in [0, 0.3], got {self.hand_amplitude_m}"),
             (self.num_distractors >= 0, f"num_distractors must be >= 0, got {self.num_distractors}"),
+            (1 <= self.cameras_per_take <= len(CAMERAS),
+             f"cameras_per_take must be in 1..{len(CAMERAS)}, got {self.cameras_per_take}"),
             (1.5 <= self.distance_m[0] <= self.distance_m[1],
              f"distance_m must be (near, far) with 1.5 <= near <= far, got {self.distance_m}"),
         ]
@@ -294,7 +299,8 @@ def plan_samples(config: SyntheticConfig) -> list[SamplePlan]:
     rng = _rng(config, "plan")
     plans: list[SamplePlan] = []
     used: set[tuple[int, int, int, int]] = set()
-    for take in range(math.ceil(config.n / len(CAMERAS))):
+    per_take = config.cameras_per_take
+    for take in range(math.ceil(config.n / per_take)):
         label = take % config.num_classes
         k = take // config.num_classes
         train_subject = k % 2 == 0
@@ -315,7 +321,9 @@ def plan_samples(config: SyntheticConfig) -> list[SamplePlan]:
         num_frames = int(take_rng.integers(config.min_frames, config.max_frames + 1))
         two_person = bool(take_rng.random() < config.two_person_fraction)
         setup, subject, replication, action = key
-        for camera in CAMERAS[: config.n - len(CAMERAS) * take]:
+        cameras = CAMERAS if per_take == len(CAMERAS) else tuple(
+            CAMERAS[(take + i) % len(CAMERAS)] for i in range(per_take))
+        for camera in cameras[: config.n - per_take * take]:
             sample_id = format_sample_id(setup, camera, subject, replication, action)
             plans.append(SamplePlan(sample_id, take, camera, label, num_frames, two_person))
     return plans
@@ -594,6 +602,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--zero-body-frames", type=int, default=defaults.zero_body_frames)
     parser.add_argument("--num-distractors", type=int, default=defaults.num_distractors)
     parser.add_argument("--ntu120", action="store_true", help="also write NTU-120-only setups S018-S032")
+    parser.add_argument("--hand-amplitude", type=float, default=defaults.hand_amplitude_m,
+                        help="amplitude of the class-specific hand motion, metres")
+    parser.add_argument("--cameras-per-take", type=int, default=defaults.cameras_per_take,
+                        help="views per take (3 as NTU; fewer gives more independent takes)")
     parser.add_argument("--overwrite", action="store_true", help="replace NTU files already under --root")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -601,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = SyntheticConfig(
             n=args.n, seed=args.seed, num_classes=args.num_classes, frame_size=args.frame_size,
             min_frames=args.min_frames, max_frames=args.max_frames, two_person_fraction=args.two_person_fraction,
-            zero_body_frames=args.zero_body_frames, ntu120=args.ntu120, num_distractors=args.num_distractors)
+            zero_body_frames=args.zero_body_frames, ntu120=args.ntu120, num_distractors=args.num_distractors,
+            hand_amplitude_m=args.hand_amplitude, cameras_per_take=args.cameras_per_take)
         ids = generate(args.root, config, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)

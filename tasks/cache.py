@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if not Path(args.manifest).is_file():
+            raise FileNotFoundError(f"manifest {args.manifest} does not exist (run `make manifest` first)")
         config = build_config(args)
         data_root = args.data_root or read_manifest_root(args.manifest)
         rows = _manifest_rows(args.manifest, config.protocol)

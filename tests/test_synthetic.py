@@ -247,3 +247,17 @@ def test_cli(tmp_path, capsys):
     assert "n must be" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         synthetic.main(["--root", str(tmp_path), "--frame-size", "640by360"])
+
+
+def test_one_camera_per_take_gives_independent_takes_covering_every_view():
+    from pipeline.ntu import ntu_splits, parse_sample_id
+    from pipeline.synthetic import SyntheticConfig, plan_samples
+
+    plans = plan_samples(SyntheticConfig(n=48, cameras_per_take=1))
+    assert len({p.take for p in plans}) == 48 and len({p.sample_id for p in plans}) == 48
+    for protocol in ("cs", "cv"):
+        for label in range(4):
+            splits = {ntu_splits(parse_sample_id(p.sample_id), "ntu60")[protocol] for p in plans if p.label == label}
+            assert splits == {"train", "test"}, (protocol, label)
+    with pytest.raises(ValueError, match="cameras_per_take"):
+        SyntheticConfig(cameras_per_take=4)
