@@ -97,7 +97,7 @@ report: setup  ## figures for a run: RUN=name
 	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(if $(filter command line environment,$(origin MANIFEST)),--manifest $(MANIFEST),)
 
 demo: setup  ## synthetic data -> manifest -> cache -> train i3d and vpn heads -> evaluate, in minutes on CPU
-	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --overwrite
+	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --cameras-per-take 1 --hand-amplitude 0.2 --overwrite
 	$(PY) -m pipeline.manifest --dataset ntu60 --data-root $(DEMO_ROOT) --out $(DEMO_DIR)/manifest.csv
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(DEMO_DIR)/manifest.csv --cache-dir $(DEMO_DIR)/cache --shard-size 32 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
 	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --epochs $(or $(DEMO_EPOCHS),30)
