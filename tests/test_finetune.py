@@ -383,7 +383,8 @@ def test_two_gloo_processes_reach_the_weights_of_one(data, tmp_path):
     BatchNorm statistics of this random-init net over 1 x 2 x 2 maps amplify float rounding chaotically (a
     different thread count alone moves weights by ~20% of their update), so the I3D BatchNorm is kept in eval
     mode (``--frozen-bn``) and every process uses one thread; the head's BatchNorm sees the same one-clip
-    micro-batches in both runs.
+    micro-batches in both runs. The He-initialised random I3D still turns summation-order differences into
+    ~1e-5 weight differences, so I3D tensors are compared against the size of their training update.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     single = subprocess.run([sys.executable, *_cli(data, tmp_path, "single")], cwd=REPO, env=env,
@@ -401,9 +402,14 @@ def test_two_gloo_processes_reach_the_weights_of_one(data, tmp_path):
     for key in a:
         if "running_" in key or "num_batches" in key:
             continue
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
         if key.startswith("i3d."):
-            moved = max(moved, (a[key] - initial[key.removeprefix("i3d.")]).abs().max().item())
+            update = (a[key] - initial[key.removeprefix("i3d.")]).abs().max().item()
+            moved = max(moved, update)
+            # equal up to float summation order: within 2% of what training moved the tensor (a missing gradient
+            # average or a wrong accumulation count would differ by 50-100% of it)
+            assert (a[key] - b[key]).abs().max().item() <= 0.02 * update + 1e-7, key
+        else:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
     assert moved > 1e-3
 
 

@@ -274,6 +274,29 @@ def write_confusion_png(matrix: np.ndarray, class_names: tuple[str, ...], path: 
     os.replace(tmp, path)
 
 
+def write_eval_reports(out: Path, metrics: dict[str, Any], video_ids: np.ndarray, video_labels: np.ndarray,
+                       video_probs: np.ndarray, class_names: tuple[str, ...], probabilities: bool = False) -> None:
+    """Write an evaluation's files: ``confusion.csv``/``.png``, ``predictions.csv`` (one row per video, every class
+    probability too with ``probabilities``) and ``metrics.json`` (which must hold dataset, protocol, split, top1 and
+    mean_class)."""
+    out.mkdir(parents=True, exist_ok=True)
+    video_pred = video_probs.argmax(axis=1)
+    matrix = confusion_matrix(video_labels, video_pred, len(class_names))
+    atomic_write_csv(out / "confusion.csv", ["true\\predicted", *class_names],
+                     ([class_names[i], *matrix[i].tolist()] for i in range(len(class_names))))
+    write_confusion_png(matrix, class_names, out / "confusion.png",
+                        f"{metrics['dataset']} {metrics['protocol']} {metrics['split']}: top-1 {metrics['top1']:.3f}, "
+                        f"mean-class {metrics['mean_class']:.3f}")
+    header = ["sample_id", "label", "pred", "score", "label_name", "pred_name"]
+    header += [f"p_{k}" for k in range(len(class_names))] if probabilities else []
+    atomic_write_csv(out / "predictions.csv", header, (
+        [video_ids[v], int(video_labels[v]), int(video_pred[v]), f"{video_probs[v, video_pred[v]]:.6f}",
+         class_names[video_labels[v]], class_names[video_pred[v]],
+         *([f"{p:.6f}" for p in video_probs[v]] if probabilities else [])]
+        for v in range(len(video_ids))))
+    atomic_write_json(out / "metrics.json", metrics)
+
+
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
                  cache: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
                  batch_size: int = 32, num_workers: int = 0, device: str = "auto",
@@ -328,22 +351,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         "clip_top1": top1_accuracy(labels, probs.argmax(axis=1)), "num_clips": int(len(rows)),
     }
     out = Path(out_dir) if out_dir is not None else run_dir / f"eval_{split}"
-    out.mkdir(parents=True, exist_ok=True)
-    names = clips.class_names
-    matrix = confusion_matrix(video_labels, video_pred, len(names))
-    atomic_write_csv(out / "confusion.csv", ["true\\predicted", *names],
-                     ([names[i], *matrix[i].tolist()] for i in range(len(names))))
-    write_confusion_png(matrix, names, out / "confusion.png",
-                        f"{dataset} {protocol} {split}: top-1 {metrics['top1']:.3f}, "
-                        f"mean-class {metrics['mean_class']:.3f}")
-    header = ["sample_id", "label", "pred", "score", "label_name", "pred_name"]
-    header += [f"p_{k}" for k in range(len(names))] if probabilities else []
-    atomic_write_csv(out / "predictions.csv", header, (
-        [video_ids[v], int(video_labels[v]), int(video_pred[v]), f"{video_probs[v, video_pred[v]]:.6f}",
-         names[video_labels[v]], names[video_pred[v]],
-         *([f"{p:.6f}" for p in video_probs[v]] if probabilities else [])]
-        for v in range(len(video_ids))))
-    atomic_write_json(out / "metrics.json", metrics)
+    write_eval_reports(out, metrics, video_ids, video_labels, video_probs, clips.class_names, probabilities)
     log.info("%s %s: top-1 %.4f, mean-class %.4f over %d videos -> %s", run_dir.name, split,
              metrics["top1"], metrics["mean_class"], metrics["num_videos"], out)
     return metrics

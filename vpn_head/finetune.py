@@ -74,15 +74,14 @@ from vpn_head.augment import AugmentConfig, clip_indices, crop_keep_aspect, flip
 from vpn_head.config import VARIANTS, VPNConfig
 from vpn_head.data import CachedClips, EmptySplitError, resolve_cache, video_groups
 from vpn_head.evaluate import (
-    CHECKPOINT_NAMES, CheckpointError, amp_dtype, atomic_write_csv, atomic_write_json, autocast, confusion_matrix,
-    load_checkpoint, load_weights, model_from_checkpoint, resolve_device, score_clips, summarise, video_scores,
-    write_confusion_png,
+    CHECKPOINT_NAMES, CheckpointError, amp_dtype, atomic_write_csv, atomic_write_json, autocast, load_checkpoint, load_weights, model_from_checkpoint, resolve_device, score_clips, summarise, video_scores,
+    write_eval_reports,
 )
 from vpn_head.losses import vpn_loss
 from vpn_head.model import VPN, VPNOutput
 from vpn_head.train import (
-    LOG_COLUMNS, LOSS_KEYS, POSTFIX_EVERY, RunConfigError, _Progress, rng_state, save_checkpoint, seed_everything,
-    set_rng_state,
+    LOG_COLUMNS, LOSS_KEYS, POSTFIX_EVERY, RunConfigError, _Progress, parse_override, rng_state, save_checkpoint,
+    seed_everything, set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -759,23 +758,6 @@ def score_videos(model: FinetuneVPN, videos: PixelVideos, config: FinetuneConfig
     return probs, videos.labels
 
 
-def write_eval_reports(out: Path, metrics: dict[str, Any], video_ids: np.ndarray, video_labels: np.ndarray,
-                       video_probs: np.ndarray, class_names: tuple[str, ...]) -> None:
-    """The files ``vpn_head.evaluate.evaluate_run`` writes: confusion.csv/.png, predictions.csv, metrics.json."""
-    out.mkdir(parents=True, exist_ok=True)
-    video_pred = video_probs.argmax(axis=1)
-    matrix = confusion_matrix(video_labels, video_pred, len(class_names))
-    atomic_write_csv(out / "confusion.csv", ["true\\predicted", *class_names],
-                     ([class_names[i], *matrix[i].tolist()] for i in range(len(class_names))))
-    write_confusion_png(matrix, class_names, out / "confusion.png",
-                        f"{metrics['dataset']} {metrics['protocol']} {metrics['split']}: top-1 {metrics['top1']:.3f}, "
-                        f"mean-class {metrics['mean_class']:.3f}")
-    atomic_write_csv(out / "predictions.csv", ["sample_id", "label", "pred", "score", "label_name", "pred_name"], (
-        [video_ids[v], int(video_labels[v]), int(video_pred[v]), f"{video_probs[v, video_pred[v]]:.6f}",
-         class_names[video_labels[v]], class_names[video_pred[v]]] for v in range(len(video_ids))))
-    atomic_write_json(out / "metrics.json", metrics)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # runs
 
@@ -1034,16 +1016,6 @@ def evaluate_finetuned(run_dir: str | os.PathLike, split: str = "test", checkpoi
 # command line
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = FinetuneConfig("", "")
     aug = defaults.augment
@@ -1077,7 +1049,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--box-scale", type=float, default=aug.box_scale)
     parser.add_argument("--box-shift", type=float, default=aug.box_shift)
     parser.add_argument("--variant", default="", choices=("", *VARIANTS), help="head variant of a new head")
-    parser.add_argument("--model", action="append", default=[], type=_parse_override, metavar="KEY=VALUE",
+    parser.add_argument("--model", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
                         help="VPNConfig field of a new head (repeatable)")
     parser.add_argument("--eval-split", default=defaults.eval_split, choices=("auto", "val", "test"))
     parser.add_argument("--eval-clips", type=int, default=defaults.eval_clips)

@@ -476,7 +476,8 @@ def _write_logs(run_dir: Path, config: TrainConfig, progress: _Progress, metric:
 # command line
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
+    """argparse type of ``--model KEY=VALUE``: the value as JSON when it parses, else as a string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -491,7 +492,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig("", "")
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--protocol", required=True)
-    parser.add_argument("--model", action="append", default=[], type=_parse_override, metavar="KEY=VALUE",
+    parser.add_argument("--model", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
                         help="any VPNConfig field, e.g. --model embed_dim=512 (repeatable)")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
