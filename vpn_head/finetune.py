@@ -80,8 +80,8 @@ from vpn_head.evaluate import (
 from vpn_head.losses import vpn_loss
 from vpn_head.model import VPN, VPNOutput
 from vpn_head.train import (
-    LOG_COLUMNS, LOSS_KEYS, POSTFIX_EVERY, RunConfigError, _Progress, parse_override, rng_state, save_checkpoint,
-    seed_everything, set_rng_state,
+    LOG_COLUMNS, LOSS_KEYS, POSTFIX_EVERY, RunConfigError, _Progress, parse_override, raise_if_other_experiment,
+    rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -801,13 +801,7 @@ def check_same_experiment(saved: Mapping[str, Any], config: FinetuneConfig, vpn_
                              ) from error
     wanted = {**{f"finetune.{k}": v for k, v in config.identity().items()},
               **{f"model.{k}": v for k, v in vpn_config.to_dict().items()}}
-    same = json.loads(json.dumps(have, sort_keys=True)) == json.loads(json.dumps(wanted, sort_keys=True))
-    if not same:
-        have, wanted = json.loads(json.dumps(have)), json.loads(json.dumps(wanted))
-        differ = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
-        detail = ", ".join(f"{k}: saved {have.get(k)!r}, requested {wanted.get(k)!r}" for k in differ[:6])
-        raise RunConfigError(f"{source} belongs to another experiment ({detail}); pass --force-new to start over "
-                             f"or choose another --run name")
+    raise_if_other_experiment(have, wanted, source)
 
 
 def _write_logs(run_dir: Path, config: FinetuneConfig, vpn_config: VPNConfig, progress: _Progress, metric: str,

@@ -252,6 +252,11 @@ def check_same_experiment(saved: dict[str, Any], config: TrainConfig, vpn_config
               **{f"model.{k}": v for k, v in vpn_config.to_dict().items()}}
     have = {**{f"train.{k}": v for k, v in saved_train.identity().items()},
             **{f"model.{k}": v for k, v in saved_model.items()}}
+    raise_if_other_experiment(have, wanted, source)
+
+
+def raise_if_other_experiment(have: dict[str, Any], wanted: dict[str, Any], source: Path) -> None:
+    """Raise ``RunConfigError`` naming the fields where a saved run config (``have``) differs from ``wanted``."""
     differ = sorted(k for k in set(wanted) | set(have) if _jsonable(wanted.get(k)) != _jsonable(have.get(k)))
     if differ:
         detail = ", ".join(f"{k}: saved {have.get(k)!r}, requested {wanted.get(k)!r}" for k in differ[:6])
