@@ -38,7 +38,7 @@ DEMO_WEIGHTS ?= $(if $(I3D_WEIGHTS),$(I3D_WEIGHTS),$(if $(wildcard $(SHARED_WEIG
 need = $(if $($(1)),,$(error $(1)= is required: $(2)))
 opt = $(if $($(1)),$(2) $($(1)),)
 
-.PHONY: help setup test test-fast demo synthetic manifest cache resume luigid train-head eval ablate finetune bench report clean-demo
+.PHONY: help setup test test-fast demo fidelity synthetic manifest cache resume luigid train-head eval ablate finetune bench report clean-demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -100,7 +100,10 @@ demo: setup  ## synthetic data -> manifest -> cache -> train i3d and vpn heads -
 	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --cameras-per-take 1 --hand-amplitude 0.2 --overwrite
 	$(PY) -m pipeline.manifest --dataset ntu60 --data-root $(DEMO_ROOT) --out $(DEMO_DIR)/manifest.csv
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(DEMO_DIR)/manifest.csv --cache-dir $(DEMO_DIR)/cache --shard-size 32 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
-	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --epochs $(or $(DEMO_EPOCHS),30)
+	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --manifest $(DEMO_DIR)/manifest.csv --epochs $(or $(DEMO_EPOCHS),30)
+
+fidelity: setup  ## does VPN beat I3D? synthetic data made for it, 5 seeds of i3d/attention/vpn + oracle [FID_N=240] [SEEDS="0 1 2 3 4"] [FID_ARGS=]
+	$(PY) -m vpn_head.fidelity --work $(or $(FID_DIR),data/fidelity) --n $(or $(FID_N),240) --seeds $(or $(SEEDS),0 1 2 3 4) --epochs $(EPOCHS) --out bench/results/fidelity.json $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),) $(FID_ARGS)
 
 clean-demo:  ## remove the demo's data
 	rm -rf $(DEMO_ROOT) $(DEMO_DIR)

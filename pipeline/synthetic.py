@@ -17,6 +17,13 @@ bright moving distractor shapes. The person (a filled stick figure: thick limbs,
 drawn far-to-near) stays inside one half of the frame and the distractors move inside the other half, so a model
 that looks at the whole frame is distracted while crops from the skeleton box and the poses carry the signal.
 
+Fidelity options (off by default; ``make fidelity`` turns them on). ``active_hand="random"`` lets each take use
+the right or the left hand for the class motion; the active arm is the one held forward (the template's right
+arm, mirrored for a left-handed take), the other hangs. ``passive_hand_amplitude_m`` makes the hanging hand move
+too, with a class-independent pattern drawn from the same family: global pooling of the crop's features then
+sees two hand motions and cannot tell which is the class, while the pose says which hand is raised, so attention
+guided by the pose can pick the right place. ``synthetic_truth.csv`` records each sample's active hand joint.
+
 Takes and views. As in NTU, one *take* (setup, performer, replication, action) is filmed by the three cameras
 C001-C003: the same 3D motion, seen with a body yaw of 0, +45 and -45 degrees (our simplified convention; plus a
 random +-10 degree jitter), each view with its own placement, background, distractors and Kinect body ids.
@@ -103,6 +110,15 @@ _TEMPLATE = {
 TEMPLATE = np.array([_TEMPLATE[name] for name in NTU_JOINTS], dtype=np.float64)  # (25, 3)
 # How much of the hand offset each right-arm joint follows.
 _HAND_WEIGHTS = {"ElbowRight": 0.3, "WristRight": 0.9, "HandRight": 1.0, "HandTipRight": 1.0, "ThumbRight": 1.0}
+_ARM_PARTS = ("Shoulder", "Elbow", "Wrist", "Hand", "HandTip", "Thumb")
+_MIRROR_X = np.array([-1.0, 1.0, 1.0])
+TEMPLATE_LEFT_ACTIVE = TEMPLATE.copy()
+"""TEMPLATE with the arms swapped (mirrored in x): the left forearm points forward, the right arm hangs."""
+for _part in _ARM_PARTS:
+    TEMPLATE_LEFT_ACTIVE[_J[_part + "Left"]] = TEMPLATE[_J[_part + "Right"]] * _MIRROR_X
+    TEMPLATE_LEFT_ACTIVE[_J[_part + "Right"]] = TEMPLATE[_J[_part + "Left"]] * _MIRROR_X
+HANDS: tuple[str, ...] = ("right", "left")
+TRUTH_FILE = "synthetic_truth.csv"
 _LEAF_JOINTS = ("Head", "FootLeft", "FootRight", "HandTipLeft", "ThumbLeft", "HandTipRight", "ThumbRight")
 
 # Drawn sizes in metres (turned into pixels by the pinhole scale of each part).
@@ -148,6 +164,9 @@ class SyntheticConfig:
         distance_m: (nearest, farthest) distance of a single performer from the camera (metres).
         cameras_per_take: views filmed of each take: 3 (C001-C003, as NTU) or fewer, taken in turn so that every
             camera still appears; fewer views per take give more independent takes for the same ``n``.
+        active_hand: ``right`` (every take) or ``random`` (right or left per take) performs the class motion.
+        passive_hand_amplitude_m: amplitude of a class-independent motion of the other (hanging) hand; 0 keeps
+            it idle.
     """
 
     n: int = 48
@@ -163,6 +182,8 @@ class SyntheticConfig:
     num_distractors: int = 1
     distance_m: tuple[float, float] = (2.6, 3.8)
     cameras_per_take: int = len(CAMERAS)
+    active_hand: str = "right"
+    passive_hand_amplitude_m: float = 0.0
 
     def __post_init__(self) -> None:
         width, height = self.frame_size
@@ -182,6 +203,10 @@ class SyntheticConfig:
             (self.num_distractors >= 0, f"num_distractors must be >= 0, got {self.num_distractors}"),
             (1 <= self.cameras_per_take <= len(CAMERAS),
              f"cameras_per_take must be in 1..{len(CAMERAS)}, got {self.cameras_per_take}"),
+            (self.active_hand in ("right", "random"),
+             f"active_hand must be 'right' or 'random', got {self.active_hand!r}"),
+            (0.0 <= self.passive_hand_amplitude_m <= 0.3,
+             f"passive_hand_amplitude_m must be in [0, 0.3], got {self.passive_hand_amplitude_m}"),
             (1.5 <= self.distance_m[0] <= self.distance_m[1],
              f"distance_m must be (near, far) with 1.5 <= near <= far, got {self.distance_m}"),
         ]
@@ -282,7 +307,7 @@ def hand_pattern(name: str, phase: np.ndarray) -> np.ndarray:
     return np.stack(table[name], axis=-1)  # (T, 2)
 
 
-_STREAMS = ("plan", "take", "style", "body", "view")
+_STREAMS = ("plan", "take", "style", "body", "view", "hand")
 
 
 def _rng(config: SyntheticConfig, stream: str, *keys: int) -> np.random.Generator:
@@ -336,27 +361,54 @@ def _random_color(rng: np.random.Generator, saturation: tuple[int, int], value: 
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
+def active_hand(take: int, config: SyntheticConfig) -> str:
+    """``right`` or ``left``: the hand that performs take ``take``'s class motion."""
+    if config.active_hand == "right":
+        return "right"
+    return HANDS[int(_rng(config, "hand", take).integers(0, 2))]
+
+
+def _hand_joints(hand: str) -> dict[str, float]:
+    """``_HAND_WEIGHTS`` for the given hand."""
+    return {name.replace("Right", hand.capitalize()): w for name, w in _HAND_WEIGHTS.items()}
+
+
 def _body_motion(plan: SamplePlan, config: SyntheticConfig, person: int) -> np.ndarray:
     """Body-frame joints (T, 25, 3) of one person of a take (the same for the take's three cameras)."""
     rng = _rng(config, "body", plan.take, person)
     t = np.arange(plan.num_frames) / FPS  # (T,)
-    joints = np.repeat(TEMPLATE[None] * rng.uniform(0.92, 1.08), plan.num_frames, axis=0)  # (T, 25, 3)
+    hand = active_hand(plan.take, config) if person == 0 else "right"
+    other = "left" if hand == "right" else "right"
+    template = TEMPLATE if hand == "right" else TEMPLATE_LEFT_ACTIVE
+    joints = np.repeat(template[None] * rng.uniform(0.92, 1.08), plan.num_frames, axis=0)  # (T, 25, 3)
     # class-independent sway of the whole body and an idle left hand
     sway = rng.uniform(0.0, 0.03, 3) * np.sin(2 * np.pi * rng.uniform(0.1, 0.4, 3) * t[:, None]
                                                + rng.uniform(0, 2 * np.pi, 3))  # (T, 3)
     joints += sway[:, None, :]
     idle = rng.uniform(0.0, 0.03, 2) * np.sin(2 * np.pi * rng.uniform(0.1, 0.5, 2) * t[:, None]
                                                + rng.uniform(0, 2 * np.pi, 2))  # (T, 2)
-    for name in ("WristLeft", "HandLeft", "HandTipLeft", "ThumbLeft"):
-        joints[:, _J[name], :2] += idle
-    # the class signal: the performer's right hand (a second person keeps it still)
+    for part in ("Wrist", "Hand", "HandTip", "Thumb"):
+        joints[:, _J[part + other.capitalize()], :2] += idle
+    # the class signal: the performer's active hand (a second person keeps it still)
     frequency, phase0 = rng.uniform(0.5, 1.0), rng.uniform(0, 2 * np.pi)
     amplitude = config.hand_amplitude_m * rng.uniform(0.8, 1.2)
     if person == 0:
         offset = amplitude * hand_pattern(MOTION_PATTERNS[plan.label], 2 * np.pi * frequency * t + phase0)  # (T, 2)
-        for name, weight in _HAND_WEIGHTS.items():
+        for name, weight in _hand_joints(hand).items():
             joints[:, _J[name], :2] += weight * offset
+        if config.passive_hand_amplitude_m > 0:
+            offset = config.passive_hand_amplitude_m * _passive_motion(plan.take, config, t)  # (T, 2)
+            for name, weight in _hand_joints(other).items():
+                joints[:, _J[name], :2] += weight * offset
     return joints
+
+
+def _passive_motion(take: int, config: SyntheticConfig, t: np.ndarray) -> np.ndarray:
+    """Unit-amplitude, class-independent motion (T, 2) of the hanging hand: a random moving pattern of the family
+    (any of ``MOTION_PATTERNS`` but ``still``) with its own frequency and phase."""
+    rng = _rng(config, "hand", take, 1)
+    pattern = MOTION_PATTERNS[int(rng.integers(1, len(MOTION_PATTERNS)))]
+    return hand_pattern(pattern, 2 * np.pi * rng.uniform(0.5, 1.0) * t + rng.uniform(0, 2 * np.pi))
 
 
 def _yaw_matrix(yaw: float) -> np.ndarray:
@@ -574,6 +626,11 @@ def generate(root: str | Path, config: SyntheticConfig, overwrite: bool = False)
     plans = plan_samples(config)
     for plan in plans:
         write_sample(build_sample(plan, config), root)
+    truth = ["sample_id,label,active_hand,active_joint"]
+    for plan in plans:
+        hand = active_hand(plan.take, config)
+        truth.append(f"{plan.sample_id},{plan.label},{hand},{_J['Hand' + hand.capitalize()]}")
+    (root / TRUTH_FILE).write_text("\n".join(truth) + "\n", encoding="utf-8")
     (root / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n", encoding="utf-8")
     logger.info("wrote %d synthetic NTU samples to %s in %.1f s", len(plans), root, time.perf_counter() - start)
     return [plan.sample_id for plan in plans]
@@ -606,6 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="amplitude of the class-specific hand motion, metres")
     parser.add_argument("--cameras-per-take", type=int, default=defaults.cameras_per_take,
                         help="views per take (3 as NTU; fewer gives more independent takes)")
+    parser.add_argument("--active-hand", choices=("right", "random"), default=defaults.active_hand,
+                        help="hand that performs the class motion (random: right or left per take)")
+    parser.add_argument("--passive-hand-amplitude", type=float, default=defaults.passive_hand_amplitude_m,
+                        help="amplitude of a class-independent motion of the other hand, metres (0: idle)")
     parser.add_argument("--overwrite", action="store_true", help="replace NTU files already under --root")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -614,7 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             n=args.n, seed=args.seed, num_classes=args.num_classes, frame_size=args.frame_size,
             min_frames=args.min_frames, max_frames=args.max_frames, two_person_fraction=args.two_person_fraction,
             zero_body_frames=args.zero_body_frames, ntu120=args.ntu120, num_distractors=args.num_distractors,
-            hand_amplitude_m=args.hand_amplitude, cameras_per_take=args.cameras_per_take)
+            hand_amplitude_m=args.hand_amplitude, cameras_per_take=args.cameras_per_take,
+            active_hand=args.active_hand, passive_hand_amplitude_m=args.passive_hand_amplitude)
         ids = generate(args.root, config, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,7 +13,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.metrics import confusion_matrix as sklearn_confusion
 
 from pipeline.datasets import get_dataset
-from test_train import write_tiny_cache
+from pipeline.nucla import parse_sample_name
+from test_train import tiny_sample_id, write_tiny_cache
 from vpn_head.config import VPNConfig
 from vpn_head.evaluate import (
     CheckpointError, confusion_matrix, evaluate_run, main, max_pool_scores, mean_class_accuracy, top1_accuracy,
@@ -86,8 +87,8 @@ SCALE = 4.0
 
 def _shown(sample_id: str, clip: int) -> tuple[int, float]:
     """Which class block a test clip lights up, and how brightly (clip 1 of some videos misleads)."""
-    _, c, v = sample_id.split("_")
-    c, v = int(c[1:]), int(v[1:])
+    sample = parse_sample_name(sample_id)
+    c, v = sample.label, sample.episode
     if clip == 0:
         return c, 1.0
     misleading = (c, v) in {(1, 1), (2, 0)}
@@ -96,7 +97,7 @@ def _shown(sample_id: str, clip: int) -> tuple[int, float]:
 
 def _features(c: int, sample_id: str, clip: int, rng) -> np.ndarray:
     features = np.zeros((1024, 8, 7, 7), dtype=np.float32)
-    shown, amplitude = _shown(sample_id, clip) if sample_id.startswith("test") else (c, 1.0)
+    shown, amplitude = _shown(sample_id, clip) if parse_sample_name(sample_id).view == 3 else (c, 1.0)
     features[16 * shown:16 * (shown + 1)] = amplitude
     return features
 
@@ -128,7 +129,7 @@ def _expected() -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     ids, labels, pooled = [], [], []
     for c in CLASSES:
         for v in range(TEST_VIDEOS[c]):
-            sample_id = f"test_c{c}_v{v}"
+            sample_id = tiny_sample_id("nucla", "test", c, v)
             clip_probs = []
             for clip in range(2):
                 shown, amplitude = _shown(sample_id, clip)

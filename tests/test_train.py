@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.cache import CacheError, ShardWriter, make_attrs, merge_shards
-from pipeline.datasets import get_dataset, protocol_label
+from pipeline.datasets import NUCLA_ACTION_IDS, get_dataset, protocol_label
+from pipeline.ntu import format_sample_id
 from vpn_head.ablate import ABLATIONS, ablate
 from vpn_head.data import CachedClips, EmptySplitError, resolve_cache, video_groups
 from vpn_head.evaluate import CheckpointError, load_checkpoint
@@ -18,6 +19,19 @@ from vpn_head.train import LOG_COLUMNS, RunConfigError, TrainConfig, main, train
 
 SMALL_MODEL = {"embed_dim": 16, "attention_hidden": 16, "gcn_channels": 8}
 """Narrow embedding/attention layers keep the CPU steps fast; the features stay (1024, 8, 7, 7)."""
+_SPLIT_VIEW = {"train": 1, "val": 2, "test": 3}
+
+
+def tiny_sample_id(dataset: str, split: str, c: int, v: int) -> str:
+    """A genuine sample id of ``dataset`` for video ``v`` of class ``c`` (index in the full class list) in ``split``:
+    subject ``v % 5 + 1`` (so a split has several subjects), the split encoded in the view/camera/setup."""
+    spec = get_dataset(dataset)
+    subject = v % 5 + 1
+    if dataset == "nucla":
+        return f"a{NUCLA_ACTION_IDS[c]:02d}_s{subject:02d}_e{v:02d}_v{_SPLIT_VIEW[split]:02d}"
+    if dataset == "smarthome":
+        return f"{spec.classes[c]}_p{subject:02d}_r00_v{v:02d}_c{_SPLIT_VIEW[split]:02d}"
+    return format_sample_id(_SPLIT_VIEW[split], 1, subject, v + 1, c + 1)
 
 
 def write_tiny_cache(folder: Path, dataset: str = "nucla", classes: tuple[int, ...] = (0, 1, 2, 3),
@@ -42,7 +56,7 @@ def write_tiny_cache(folder: Path, dataset: str = "nucla", classes: tuple[int, .
     clips = clips or {"train": 1, "test": 2}
     rng = np.random.default_rng(seed)
     counts = {split: n if isinstance(n, dict) else dict.fromkeys(classes, n) for split, n in videos.items()}
-    rows = [(f"{split}_c{c}_v{v}", c, split, k) for split in videos for c in classes
+    rows = [(tiny_sample_id(dataset, split, c, v), c, split, k) for split in videos for c in classes
             for v in range(counts[split].get(c, 0)) for k in range(clips[split])]
     protocols = tuple(spec.protocols)
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,11 +110,11 @@ def test_cached_clips_reads_split_with_protocol_labels(tiny_cache):
     features, poses, label, row = clips[3]
     assert features.dtype == torch.float32 and features.shape == (1024, 8, 7, 7)
     assert poses.shape == (2, 3, 20, 5)
-    assert clips.sample_ids[3] == "test_c0_v1" and label == 0
+    assert clips.sample_ids[3] == tiny_sample_id("nucla", "test", 0, 1) and label == 0
     # the separable signal survives float16 storage
     assert features[:16].mean() > 1.5 and features[16:].mean().abs() < 0.1
     assert row == 24 + 3  # train rows come first in the cache
-    assert clips.sample_ids_of(np.array([row, 24])).tolist() == ["test_c0_v1", "test_c0_v0"]
+    assert clips.sample_ids_of(np.array([row, 24])).tolist() == [tiny_sample_id("nucla", "test", 0, v) for v in (1, 0)]
 
 
 def test_cached_clips_drops_classes_outside_the_protocol(tmp_path):

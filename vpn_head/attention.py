@@ -2,7 +2,11 @@
 
 For r in {1, 2}: ``z_r = W_zr tanh(W_hr h* + b_hr) + b_zr`` (two independent branches).
 Spatial attention ``A_S = sigmoid(z_1)`` over the S x S grid (S = 7), temporal attention
-``A_T = softmax(z_2)`` over the T = 8 time steps.
+``A_T = softmax(z_2)`` over the T = 8 time steps (``temporal_scale="sum1"``, the paper), or ``T * softmax(z_2)``
+(``"mean1"``): with the paper's A_T the attended term ``A_T A_S f`` averages at most 1/T of the residual f, so
+attention can move a cell's weight by 1/8 at most when A_T is spread over time; with ``mean1`` it can double it.
+``attention_init="zero"`` starts the last layer of both branches at zero (A_S = 0.5, A_T uniform for every
+video), as the authors' code does.
 
 Coupler on (eq. 3): ``A_ST[t, i, j] = A_T[t] * A_S[i, j]`` (the outer product of the two maps, as the equation
 says) and ``f' = A_ST * f + f``, broadcast over channels.
@@ -27,11 +31,17 @@ from torch import nn
 class PoseAttention(nn.Module):
     """Two tanh-MLP branches from h* to the spatial (S * S) and temporal (T) attention logits (eq. 2)."""
 
-    def __init__(self, pose_dim: int, hidden: int, feature_time: int, feature_size: int):
+    def __init__(self, pose_dim: int, hidden: int, feature_time: int, feature_size: int,
+                 temporal_scale: str = "sum1", zero_init: bool = False):
         super().__init__()
         self.feature_size = feature_size
+        self.temporal_factor = float(feature_time) if temporal_scale == "mean1" else 1.0
         self.spatial = nn.Sequential(nn.Linear(pose_dim, hidden), nn.Tanh(), nn.Linear(hidden, feature_size ** 2))
         self.temporal = nn.Sequential(nn.Linear(pose_dim, hidden), nn.Tanh(), nn.Linear(hidden, feature_time))
+        if zero_init:
+            for branch in (self.spatial, self.temporal):
+                nn.init.zeros_(branch[-1].weight)
+                nn.init.zeros_(branch[-1].bias)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute the attention maps from the pose feature.
@@ -40,12 +50,13 @@ class PoseAttention(nn.Module):
             h: h*, (N, pose_dim).
 
         Returns:
-            ``(z1, a_s, a_t)``: spatial logits (N, S * S), A_S = sigmoid(z1) as (N, S, S), A_T = softmax(z2) (N, T).
+            ``(z1, a_s, a_t)``: spatial logits (N, S * S), A_S = sigmoid(z1) as (N, S, S), A_T = softmax(z2)
+            (times T with ``temporal_scale="mean1"``) (N, T).
         """
         z1 = self.spatial(h)  # (N, 49)
         z2 = self.temporal(h)  # (N, 8)
         a_s = torch.sigmoid(z1).unflatten(1, (self.feature_size, self.feature_size))  # (N, 7, 7)
-        a_t = torch.softmax(z2, dim=1)  # (N, 8)
+        a_t = torch.softmax(z2, dim=1) * self.temporal_factor  # (N, 8)
         return z1, a_s, a_t
 
 

@@ -17,7 +17,12 @@ VARIANTS: tuple[str, ...] = ("i3d", "attention", "vpn")
 """Paper Table 1 rows: ``i3d`` (l1, no pose), ``attention`` (l2, pose attention without the embedding loss),
 ``vpn`` (l3, attention + spatial embedding)."""
 POSE_BACKBONES: tuple[str, ...] = ("gcn", "lstm")
-EMBEDDING_LOSSES: tuple[str, ...] = ("euclid", "kl_fe_pe", "kl_pe_fe", "bikl")
+EMBEDDING_LOSSES: tuple[str, ...] = ("euclid", "kl_fe_pe", "kl_pe_fe", "bikl", "contrastive")
+POSE_POOLS: tuple[str, ...] = ("mean", "max_dense")
+TEMPORAL_SCALES: tuple[str, ...] = ("sum1", "mean1")
+ATTENTION_INITS: tuple[str, ...] = ("default", "zero")
+EMBEDDING_INPUTS: tuple[str, ...] = ("z1", "a_s")
+EMBEDDING_CENTRES: tuple[str, ...] = ("none", "spatial")
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,22 @@ class VPNConfig:
         pose_backbone: ``gcn`` (paper) | ``lstm`` (the paper's LSTM-vs-GCN ablation).
         coupler: couple spatial and temporal attention into one spatio-temporal map (eq. 3); when False the two
             attentions are applied one after the other (see ``vpn_head.attention.apply_attention``).
-        embedding_loss: ``euclid`` (paper) | ``kl_fe_pe`` | ``kl_pe_fe`` | ``bikl`` (Table 3 ablation).
+        embedding_loss: ``euclid`` (paper) | ``kl_fe_pe`` | ``kl_pe_fe`` | ``bikl`` (Table 3 ablation) |
+            ``contrastive`` (not in the paper: InfoNCE over the batch between the normalised f_e and P_e, so a
+            pose must match its own video better than the batch's other videos; see ``losses.py``).
+        pose_pool: how the pose backbone's (128, J, t_p) map becomes h*: ``mean`` (global average over joints
+            and time, the paper's reading) or ``max_dense`` (max over time, flatten the joints, dense 256 -> 128,
+            as in the authors' Keras code): ``mean`` discards which joint moved.
+        temporal_scale: ``sum1`` (paper: A_T = softmax(z2) sums to 1 over the T steps, so the attended term
+            A_T A_S f is at most 1/T of the residual f on average) or ``mean1`` (A_T = T softmax(z2), averaging 1,
+            so attention can double a cell's weight).
+        attention_init: ``default`` (PyTorch's Linear init) or ``zero`` (the last layer of each attention
+            branch starts at zero, as in the authors' code: A_S = 0.5 and A_T uniform for every video at init).
+        embedding_input: what the pose side of the embedding projects: ``z1`` (paper eq. 4) or ``a_s``
+            (sigmoid(z1), as in the authors' code).
+        embedding_centre: ``none`` (paper) or ``spatial``: subtract each channel's mean over the 7 x 7 grid from
+            f_s before T_v, so f_e describes where the features are, not their (shared, non-negative) level.
+        embedding_temperature: softmax temperature of the ``contrastive`` embedding loss.
         alpha: adjacency weight of two joints joined by a bone.
         beta: adjacency weight of two joints not joined by a bone.
         feature_channels: C of the I3D Mixed_5c feature map.
@@ -67,12 +87,27 @@ class VPNConfig:
     dropout: float = 0.3
     lambda1: float = 0.8
     lambda2: float = 1e-5
+    pose_pool: str = "mean"
+    temporal_scale: str = "sum1"
+    attention_init: str = "default"
+    embedding_input: str = "z1"
+    embedding_centre: str = "none"
+    embedding_temperature: float = 0.1
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field and what it must be."""
         _choice("variant", self.variant, VARIANTS)
         _choice("pose_backbone", self.pose_backbone, POSE_BACKBONES)
         _choice("embedding_loss", self.embedding_loss, EMBEDDING_LOSSES)
+        _choice("pose_pool", self.pose_pool, POSE_POOLS)
+        _choice("temporal_scale", self.temporal_scale, TEMPORAL_SCALES)
+        _choice("attention_init", self.attention_init, ATTENTION_INITS)
+        _choice("embedding_input", self.embedding_input, EMBEDDING_INPUTS)
+        _choice("embedding_centre", self.embedding_centre, EMBEDDING_CENTRES)
+        if (not isinstance(self.embedding_temperature, (int, float)) or isinstance(self.embedding_temperature, bool)
+                or not math.isfinite(self.embedding_temperature) or self.embedding_temperature <= 0):
+            raise ValueError(f"VPNConfig.embedding_temperature must be a finite number > 0, "
+                             f"got {self.embedding_temperature!r}")
         for name in ("num_classes", "num_joints", "t_p", "feature_channels", "feature_time", "feature_size",
                      "gcn_channels", "embed_dim", "attention_hidden"):
             value = getattr(self, name)

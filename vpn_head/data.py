@@ -25,10 +25,12 @@ from torch.utils.data import Dataset
 from pipeline.cache import CacheError, CacheReader, open_cache
 from pipeline.contracts import FEATURE_SHAPE, MAX_BODIES
 from pipeline.datasets import DatasetSpec, get_dataset, protocol_label
+from vpn_head.splits import CARVED_VAL, carve_validation
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLITS: tuple[str, ...] = ("train", "val", "test", CARVED_VAL)
+"""``val_carved`` is the validation set carved from ``train`` by subject (see ``vpn_head.splits``)."""
 MEMORY_HEADROOM = 0.8
 """``in_memory`` loads a split only when it needs at most this fraction of the available RAM."""
 LOAD_BLOCK_ROWS = 64
@@ -118,10 +120,12 @@ class CachedClips(Dataset):
         pose_shape: per-row pose shape.
         in_memory: whether the split was loaded into RAM.
         feature_dtype: dtype of the features handed out.
+        held_out_subjects: subjects carved out of ``train`` (empty when nothing is carved).
     """
 
     def __init__(self, path: str | os.PathLike, protocol: str, split: str, in_memory: bool = False,
-                 dataset: str | None = None, feature_dtype: torch.dtype = torch.float32) -> None:
+                 dataset: str | None = None, feature_dtype: torch.dtype = torch.float32,
+                 carve_fraction: float = 0.0, carve_seed: int = 0) -> None:
         """Index the split (and load it when ``in_memory`` and it fits).
 
         Args:
@@ -131,6 +135,9 @@ class CachedClips(Dataset):
             in_memory: load the whole split into RAM once, if it fits.
             dataset: expected dataset name; a cache of another dataset is an error.
             feature_dtype: ``torch.float32`` (default) or ``torch.float16`` (as stored).
+            carve_fraction: with ``split="train"`` and a value > 0, leave out the training clips of this share
+                of the training subjects; ``split="val_carved"`` returns exactly those clips.
+            carve_seed: chooses the carved subjects.
 
         Raises:
             CacheError: missing or unreadable cache, wrong dataset, unknown protocol or split, empty split.
@@ -160,7 +167,14 @@ class CachedClips(Dataset):
             self.class_names = self.spec.protocol_classes(protocol)
             splits = np.asarray(reader.splits(protocol)).astype(str)
             labels = self._protocol_labels(np.asarray(reader.actions).astype(str))
-            keep = (splits == split) & (labels >= 0)
+            all_ids = np.asarray(reader.sample_ids).astype(str)
+            keep = (splits == ("train" if split == CARVED_VAL else split)) & (labels >= 0)
+            self.held_out_subjects = np.zeros(0, dtype=np.int64)
+            if split == CARVED_VAL or (split == "train" and carve_fraction > 0):
+                if split == CARVED_VAL and carve_fraction <= 0:
+                    raise CacheError(f"split {CARVED_VAL!r} needs carve_fraction > 0")
+                is_val, self.held_out_subjects = carve_validation(name, all_ids[keep], carve_fraction, carve_seed)
+                keep[np.flatnonzero(keep)[is_val if split == "train" else ~is_val]] = False
             if not keep.any():
                 in_split = int((splits == split).sum())
                 why = (f"none of its {in_split} rows has a {protocol} class" if in_split
@@ -168,7 +182,7 @@ class CachedClips(Dataset):
                 raise EmptySplitError(f"{self.path}: split {split!r} of {name}/{protocol} is empty ({why})")
             self.rows = np.flatnonzero(keep).astype(np.int64)
             self.labels = labels[keep]
-            self.sample_ids = np.asarray(reader.sample_ids)[keep].astype(str)
+            self.sample_ids = all_ids[keep]
             self.feature_shape = FEATURE_SHAPE
             self.pose_shape = (MAX_BODIES, 3, reader.num_joints, reader.t_p)
             self.in_memory = in_memory and self._fits_in_memory()

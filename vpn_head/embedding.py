@@ -4,7 +4,11 @@
 pooled to the S x S grid of the spatial attention (an identity for the usual 7 x 7 map) and flattened, so the
 embedding keeps the spatial layout that the pose logits ``z1`` describe.
 
-``f_e = T_v f_s`` and ``P_e = T_p z1`` project both into a common space of size ``embed_dim`` (linear maps,
+``embedding_centre="spatial"`` (not in the paper) subtracts each channel's mean over the grid from f_s first: I3D
+Mixed_5c features are non-negative and share one large mean, so without it f_e of every video points the same
+way (cosine 0.999 measured on the demo) and the embedding loss has a trivial minimum that ignores the pose.
+
+``f_e = T_v f_s`` and ``P_e = T_p z1`` (``embedding_input="a_s"``: ``T_p A_S``, as in the authors' code) project both into a common space of size ``embed_dim`` (linear maps,
 no bias). The constraint ``||T_v|| = ||T_p|| = 1`` is enforced as a unit *spectral* norm with
 ``torch.nn.utils.parametrizations.spectral_norm``: the used weight is ``W / sigma_max(W)``, with sigma_max
 estimated by power iteration (15 steps at construction, then one per training forward, frozen in eval mode):
@@ -25,9 +29,10 @@ from torch.nn.utils.parametrizations import spectral_norm
 class SpatialEmbedding(nn.Module):
     """Projects the time-summed feature map and the spatial attention logits into one embedding space."""
 
-    def __init__(self, feature_channels: int, feature_size: int, embed_dim: int):
+    def __init__(self, feature_channels: int, feature_size: int, embed_dim: int, centre: bool = False):
         super().__init__()
         self.feature_size = feature_size
+        self.centre = centre
         self.visual = spectral_norm(nn.Linear(feature_channels * feature_size ** 2, embed_dim, bias=False))  # T_v
         self.pose = spectral_norm(nn.Linear(feature_size ** 2, embed_dim, bias=False))  # T_p
 
@@ -36,13 +41,15 @@ class SpatialEmbedding(nn.Module):
 
         Args:
             f: original feature map (N, C, T, H, W).
-            z1: spatial attention logits (N, S * S).
+            z1: the pose side, (N, S * S): spatial attention logits z1 or A_S (``embedding_input``).
 
         Returns:
             ``(f_e, p_e)``, each (N, embed_dim).
         """
         f_s = f.sum(dim=2)  # (N, C, H, W)
         f_s = F.adaptive_avg_pool2d(f_s, self.feature_size)  # (N, C, 7, 7)
+        if self.centre:
+            f_s = f_s - f_s.mean(dim=(2, 3), keepdim=True)  # (N, C, 7, 7)
         f_e = self.visual(f_s.flatten(1))  # (N, embed_dim)
         p_e = self.pose(z1)  # (N, embed_dim)
         return f_e, p_e

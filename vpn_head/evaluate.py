@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.cache import CacheError
 from vpn_head.config import VPNConfig
+from vpn_head import diagnostics as diag
 from vpn_head.data import CachedClips, resolve_cache, video_groups
 from vpn_head.model import VPN
 
@@ -104,24 +105,45 @@ def _check_labels(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, n
 
 
 @torch.no_grad()
-def score_clips(model: VPN, loader: Iterable, device: torch.device, amp: bool = False
+def score_clips(model: VPN, loader: Iterable, device: torch.device, amp: bool = False,
+                replace_poses: np.ndarray | None = None, record: dict[str, np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Softmax scores of every clip the loader yields, in loader order.
+
+    Args:
+        model: the head.
+        loader: yields ``(features, poses, label, row)`` batches, in a fixed order.
+        device: where to run.
+        amp: autocast.
+        replace_poses: (N, B, 3, J, t_p) poses used instead of the loader's, by position in loader order (the
+            pose-shuffle diagnostic).
+        record: when given, receives ``poses`` (N, B, 3, J, t_p) as fed to the model and, for pose variants,
+            ``attention_spatial`` (N, S, S) and ``attention_temporal`` (N, T).
 
     Returns:
         ``(probs, labels, rows)``: (N, K) float32, (N,) int64 labels, (N,) int64 cache rows.
     """
     model.eval()
     uses_pose = model.config.variant != "i3d"
-    probs, labels, rows = [], [], []
+    probs, labels, rows, kept = [], [], [], {"poses": [], "attention_spatial": [], "attention_temporal": []}
+    seen = 0
     for features, poses, label, row in loader:
+        if replace_poses is not None:
+            poses = torch.from_numpy(replace_poses[seen:seen + len(label)])
+        seen += len(label)
         features = features.to(device, non_blocking=True).float()  # (B, C, T, H, W) float16 -> float32
-        poses = poses.to(device, non_blocking=True) if uses_pose else None  # (B, 2, 3, J, t_p)
         with autocast(device, amp):
-            logits = model(features, poses).logits  # (B, K)
-        probs.append(F.softmax(logits.float(), dim=1).cpu())
+            out = model(features, poses.to(device, non_blocking=True) if uses_pose else None)
+        probs.append(F.softmax(out.logits.float(), dim=1).cpu())
         labels.append(label)
         rows.append(row)
+        if record is not None:
+            kept["poses"].append(poses.cpu())
+            if out.attention_spatial is not None:
+                kept["attention_spatial"].append(out.attention_spatial.float().cpu())
+                kept["attention_temporal"].append(out.attention_temporal.float().cpu())
+    if record is not None:
+        record.update({k: torch.cat(v).numpy() for k, v in kept.items() if v})
     return torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy()
 
 
@@ -300,7 +322,9 @@ def write_eval_reports(out: Path, metrics: dict[str, Any], video_ids: np.ndarray
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best",
                  cache: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
                  batch_size: int = 32, num_workers: int = 0, device: str = "auto",
-                 probabilities: bool = False) -> dict[str, Any]:
+                 probabilities: bool = False, shuffle_poses: bool = False,
+                 manifest: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None
+                 ) -> dict[str, Any]:
     """Score a run's checkpoint on a split and write the evaluation files.
 
     Args:
@@ -313,6 +337,14 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         num_workers: DataLoader workers.
         device: ``auto``, ``cpu``, ``cuda``, ...
         probabilities: add every class probability to ``predictions.csv``.
+        shuffle_poses: report the scores with every video's poses taken from another video (the predictions and
+            headline numbers then are the shuffled ones; ``metrics.json`` says so).
+        manifest: for pose variants, the manifest whose skeletons locate the key joint in each crop (where A_S
+            should peak); default ``manifests/<dataset>.csv`` when it exists.
+        data_root: where the manifest's paths start; default the manifest's side file.
+
+    For pose variants ``metrics.json`` also holds the diagnostics of ``vpn_head.diagnostics``: accuracy with the
+    poses shuffled across videos, A_S spread across videos, A_T entropy, and where A_S peaks.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -340,21 +372,58 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     torch_device = resolve_device(device)
     model.to(torch_device)
     amp = torch_device.type == "cuda" and train_config.get("amp") is not False
+    uses_pose = model.config.variant != "i3d"
+    record: dict[str, np.ndarray] = {}
     probs, labels, rows = score_clips(model, make_loader(clips, batch_size, num_workers, torch_device),
-                                      torch_device, amp)
-    video_probs, video_labels, video_ids = video_scores(probs, labels, clips.sample_ids_of(rows))
+                                      torch_device, amp, record=record if uses_pose else None)
+    sample_ids = clips.sample_ids_of(rows)
+    diagnostics: dict[str, Any] = {}
+    if uses_pose:
+        source = diag.shuffle_poses(sample_ids, seed=0)
+        shuffled_probs, _, _ = score_clips(model, make_loader(clips, batch_size, num_workers, torch_device),
+                                           torch_device, amp, replace_poses=record["poses"][source])
+        manifest_path = Path(manifest) if manifest else Path("manifests") / f"{dataset}.csv"
+        cells, note = diag.clip_joint_cells(cache_path, rows, sample_ids, record["poses"], clips.spec,
+                                            manifest_path, Path(data_root) if data_root else None,
+                                            model.config.feature_size)
+        own_video, video_labels, _ = video_scores(probs, labels, sample_ids)
+        shuffled_video, _, _ = video_scores(shuffled_probs, labels, sample_ids)
+        diagnostics = diag.pose_diagnostics(
+            summarise(video_labels, own_video.argmax(axis=1)), summarise(video_labels, shuffled_video.argmax(axis=1)),
+            float((own_video.argmax(axis=1) != shuffled_video.argmax(axis=1)).mean()), record, cells, note)
+        if shuffle_poses:
+            probs = shuffled_probs
+    elif shuffle_poses:
+        diagnostics = {"pose_shuffle": "variant i3d does not read poses: shuffling them changes nothing"}
+    video_probs, video_labels, video_ids = video_scores(probs, labels, sample_ids)
     video_pred = video_probs.argmax(axis=1)
     metrics: dict[str, Any] = {
         "run": str(run_dir), "checkpoint": ckpt_path.name, "epoch": int(ckpt["epoch"]), "cache": str(cache_path),
         "dataset": dataset, "protocol": protocol, "variant": model.config.variant, "split": split,
         "headline_metric": clips.spec.metric, **summarise(video_labels, video_pred),
         "clip_top1": top1_accuracy(labels, probs.argmax(axis=1)), "num_clips": int(len(rows)),
+        "checkpoint_selected_on": _selected_on(run_dir, checkpoint), "poses_shuffled": bool(shuffle_poses),
+        **diagnostics,
     }
-    out = Path(out_dir) if out_dir is not None else run_dir / f"eval_{split}"
+    default_out = run_dir / (f"eval_{split}_shuffled_poses" if shuffle_poses else f"eval_{split}")
+    out = Path(out_dir) if out_dir is not None else default_out
     write_eval_reports(out, metrics, video_ids, video_labels, video_probs, clips.class_names, probabilities)
     log.info("%s %s: top-1 %.4f, mean-class %.4f over %d videos -> %s", run_dir.name, split,
              metrics["top1"], metrics["mean_class"], metrics["num_videos"], out)
     return metrics
+
+
+def _selected_on(run_dir: Path, checkpoint: str) -> str:
+    """Which split chose ``checkpoint``: the run's ``eval_split`` for ``best``; ``last`` is chosen by nobody."""
+    if checkpoint == "last":
+        return "none (last epoch)"
+    try:
+        return str(json.loads((run_dir / "metrics.json").read_text())["checkpoint_selected_on"])
+    except (OSError, KeyError, json.JSONDecodeError):
+        try:
+            return str(json.loads((run_dir / "metrics.json").read_text())["eval_split"])
+        except (OSError, KeyError, json.JSONDecodeError):
+            return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="dataset, to derive the default run name")
     parser.add_argument("--protocol", help="protocol, to derive the default run name")
     parser.add_argument("--variant", default="vpn", help="variant, to derive the default run name")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--split", default="test", choices=("train", "val", "val_carved", "test"))
     parser.add_argument("--checkpoint", default="best", choices=CHECKPOINT_NAMES)
     parser.add_argument("--cache", help="cache path (default: the one the run was trained on)")
     parser.add_argument("--out", help="output directory (default: <run-dir>/eval_<split>)")
@@ -373,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--probabilities", action="store_true", help="write every class probability")
+    parser.add_argument("--shuffle-poses", action="store_true",
+                        help="score with every video's poses taken from another video")
+    parser.add_argument("--manifest", help="manifest for the key-joint positions (default manifests/<dataset>.csv)")
+    parser.add_argument("--data-root", help="where the manifest's paths start (default: its side file)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.run_dir:
@@ -385,11 +458,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --run-dir, --run, or --dataset and --protocol")
     try:
         metrics = evaluate_run(run_dir, args.split, args.checkpoint, args.cache, args.out, args.batch_size,
-                               args.num_workers, args.device, args.probabilities)
+                               args.num_workers, args.device, args.probabilities, args.shuffle_poses,
+                               args.manifest, args.data_root)
     except (CacheError, CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps({k: metrics[k] for k in ("split", "top1", "mean_class", "num_videos")}))
+    summary = {k: metrics[k] for k in ("split", "checkpoint_selected_on", "top1", "mean_class", "num_videos")}
+    if isinstance(metrics.get("pose_shuffle"), dict):
+        summary["shuffled_poses_top1"] = metrics["pose_shuffle"]["top1"]
+    print(json.dumps(summary))
     return 0
 
 

@@ -27,7 +27,18 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)  # (N,)
 
 
-def embedding_loss(f_e: torch.Tensor, p_e: torch.Tensor, kind: str) -> torch.Tensor:
+def contrastive_loss(f_e: torch.Tensor, p_e: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between normalised video and pose embeddings: sample i's pose must be closer (cosine) to
+    its own video than to the batch's other videos, and the other way round. Unlike the Euclidean loss it has no
+    minimum where every embedding is the same vector. A batch of one has no negatives and gives 0."""
+    if f_e.shape[0] < 2:
+        return f_e.new_zeros(())
+    similarity = F.normalize(f_e, dim=1) @ F.normalize(p_e, dim=1).T / temperature  # (N, N)
+    target = torch.arange(f_e.shape[0], device=f_e.device)  # (N,)
+    return (F.cross_entropy(similarity, target) + F.cross_entropy(similarity.T, target)) / 2
+
+
+def embedding_loss(f_e: torch.Tensor, p_e: torch.Tensor, kind: str, temperature: float = 0.1) -> torch.Tensor:
     """Distance between the video and pose embeddings, averaged over the batch.
 
     Args:
@@ -35,7 +46,8 @@ def embedding_loss(f_e: torch.Tensor, p_e: torch.Tensor, kind: str) -> torch.Ten
         p_e: pose embedding (N, D).
         kind: ``euclid``: ``||f_e/|f_e| - P_e/|P_e|||^2`` (paper eq. 5); ``kl_fe_pe``: KL(f_e || P_e);
             ``kl_pe_fe``: KL(P_e || f_e); ``bikl``: the sum of both. For KL each embedding becomes a
-            distribution by a softmax over its D entries.
+            distribution by a softmax over its D entries. ``contrastive``: ``contrastive_loss``.
+        temperature: of the ``contrastive`` loss.
 
     Returns:
         Scalar loss.
@@ -46,6 +58,8 @@ def embedding_loss(f_e: torch.Tensor, p_e: torch.Tensor, kind: str) -> torch.Ten
         raise ValueError(f"f_e and p_e must both be (N, D); got {tuple(f_e.shape)} and {tuple(p_e.shape)}")
     if kind == "euclid":
         return (F.normalize(f_e, dim=1) - F.normalize(p_e, dim=1)).square().sum(dim=1).mean()
+    if kind == "contrastive":
+        return contrastive_loss(f_e, p_e, temperature)
     if kind == "kl_fe_pe":
         return _kl(f_e, p_e).mean()
     if kind == "kl_pe_fe":
@@ -92,12 +106,13 @@ def vpn_loss(out: VPNOutput, labels: torch.Tensor, config: VPNConfig) -> dict[st
         return {"total": classification, "classification": classification, "embedding": zero, "attention": zero}
     if out.attention_spatial is None or out.attention_temporal is None:
         raise ValueError(f"variant {config.variant!r} needs the attention maps, but the output has none")
-    attention = attention_regulariser(out.attention_spatial, out.attention_temporal)
+    a_t = out.attention_temporal
+    attention = attention_regulariser(out.attention_spatial, a_t / a_t.sum(dim=1, keepdim=True))  # on softmax(z2)
     if config.variant == "attention":
         total = classification + config.lambda2 * attention
         return {"total": total, "classification": classification, "embedding": zero, "attention": attention}
     if out.f_e is None or out.p_e is None:
         raise ValueError("variant 'vpn' needs the embeddings f_e and p_e, but the output has none")
-    embedding = embedding_loss(out.f_e, out.p_e, config.embedding_loss)
+    embedding = embedding_loss(out.f_e, out.p_e, config.embedding_loss, config.embedding_temperature)
     total = config.lambda1 * classification + (1 - config.lambda1) * embedding + config.lambda2 * attention
     return {"total": total, "classification": classification, "embedding": embedding, "attention": attention}

@@ -59,8 +59,10 @@ class VPN(nn.Module):
         uses_pose = config.variant != "i3d"
         self.pose_encoder = PoseEncoder(config) if uses_pose else None
         self.attention = (PoseAttention(POSE_FEATURE_DIM, config.attention_hidden, config.feature_time,
-                                        config.feature_size) if uses_pose else None)
-        self.embedding = (SpatialEmbedding(config.feature_channels, config.feature_size, config.embed_dim)
+                                        config.feature_size, config.temporal_scale, config.attention_init == "zero")
+                          if uses_pose else None)
+        self.embedding = (SpatialEmbedding(config.feature_channels, config.feature_size, config.embed_dim,
+                                           config.embedding_centre == "spatial")
                           if config.variant == "vpn" else None)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.feature_channels, config.num_classes)
@@ -104,7 +106,8 @@ class VPN(nn.Module):
         f_prime = apply_attention(features, a_s, a_t, self.config.coupler)  # (N, C, T, H, W)
         aux.update(attention_spatial=a_s, attention_temporal=a_t)
         if self.embedding is not None:
-            aux["f_e"], aux["p_e"] = self.embedding(features, z1)  # (N, embed_dim) each
+            pose_side = z1 if self.config.embedding_input == "z1" else a_s.flatten(1)  # (N, 49)
+            aux["f_e"], aux["p_e"] = self.embedding(features, pose_side)  # (N, embed_dim) each
         return f_prime, aux
 
     def forward_head(self, f_prime: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,10 @@ GCN backbone, for one body with poses x of shape (3, J, t_p):
 2. Residual with the raw pose: the 3-d raw pose is projected to ``gcn_channels`` by a 1 x 1 convolution over
    the (J, t_p) grid (shared over time) and added to ``f+``; BatchNorm + ReLU follow the sum.
 3. Three 3 x 3 conv2d layers (64, 64, 128 channels), each BatchNorm + ReLU, over the (J, t_p) grid -> h*.
-4. Global average pool over (J, t_p) -> a 128-d vector for the attention network.
+4. Pooling to a 128-d vector for the attention network, by ``VPNConfig.pose_pool``: ``mean`` (global
+   average over (J, t_p), the paper's reading) or ``max_dense`` (max over t_p, the joints flattened, a dense
+   layer to 256 with ReLU, then a dense layer to 128, as in the authors' Keras code). ``mean`` keeps no trace of
+   *which* joint moved, only of how the average joint's features behave, which is why it is not the default.
 
 LSTM backbone (the paper's ablation): a 3-layer LSTM (hidden 128) over the t_p steps of the flattened
 J * 3 pose; h* is the last layer's final hidden state.
@@ -36,6 +39,8 @@ CONV_KERNEL = 3
 LSTM_LAYERS = 3
 POSE_FEATURE_DIM = 128
 """Size of h* for both backbones (last conv width = LSTM hidden size)."""
+MAX_DENSE_HIDDEN = 256
+"""Width of the hidden dense layer of the ``max_dense`` pose pooling."""
 
 
 def build_adjacency(num_joints: int, edges: tuple[tuple[int, int], ...], alpha: float, beta: float) -> torch.Tensor:
@@ -101,13 +106,19 @@ class GCNBackbone(nn.Module):
         self.gcn_norm = nn.BatchNorm2d(config.gcn_channels)
         widths = (config.gcn_channels, *CONV_CHANNELS)
         self.convs = nn.Sequential(*(_conv_bn_relu(a, b, CONV_KERNEL) for a, b in zip(widths, widths[1:])))
+        self.pool = config.pose_pool
+        self.dense = (nn.Sequential(nn.Linear(CONV_CHANNELS[-1] * config.num_joints, MAX_DENSE_HIDDEN), nn.ReLU(),
+                                    nn.Linear(MAX_DENSE_HIDDEN, POSE_FEATURE_DIM))
+                      if config.pose_pool == "max_dense" else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map poses (M, 3, J, t_p) to h* (M, 128)."""
         f_plus = graph_convolution(x, self.adjacency, self.gcn_weight)  # (M, 64, J, t_p)
         h = F.relu(self.gcn_norm(f_plus + self.residual(x)))  # (M, 64, J, t_p)
         h = self.convs(h)  # (M, 128, J, t_p)
-        return h.mean(dim=(2, 3))  # (M, 128)
+        if self.dense is None:
+            return h.mean(dim=(2, 3))  # (M, 128)
+        return self.dense(h.amax(dim=3).flatten(1))  # (M, 128 * J) -> (M, 128)
 
 
 class LSTMBackbone(nn.Module):
