@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -329,12 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validate", action="store_true", help="fully parse every skeleton")
     parser.add_argument("--missing-list", help="official NTU missing-skeleton list to mark")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--poses", help="a pyskl/mmaction2 annotation pickle to take the 3D poses from, matched by "
+                                        "sample id (loaded with a restricted unpickler)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         df, report = scan(args.dataset, args.data_root, validate=args.validate, missing_list=args.missing_list,
                           workers=args.workers)
-    except (ValueError, FileNotFoundError) as err:
+        if args.poses:
+            from pipeline import pyskl  # pyskl reads manifests: imported here, not at the top, to avoid a cycle
+
+            df = pyskl.attach_poses(df, args.poses)
+    except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out or f"manifests/{args.dataset}.csv")
