@@ -116,7 +116,7 @@ def row_shapes(num_joints: int, t_p: int) -> dict[str, tuple[int, ...]]:
 def compression_kwargs(name: str) -> dict[str, Any]:
     """Translate a compression name into ``h5py.Group.create_dataset`` keyword arguments.
 
-    Names: ``none``, ``lzf``, ``gzip-<1..9>``, ``zstd-<level>``, ``bshuf-lz4``, ``bshuf-zstd-<level>``,
+    Names: ``none``, ``lzf``, ``gzip-<1..9>`` (``gzip`` = ``gzip-1``), ``zstd-<level>``, ``bshuf-lz4``, ``bshuf-zstd-<level>``,
     ``blosc2-<lz4|lz4hc|zstd|blosclz>-<shuffle|bitshuffle>-<level>``.
 
     Raises:
@@ -126,8 +126,8 @@ def compression_kwargs(name: str) -> dict[str, Any]:
         return {}
     if name == "lzf":
         return {"compression": "lzf"}
-    if m := re.fullmatch(r"gzip-([1-9])", name):
-        return {"compression": "gzip", "compression_opts": int(m[1])}
+    if m := re.fullmatch(r"gzip(?:-([1-9]))?", name):  # built into HDF5: opens without hdf5plugin
+        return {"compression": "gzip", "compression_opts": int(m[1] or 1)}
     if m := re.fullmatch(r"zstd-(\d+)", name):
         return dict(hdf5plugin.Zstd(clevel=int(m[1])))
     if name == "bshuf-lz4":
