@@ -79,7 +79,7 @@ luigid: setup  ## start Luigi's central scheduler (PORT=8082)
 
 train-head: setup  ## DATASET= PROTOCOL= [VARIANT=vpn] [EPOCHS=30] [RUN=name] [CACHE=dir] [CONFIG=runs/<name>/config.json]
 	$(if $(CONFIG),,$(call need,PROTOCOL,the evaluation protocol (e.g. cs)))
-	$(PY) -m vpn_head.train $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,VARIANT,--variant) $(call dflt,EPOCHS,--epochs) $(call dflt,CACHE_ROOT,--cache) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(HEAD_OPTS) $(call bool,COUPLER,coupler) $(call opt,POSE_BACKBONE,--pose-backbone) $(call opt,EMBEDDING_LOSS,--embedding-loss) $(call flag,FORCE_NEW,--force-new) $(TRAIN_ARGS)
+	$(PY) -m vpn_head.train $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,VARIANT,--variant) $(call dflt,EPOCHS,--epochs) $(call dflt,CACHE_ROOT,--cache,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(HEAD_OPTS) $(call bool,COUPLER,coupler) $(call opt,POSE_BACKBONE,--pose-backbone) $(call opt,EMBEDDING_LOSS,--embedding-loss) $(call flag,FORCE_NEW,--force-new) $(TRAIN_ARGS)
 
 eval: setup  ## evaluate a run: RUN=name (or DATASET= PROTOCOL= [VARIANT=]) [SPLIT=test]
 	$(PY) -m vpn_head.evaluate --runs-dir $(RUNS_DIR) $(call opt,RUN,--run) $(call opt,RUN_DIR,--run-dir) --dataset $(DATASET) $(call opt,PROTOCOL,--protocol) --variant $(VARIANT) --split $(or $(SPLIT),test) $(call opt,CACHE,--cache) $(call opt,CHECKPOINT,--checkpoint) $(call opt,OUT,--out) $(call opt,BATCH_SIZE,--batch-size) $(call opt,NUM_WORKERS,--num-workers) $(call opt,DEVICE,--device) $(call flag,PROBABILITIES,--probabilities) $(EVAL_ARGS)
@@ -90,7 +90,7 @@ ablate: setup  ## train + evaluate the paper's ablations: DATASET= PROTOCOL= [EP
 
 finetune: setup  ## end-to-end fine-tune: DATASET= PROTOCOL= [INIT=runs/<head run>] [GPUS=n] [NNODES=n RDZV=host:port] [CONFIG=…]
 	$(if $(CONFIG),,$(call need,PROTOCOL,the evaluation protocol (e.g. cs)))
-	$(LAUNCH) -m vpn_head.finetune $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,EPOCHS,--epochs) $(call dflt,MANIFEST,--manifest) $(call dflt,CACHE_ROOT,--cache-dir) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,INIT,--init) $(call opt,RUN,--run-name) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(FINETUNE_OPTS) $(TRAIN_ARGS)
+	$(LAUNCH) -m vpn_head.finetune $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,EPOCHS,--epochs) $(call dflt,MANIFEST,--manifest) $(call dflt,CACHE_ROOT,--cache-dir,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,INIT,--init) $(call opt,RUN,--run-name) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(FINETUNE_OPTS) $(TRAIN_ARGS)
 
 bench: setup  ## benchmarks (JSON under bench/results/)
 	$(PY) -m bench.run_all --out-dir bench/results $(call opt,I3D_WEIGHTS,--i3d-weights) $(if $(ONLY),--only $(ONLY),)
@@ -202,6 +202,9 @@ DOC_TABLES := 1 2 3
 DOC_TEST_SPLIT := test
 DOC_SAMPLES := 8
 DOC_CACHE := CACHE_DIR's latest cache of DATASET
+DOC_eval_CACHE := the run's
+DOC_report_CACHE := the run's
+DOC_export-pyskl_CACHE := none: every frame of the skeleton files
 DOC_DEMO_EPOCHS := 30
 
 VARS_TARGETS := $(patsubst VARS_%,%,$(filter VARS_%,$(.VARIABLES)))
