@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from pipeline import ntu, nucla, smarthome
 from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
@@ -195,7 +196,8 @@ def _validate(df: pd.DataFrame, root: Path, workers: int) -> None:
     paths = [root / p for p in df.loc[todo, "skeleton_path"]]
     dataset = df["dataset"].iloc[0]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        problems = list(pool.map(validate_skeleton, [dataset] * len(paths), paths, chunksize=32))
+        problems = list(tqdm(pool.map(validate_skeleton, [dataset] * len(paths), paths, chunksize=32),
+                             total=len(paths), desc="validate", unit="skeleton", dynamic_ncols=True))
     df.loc[todo, PROBLEM_COLUMN] = problems
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import cache, inspect_cache, manifest as manifest_cli
 from tasks import cache as cache_cli
-from tests.conftest import REPO
+from tests.conftest import REPO, shared_path
 from tests.test_cache import build_cache
 from vpn_head import evaluate, finetune, train
 
@@ -104,7 +104,8 @@ def test_config_replays_a_run_and_only_given_variables_override_it():
     assert command.endswith("-m vpn_head.train --config runs/x/config.json")
     assert command_of("train-head", "CONFIG=c.json", "LR=0.2", "EPOCHS=5", base=False).endswith(
         "--config c.json --epochs 5 --lr 0.2")
-    assert command_of("finetune", "CONFIG=c.json", "CACHE=my_c", base=False).endswith("--config c.json --cache-dir my_c")
+    finetune_command = command_of("finetune", "CONFIG=c.json", "CACHE=my_c", base=False)
+    assert finetune_command.endswith("--config c.json --cache-dir my_c")
 
 
 def test_finetune_launches_torchrun_on_one_or_many_machines():
@@ -181,3 +182,14 @@ def test_a_gzip_cache_opens_with_plain_h5py_and_a_zstd_one_needs_the_plugin(tmp_
     assert zstd.returncode != 0 and "can't open directory" in zstd.stderr  # the error the issue quotes
     with h5py.File(tmp_path / "g.h5") as f:
         assert f["features"].compression == "gzip" and f["features"].compression_opts == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# progress where a user waits
+
+
+def test_validate_and_merge_show_progress(tmp_path, capsys):
+    manifest_cli.scan("ntu60", shared_path("samples", "ntu"), validate=True, workers=1)
+    assert "validate: 100%" in capsys.readouterr().err
+    build_cache(tmp_path, cache.make_attrs({"dataset": "ntu60"}, ""), sizes=(1, 1))
+    assert "merge:   0%|          | 0/2" in capsys.readouterr().err

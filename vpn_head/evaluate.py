@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from pipeline.cache import CacheError
 from vpn_head.config import VPNConfig
@@ -114,7 +115,7 @@ def score_clips(model: VPN, loader: Iterable, device: torch.device, amp: bool = 
     model.eval()
     uses_pose = model.config.variant != "i3d"
     probs, labels, rows = [], [], []
-    for features, poses, label, row in loader:
+    for features, poses, label, row in tqdm(loader, desc="score", unit="batch", leave=False, dynamic_ncols=True):
         features = features.to(device, non_blocking=True).float()  # (B, C, T, H, W) float16 -> float32
         poses = poses.to(device, non_blocking=True) if uses_pose else None  # (B, 2, 3, J, t_p)
         with autocast(device, amp):
