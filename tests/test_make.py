@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -128,6 +129,26 @@ def test_help_lists_each_targets_variables_with_defaults():
         assert pair in cache_block
     assert "BATCH_SIZE=16" in text.split("\ntrain-head ")[1].split("\neval ")[0]
     assert "NNODES=1" in text.split("\nfinetune ")[1]
+
+
+@pytest.mark.parametrize("target, main", [("cache", cache_cli.main), ("manifest", manifest_cli.main),
+                                          ("train-head", train.main), ("eval", evaluate.main),
+                                          ("finetune", finetune.main)])
+def test_help_defaults_are_the_cli_defaults(target, main, monkeypatch):
+    """``make help`` states a default beside each variable; where it is a plain value it must be the CLI's."""
+    result = subprocess.run(["make", "-s", "--no-print-directory", f"help-vars-{target}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    shown = dict(pair.split("=", 1) for pair in re.split(r" (?=[A-Z][A-Z0-9_]*=)", " ".join(result.stdout.split())))
+    checked = 0
+    for action in parser_of(main, monkeypatch)._actions:
+        variable = RENAMED.get((target, action.dest), action.dest.upper())
+        value = shown.get(variable, "")
+        if not re.fullmatch(r"[\w.\-/]+", value) or action.default in (None, "", [], argparse.SUPPRESS):
+            continue
+        default = int(action.default) if isinstance(action.default, bool) else action.default
+        assert value == str(default) or float(value) == default, (variable, value, action.default)
+        checked += 1
+    assert checked >= 1
 
 
 # ----------------------------------------------------------------------------------------------------------
