@@ -153,7 +153,8 @@ VARS_bench := I3D_WEIGHTS ONLY
 VARS_report := RUN RUNS_DIR CACHE MANIFEST DATA_ROOT SAMPLES SPLIT CHECKPOINT
 VARS_demo := DEMO_N DEMO_ROOT DEMO_DIR DEMO_EPOCHS SEED I3D_WEIGHTS
 VARS_inspect := CACHE CACHE_DIR DATASET
-VARS_export-pyskl := MANIFEST DATASET OUT CACHE DATA_ROOT
+VARS_export-pyskl := MANIFEST DATASET OUT CACHE DATA_ROOT WORKERS
+DOC_export-pyskl_WORKERS := 1
 VARS_clean-demo := DEMO_ROOT DEMO_DIR
 
 DOC_VALIDATE := 0 (1: parse every skeleton)
@@ -222,7 +223,7 @@ inspect: setup  ## a cache's config, provenance, counts per split and class, fai
 
 export-pyskl: setup  ## MANIFEST's poses as a pyskl/mmaction2 annotation pickle: OUT=x.pkl [CACHE=dir]
 	$(call need,OUT,the pickle to write)
-	$(PY) -m pipeline.pyskl --manifest $(MANIFEST) --out $(OUT) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root)
+	$(PY) -m pipeline.pyskl --manifest $(MANIFEST) --out $(OUT) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call given_opt,WORKERS,--workers)
 
 clean-demo:  ## remove the demo's data
 	rm -rf $(DEMO_ROOT) $(DEMO_DIR)

@@ -28,6 +28,8 @@ import logging
 import pickle
 import sys
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -225,21 +227,30 @@ def _annotation(sample_id: str, label: int, dataset: str, keypoint: np.ndarray) 
             "original_shape": (height, width), "total_frames": int(keypoint.shape[1]), "keypoint": keypoint}
 
 
-def _from_skeletons(df: pd.DataFrame, data_root: Path) -> Iterable[dict[str, Any]]:
-    spec = get_dataset(df["dataset"].iloc[0])
-    for row in tqdm(df.to_dict("records"), desc="export", unit="sample"):
-        if not row["skeleton_path"]:
-            log.warning("skipped %s: no skeleton file", row["sample_id"])
-            continue
-        try:
-            skeleton = poses.load_skeleton(spec, data_root / row["skeleton_path"], frame_size(spec.name))
-        except (ValueError, OSError) as err:  # SkeletonFormatError is a ValueError
-            log.warning("skipped %s: %s", row["sample_id"], err)
-            continue
-        if skeleton.num_frames == 0 or not np.isfinite(skeleton.joints3d).any():
-            log.warning("skipped %s: no body in any frame", row["sample_id"])
-            continue
-        yield _annotation(row["sample_id"], row["label"], spec.name, joints_to_keypoints(skeleton.joints3d))
+def _skeleton_annotation(row: dict[str, Any], data_root: Path) -> dict[str, Any] | str:
+    """The annotation of one manifest row from its skeleton file, or why there is none."""
+    spec = get_dataset(row["dataset"])
+    if not row["skeleton_path"]:
+        return "no skeleton file"
+    try:
+        skeleton = poses.load_skeleton(spec, data_root / row["skeleton_path"], frame_size(spec.name))
+    except (ValueError, OSError) as err:  # SkeletonFormatError is a ValueError
+        return str(err)
+    if skeleton.num_frames == 0 or not np.isfinite(skeleton.joints3d).any():
+        return "no body in any frame"
+    return _annotation(row["sample_id"], row["label"], spec.name, joints_to_keypoints(skeleton.joints3d))
+
+
+def _from_skeletons(df: pd.DataFrame, data_root: Path, workers: int) -> Iterable[dict[str, Any]]:
+    rows = df.to_dict("records")
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        results = (pool.map(_skeleton_annotation, rows, [data_root] * len(rows), chunksize=32) if pool
+                   else (_skeleton_annotation(row, data_root) for row in rows))
+        for row, result in zip(rows, tqdm(results, total=len(rows), desc="export", unit="sample")):
+            if isinstance(result, str):
+                log.warning("skipped %s: %s", row["sample_id"], result)
+            else:
+                yield result
 
 
 def _from_cache(df: pd.DataFrame, cache_path: str | Path) -> Iterable[dict[str, Any]]:
@@ -259,8 +270,10 @@ def _from_cache(df: pd.DataFrame, cache_path: str | Path) -> Iterable[dict[str, 
 
 
 def export(manifest: str | Path, out: str | Path, *, data_root: str | Path | None = None,
-           cache: str | Path | None = None) -> dict[str, Any]:
+           cache: str | Path | None = None, workers: int = 1) -> dict[str, Any]:
     """Write the poses of a manifest's samples as a pyskl annotation pickle (see the module docstring).
+
+    ``workers`` processes read the skeleton files (not used with ``cache``).
 
     Samples whose label is not in the dataset's class list, or whose skeleton cannot be read (or, with ``cache``,
     that are not in the cache) are left out and logged.
@@ -275,7 +288,8 @@ def export(manifest: str | Path, out: str | Path, *, data_root: str | Path | Non
     if cache:
         annotations = list(_from_cache(df, cache))
     else:
-        annotations = list(_from_skeletons(df, Path(data_root) if data_root else read_manifest_root(manifest)))
+        root = Path(data_root) if data_root else read_manifest_root(manifest)
+        annotations = list(_from_skeletons(df, root, workers))
     exported = {a["frame_dir"] for a in annotations}
     spec = get_dataset(df["dataset"].iloc[0])
     split: dict[str, list[str]] = {}
@@ -310,10 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the pickle to write")
     parser.add_argument("--cache", help="export the cache's poses (t_p per clip) instead of the skeleton files")
     parser.add_argument("--data-root", help="folder the manifest's paths are relative to (default: recorded)")
+    parser.add_argument("--workers", type=int, default=1, help="processes reading the skeleton files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        data = export(args.manifest, args.out, data_root=args.data_root, cache=args.cache)
+        data = export(args.manifest, args.out, data_root=args.data_root, cache=args.cache, workers=args.workers)
     except (ValueError, FileNotFoundError, CacheError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,13 +15,14 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import cache, inspect_cache, manifest as manifest_cli
+from pipeline import cache, inspect_cache, manifest as manifest_cli, pyskl
 from tasks import cache as cache_cli
 from tests.conftest import REPO, shared_path
 from tests.test_cache import build_cache
 from vpn_head import evaluate, finetune, train
 
-BASE = {"train-head": ["PROTOCOL=cs"], "finetune": ["PROTOCOL=cs"], "manifest": ["DATA_ROOT=/d"]}
+BASE = {"train-head": ["PROTOCOL=cs"], "finetune": ["PROTOCOL=cs"], "manifest": ["DATA_ROOT=/d"],
+        "export-pyskl": ["OUT=x.pkl"]}
 RENAMED = {("manifest", "out"): "MANIFEST"}
 """Options whose make variable is not the upper-case option name."""
 NOT_VARIABLES = {("cache", "resume")}
@@ -61,7 +62,7 @@ def parser_of(main, monkeypatch) -> argparse.ArgumentParser:
 
 @pytest.mark.parametrize("target, main", [("cache", cache_cli.main), ("manifest", manifest_cli.main),
                                           ("train-head", train.main), ("eval", evaluate.main),
-                                          ("finetune", finetune.main)])
+                                          ("finetune", finetune.main), ("export-pyskl", pyskl.main)])
 def test_every_cli_option_is_a_make_variable(target, main, monkeypatch):
     for action in parser_of(main, monkeypatch)._actions:
         if not action.option_strings or action.dest == "help" or (target, action.dest) in NOT_VARIABLES:

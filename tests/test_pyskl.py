@@ -30,6 +30,7 @@ def test_export_then_import_equals_the_poses_read_directly(ntu_manifest, tmp_pat
     path, root, df = ntu_manifest
     spec = get_dataset("ntu60")
     data = pyskl.export(path, tmp_path / "ntu.pkl")
+    assert pyskl.export(path, tmp_path / "two.pkl", workers=2)["split"] == data["split"]
     with_skeleton = df[df["skeleton_path"] != ""]
     assert [a["frame_dir"] for a in data["annotations"]] == list(with_skeleton["sample_id"])
     loaded = pyskl.read_annotations(tmp_path / "ntu.pkl")
