@@ -19,7 +19,6 @@ I3D forward pass through DataLoader workers instead (see the README's performanc
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,12 +135,11 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
     if skeleton.num_frames == 0 or not np.isfinite(skeleton.joints3d).any():
         raise SampleError("skeleton", "no body in any frame")
     joints3d = skeleton.joints3d
-    if row.get(pyskl.POSES_PATH):  # a pose pickle replaces the skeleton's 3D joints; the box still comes from it
+    if row.get(pyskl.POSES_PATH):  # poses from a pyskl pickle replace the 3D joints; the box still comes from here
         try:
-            joints3d = pyskl.load_keypoints(row[pyskl.POSES_PATH], row[pyskl.POSES_SHA256], row["sample_id"],
-                                            spec.num_joints)
-        except (KeyError, ValueError, OSError, pickle.UnpicklingError) as err:
-            raise SampleError("skeleton", str(err)) from None
+            joints3d = pyskl.read_pose_file(row[pyskl.POSES_PATH], row[pyskl.POSES_SHA256], row["sample_id"])
+        except (KeyError, ValueError, OSError) as err:
+            raise SampleError("skeleton", f"pose file {row[pyskl.POSES_PATH]}: {err}") from None
     k = config.clips_per_video
     clips = torch.empty((k, 3, config.clip_len, config.crop_size, config.crop_size), dtype=torch.float32)
     boxes = np.empty((k, 4), dtype=np.float32)

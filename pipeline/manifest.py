@@ -252,6 +252,11 @@ def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path | N
         path.with_suffix(".json").write_text(json.dumps(side, indent=2) + "\n")
 
 
+def pose_file_path(manifest: str | Path) -> Path:
+    """Where ``--poses`` puts the poses converted from a pyskl pickle: ``<manifest>.poses.h5`` beside it."""
+    return Path(manifest).with_suffix(".poses.h5")
+
+
 def read_manifest_root(path: str | Path) -> Path:
     """The DATA_ROOT recorded beside a manifest by ``write_manifest``.
 
@@ -342,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.poses:
             from pipeline import pyskl  # pyskl reads manifests: imported here, not at the top, to avoid a cycle
 
-            df = pyskl.attach_poses(df, args.poses)
+            df = pyskl.attach_poses(df, args.poses, pose_file_path(args.out or f"manifests/{args.dataset}.csv"))
     except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

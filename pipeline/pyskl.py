@@ -12,9 +12,10 @@ sample (pyskl's ``ntu60_3danno.pkl`` layout: no ``keypoint_score`` for 3D joints
 in a frame. Without ``--cache`` every frame of the skeleton file is written, bodies chosen as the cache chooses
 them; with ``--cache`` the cache's own poses are written (``t_p`` per clip, centred, clips one after the other).
 
-``make manifest … POSES=x.pkl`` reads such a pickle (``attach_poses``): each manifest row whose ``sample_id``
-is a ``frame_dir`` of the pickle takes its 3D poses from there (``load_keypoints``) instead of the skeleton file;
-the person box of the crop still comes from the skeleton file, as 3D joints carry no image coordinates.
+``make manifest … POSES=x.pkl`` reads such a pickle (``attach_poses``) and converts the poses of the manifest's
+samples, matched by ``sample_id`` == ``frame_dir``, into ``<manifest>.poses.h5`` beside the manifest; the cache then
+takes each sample's 3D poses from there (``read_pose_file``) instead of the skeleton file. The person box of the crop
+still comes from the skeleton file, as 3D joints carry no image coordinates.
 
 A pickle can run code when it is loaded, so a user's file is read with ``RestrictedUnpickler``: only builtin
 containers and scalars and numpy arrays/dtypes/scalars can be built; anything else is refused.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import pickle
 import sys
 from collections.abc import Iterable, Mapping
@@ -34,6 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -49,8 +52,8 @@ log = logging.getLogger(__name__)
 
 POSES_PATH = "poses_path"
 POSES_SHA256 = "poses_sha256"
-"""Manifest columns of a pose source: the pickle's absolute path, and its sha256 (so the manifest's hash, and with
-it the cache's folder name, changes when the poses do)."""
+"""Manifest columns of a pose source: the absolute path of the pose file converted from the pickle, and the pickle's
+sha256 (so the manifest's hash, and with it the cache's folder name, changes when the poses do)."""
 PYSKL_SPLIT_NAMES: dict[str, dict[str, str]] = {"ntu60": {"cs": "xsub", "cv": "xview"},
                                                 "ntu120": {"cs1": "xsub", "cs2": "xset"}}
 """pyskl's names of the NTU protocols; pyskl calls the test split ``val``."""
@@ -126,14 +129,6 @@ def read_annotations(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-@lru_cache(maxsize=2)
-def _annotations(path: str, sha256: str) -> dict[str, dict[str, Any]]:
-    """``read_annotations`` once per process and file version (decode workers each load it once)."""
-    if file_sha256(path) != sha256:
-        raise ValueError(f"{path} changed since the manifest was written (sha256 differs); rerun `make manifest`")
-    return read_annotations(path)
-
-
 def keypoints_to_joints(keypoint: np.ndarray, num_joints: int) -> np.ndarray:
     """pyskl (M, T, V, 3) keypoints -> (T, 2, V, 3) float32 joints, NaN where a body is absent (all zero).
 
@@ -152,50 +147,86 @@ def keypoints_to_joints(keypoint: np.ndarray, num_joints: int) -> np.ndarray:
     return joints
 
 
-def load_keypoints(path: str, sha256: str, sample_id: str, num_joints: int) -> np.ndarray:
-    """The (T, 2, J, 3) joints of ``sample_id`` from a pose pickle (NaN where a body is absent).
+def write_pose_file(annotations: Mapping[str, Mapping[str, Any]], sample_ids: Iterable[str], num_joints: int,
+                    out: str | Path, source_sha256: str) -> dict[str, str]:
+    """Convert the annotations of ``sample_ids`` into the pose file the cache reads (``read_pose_file``).
+
+    The file holds ``joints`` float32 (sum of T, 2, J, 3), NaN where a body is absent, with ``sample_ids`` and
+    ``offsets`` (start, stop) per sample, and the source pickle's sha256 as an attr; it is written atomically.
+    A decode worker then reads one sample's rows instead of loading the whole pickle.
+
+    Returns:
+        sample id -> why it has no poses (not in the pickle, or keypoints that are not this dataset's 3D joints).
+    """
+    problems: dict[str, str] = {}
+    ids, blocks = [], []
+    for sample_id in sample_ids:
+        if sample_id not in annotations:
+            problems[sample_id] = "no poses in the pose pickle"
+            continue
+        try:
+            blocks.append(keypoints_to_joints(annotations[sample_id]["keypoint"], num_joints))
+            ids.append(sample_id)
+        except ValueError as err:
+            problems[sample_id] = f"poses in the pose pickle: {err}"
+    stops = np.cumsum([len(b) for b in blocks], dtype=np.int64)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    joints = np.concatenate(blocks) if blocks else np.zeros((0, MAX_BODIES, num_joints, 3))  # (sum T, 2, J, 3)
+    with h5py.File(tmp, "w") as f:
+        f.attrs["source_sha256"] = source_sha256
+        f.create_dataset("joints", data=joints, dtype=np.float32)
+        f.create_dataset("sample_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("offsets", data=np.stack([stops - [len(b) for b in blocks], stops], axis=1).reshape(-1, 2))
+    tmp.replace(out)
+    return problems
+
+
+@lru_cache(maxsize=2)
+def _pose_index(path: str, source_sha256: str, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    """sample id -> (start, stop) rows of a pose file, once per process and file version; checks that it is the
+    manifest's version."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("source_sha256") != source_sha256:
+            raise ValueError(f"{path} was rewritten from another pose pickle since the manifest was written; "
+                             "rerun `make manifest … POSES=`")
+        return {s: (int(a), int(b)) for s, (a, b) in zip(f["sample_ids"].asstr()[()], f["offsets"][()])}
+
+
+def read_pose_file(path: str, source_sha256: str, sample_id: str) -> np.ndarray:
+    """The (T, 2, J, 3) joints of ``sample_id`` from a pose file (NaN where a body is absent).
 
     Raises:
-        KeyError: the pickle has no ``frame_dir`` ``sample_id``. ValueError: see ``keypoints_to_joints``.
+        KeyError: no poses for ``sample_id``. ValueError: the file is not the manifest's version.
     """
-    annotations = _annotations(path, sha256)
-    if sample_id not in annotations:
-        raise KeyError(f"{path} has no frame_dir {sample_id}")
-    return keypoints_to_joints(annotations[sample_id]["keypoint"], num_joints)
+    start, stop = _pose_index(path, source_sha256, os.stat(path).st_mtime_ns)[sample_id]
+    with h5py.File(path, "r") as f:
+        return f["joints"][start:stop]
 
 
-def attach_poses(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
-    """Point every manifest row at the pose pickle ``path``, matched by ``sample_id`` == ``frame_dir``.
+def attach_poses(df: pd.DataFrame, pickle_path: str | Path, pose_file: str | Path) -> pd.DataFrame:
+    """Take the manifest's 3D poses from a pyskl pickle, matched by ``sample_id`` == ``frame_dir``.
 
-    A row without an annotation in the pickle gets a ``problem``; one whose keypoints do not fit the dataset too.
+    The poses are converted once into ``pose_file`` (``write_pose_file``) and every row points at it; a row
+    without usable poses in the pickle gets a ``problem``.
 
     Raises:
         ValueError, pickle.UnpicklingError: see ``read_annotations``.
     """
-    path = Path(path).resolve()
-    annotations = read_annotations(path)
-    sha = file_sha256(path)
+    pickle_path = Path(pickle_path)
+    annotations = read_annotations(pickle_path)
+    sha = file_sha256(pickle_path)
     df = df.copy()
-    df[POSES_PATH] = str(path)
+    num_joints = get_dataset(df["dataset"].iloc[0]).num_joints if len(df) else 0
+    problems = write_pose_file(annotations, df["sample_id"], num_joints, pose_file, sha)
+    df[POSES_PATH] = str(Path(pose_file).resolve())
     df[POSES_SHA256] = sha
-    if df.empty:
-        return df
-    spec = get_dataset(df["dataset"].iloc[0])
-    problems = []
-    for sample_id, problem in zip(df["sample_id"], df[PROBLEM_COLUMN]):
-        notes = [problem] if problem else []
-        if sample_id not in annotations:
-            notes.append(f"no poses in {path.name}")
-        else:
-            try:
-                keypoints_to_joints(annotations[sample_id]["keypoint"], spec.num_joints)
-            except ValueError as err:
-                notes.append(f"poses in {path.name}: {err}")
-        problems.append("; ".join(notes))
-    df[PROBLEM_COLUMN] = problems
-    unused = len(set(annotations) - set(df["sample_id"]))
-    log.info("%s: poses for %d of %d samples (%d frame_dirs of the pickle match no sample)", path.name,
-             sum(s in annotations for s in df["sample_id"]), len(df), unused)
+    df[PROBLEM_COLUMN] = ["; ".join(p for p in (problem, problems.get(s, "")) if p)
+                          for s, problem in zip(df["sample_id"], df[PROBLEM_COLUMN])]
+    log.info("%s: poses for %d of %d samples (%d frame_dirs of the pickle match no sample) written to %s",
+             pickle_path.name, len(df) - len(problems), len(df), len(set(annotations) - set(df["sample_id"])),
+             pose_file)
     return df
 
 

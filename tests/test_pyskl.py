@@ -51,7 +51,7 @@ def test_export_then_import_equals_the_poses_read_directly(ntu_manifest, tmp_pat
 def test_a_manifest_with_poses_caches_the_same_poses_as_the_skeleton_files(ntu_manifest, tmp_path):
     path, root, df = ntu_manifest
     pyskl.export(path, tmp_path / "ntu.pkl")
-    attached = pyskl.attach_poses(df, tmp_path / "ntu.pkl")
+    attached = pyskl.attach_poses(df, tmp_path / "ntu.pkl", tmp_path / "ntu.poses.h5")
     assert (attached[pyskl.POSES_SHA256] != "").all()
     (i,) = np.flatnonzero(attached["sample_id"] == "S001C001P001R001A001")
     config = CacheConfig(dataset="ntu60", extractor="pixels")
@@ -64,10 +64,25 @@ def test_a_manifest_with_poses_caches_the_same_poses_as_the_skeleton_files(ntu_m
     for ann in data["annotations"]:
         ann["keypoint"] *= 2
     (tmp_path / "double.pkl").write_bytes(pickle.dumps(data))
-    doubled = extract.prepare_sample(pyskl.attach_poses(df, tmp_path / "double.pkl").iloc[i].to_dict(), root, spec,
-                                     config)
+    doubled_df = pyskl.attach_poses(df, tmp_path / "double.pkl", tmp_path / "double.poses.h5")
+    doubled = extract.prepare_sample(doubled_df.iloc[i].to_dict(), root, spec, config)
     np.testing.assert_allclose(doubled.poses, 2 * from_skeleton.poses, rtol=1e-6)
     np.testing.assert_array_equal(doubled.boxes, from_skeleton.boxes)
+    pyskl.attach_poses(df, tmp_path / "double.pkl", tmp_path / "ntu.poses.h5")  # the manifest's file, rewritten
+    with pytest.raises(extract.SampleError, match="rewritten from another pose pickle"):
+        extract.prepare_sample(attached.iloc[i].to_dict(), root, spec, config)
+
+
+def test_make_manifest_with_poses_writes_the_pose_file_beside_the_manifest(ntu_manifest, tmp_path):
+    path, root, _ = ntu_manifest
+    pyskl.export(path, tmp_path / "ntu.pkl")
+    out = tmp_path / "m" / "ntu60.csv"
+    assert manifest.main(["--dataset", "ntu60", "--data-root", str(root), "--out", str(out),
+                          "--poses", str(tmp_path / "ntu.pkl")]) == 0
+    df = manifest.read_manifest(out)
+    assert set(df[pyskl.POSES_PATH]) == {str(out.with_suffix(".poses.h5"))}
+    assert pyskl.read_pose_file(df[pyskl.POSES_PATH][0], df[pyskl.POSES_SHA256][0], "S001C001P001R001A001").shape == (
+        103, 2, 25, 3)
 
 
 def test_samples_missing_from_the_pickle_or_of_another_skeleton_get_a_problem(ntu_manifest, tmp_path):
@@ -76,8 +91,8 @@ def test_samples_missing_from_the_pickle_or_of_another_skeleton_get_a_problem(nt
     coco = {"frame_dir": "S001C001P001R001A011", "keypoint": np.ones((1, 5, 17, 2), np.float32),
             "keypoint_score": np.ones((1, 5, 17), np.float32)}
     (tmp_path / "p.pkl").write_bytes(pickle.dumps({"split": {}, "annotations": [one, coco]}))
-    problems = dict(zip(df["sample_id"], pyskl.attach_poses(df, tmp_path / "p.pkl")["problem"]))
-    assert "no poses in p.pkl" in problems["S002C001P003R001A003"]
+    problems = dict(zip(df["sample_id"], pyskl.attach_poses(df, tmp_path / "p.pkl", tmp_path / "p.h5")["problem"]))
+    assert "no poses in the pose pickle" in problems["S002C001P003R001A003"]
     assert "C=3" in problems["S001C001P001R001A011"]
     assert "poses" not in problems["S001C001P001R001A001"]
 
