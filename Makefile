@@ -28,6 +28,7 @@ N          ?= 48
 SEED       ?= 0
 PYTEST_ARGS ?=
 TRAIN_ARGS ?=
+PORT       ?= 8082
 
 DEMO_N     ?= 96
 DEMO_ROOT  ?= data/demo
@@ -38,10 +39,12 @@ DEMO_WEIGHTS ?= $(if $(I3D_WEIGHTS),$(I3D_WEIGHTS),$(if $(wildcard $(SHARED_WEIG
 need = $(if $($(1)),,$(error $(1)= is required: $(2)))
 opt = $(if $($(1)),$(2) $($(1)),)
 
-.PHONY: help setup test test-fast demo fidelity synthetic manifest cache resume luigid train-head eval ablate finetune bench report clean-demo
+.PHONY: help setup test test-fast demo fidelity synthetic manifest cache resume luigid train-head eval ablate finetune bench report clean-demo inspect export-pyskl
 
-help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+help:  ## list the targets, each with its variables and their defaults
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14 | while IFS= read -r line; do \
+	  echo "$$line"; target=$${line%% *}; case " $(VARS_TARGETS) " in *" $$target "*) ;; *) continue;; esac; \
+	  $(MAKE) --no-print-directory -s help-vars-$$target; done
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
@@ -56,45 +59,45 @@ test: setup  ## the full CPU test suite
 test-fast: setup  ## the suite without tests marked slow
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-synthetic: setup  ## write the synthetic NTU-format dataset: DATA_ROOT=dir [N=48] [SEED=0]
+synthetic: setup  ## write the synthetic NTU-format dataset: DATA_ROOT=dir [N=48] [SEED=0] [SYNTHETIC_ARGS=…]
 	$(call need,DATA_ROOT,the folder to write the synthetic dataset into)
-	$(PY) -m pipeline.synthetic --root $(DATA_ROOT) --n $(N) --seed $(SEED)
+	$(PY) -m pipeline.synthetic --root $(DATA_ROOT) --n $(N) --seed $(SEED) $(SYNTHETIC_ARGS)
 
-manifest: setup  ## DATASET=ntu60|ntu120|smarthome|nucla DATA_ROOT=dir [MANIFEST=csv]
+manifest: setup  ## DATASET=ntu60|ntu120|smarthome|nucla DATA_ROOT=dir [MANIFEST=csv] [POSES=pyskl.pkl]
 	$(call need,DATA_ROOT,the dataset folder to scan)
-	$(PY) -m pipeline.manifest --dataset $(DATASET) --data-root $(DATA_ROOT) --out $(MANIFEST) $(if $(VALIDATE),--validate,) $(call opt,MISSING_LIST,--missing-list)
+	$(PY) -m pipeline.manifest --dataset $(DATASET) --data-root $(DATA_ROOT) --out $(MANIFEST) $(call flag,VALIDATE,--validate) $(call opt,MISSING_LIST,--missing-list) $(call given_opt,WORKERS,--workers) $(call opt,POSES,--poses) $(MANIFEST_ARGS)
 
 cache: setup  ## build (or resume) the HDF5 caches of MANIFEST under CACHE_DIR
-	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights)
+	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) $(CACHE_OPTS)
 
 resume: setup  ## print done/remaining shards of a cache run, then continue it
-	$(PY) -m tasks.cache --resume $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights)
+	$(PY) -m tasks.cache --resume $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) $(CACHE_OPTS)
 
 luigid: setup  ## start Luigi's central scheduler (PORT=8082)
 	mkdir -p $(CACHE_DIR)/luigid
-	$(VENV)/bin/luigid --port $(or $(PORT),8082) --logdir $(CACHE_DIR)/luigid --state-path $(CACHE_DIR)/luigid/state.pickle
+	$(VENV)/bin/luigid --port $(PORT) --logdir $(CACHE_DIR)/luigid --state-path $(CACHE_DIR)/luigid/state.pickle
 
-train-head: setup  ## DATASET= PROTOCOL= [VARIANT=vpn] [EPOCHS=30] [RUN=name] [CACHE=dir]
-	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(PY) -m vpn_head.train --dataset $(DATASET) --protocol $(PROTOCOL) --variant $(VARIANT) --epochs $(EPOCHS) --cache $(or $(CACHE),$(CACHE_DIR)) --runs-dir $(RUNS_DIR) $(call opt,RUN,--run) $(TRAIN_ARGS)
+train-head: setup  ## DATASET= PROTOCOL= [VARIANT=vpn] [EPOCHS=30] [RUN=name] [CACHE=dir] [CONFIG=runs/<name>/config.json]
+	$(if $(CONFIG),,$(call need,PROTOCOL,the evaluation protocol (e.g. cs)))
+	$(PY) -m vpn_head.train $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,VARIANT,--variant) $(call dflt,EPOCHS,--epochs) $(call dflt,CACHE_ROOT,--cache,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(HEAD_OPTS) $(call bool,COUPLER,coupler) $(call opt,POSE_BACKBONE,--pose-backbone) $(call opt,EMBEDDING_LOSS,--embedding-loss) $(call flag,FORCE_NEW,--force-new) $(TRAIN_ARGS)
 
-eval: setup  ## evaluate a run: RUN=name (or DATASET= PROTOCOL= [VARIANT=]) [SPLIT=test]
-	$(PY) -m vpn_head.evaluate --runs-dir $(RUNS_DIR) $(call opt,RUN,--run) --dataset $(DATASET) $(call opt,PROTOCOL,--protocol) --variant $(VARIANT) --split $(or $(SPLIT),test) $(call opt,CACHE,--cache)
+eval: setup  ## evaluate a run (+ pose-shuffle and attention diagnostics): RUN=name (or DATASET= PROTOCOL= [VARIANT=]) [SPLIT=test] [SHUFFLE_POSES=1]
+	$(PY) -m vpn_head.evaluate --runs-dir $(RUNS_DIR) $(call opt,RUN,--run) $(call opt,RUN_DIR,--run-dir) --dataset $(DATASET) $(call opt,PROTOCOL,--protocol) --variant $(VARIANT) --split $(or $(SPLIT),test) $(call opt,CACHE,--cache) $(call opt,CHECKPOINT,--checkpoint) $(call opt,OUT,--out) $(call opt,BATCH_SIZE,--batch-size) $(call opt,NUM_WORKERS,--num-workers) $(call opt,DEVICE,--device) $(call flag,PROBABILITIES,--probabilities) $(call flag,SHUFFLE_POSES,--shuffle-poses) $(call given_opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root) $(EVAL_ARGS)
 
 ablate: setup  ## train + evaluate the paper's ablations: DATASET= PROTOCOL= [EPOCHS=]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(PY) -m vpn_head.ablate --dataset $(DATASET) --protocol $(PROTOCOL) --epochs $(EPOCHS) --cache $(or $(CACHE),$(CACHE_DIR)) --runs-dir $(RUNS_DIR) $(TRAIN_ARGS)
+	$(PY) -m vpn_head.ablate --dataset $(DATASET) --protocol $(PROTOCOL) --epochs $(EPOCHS) --cache $(CACHE_ROOT) --runs-dir $(RUNS_DIR) $(HEAD_OPTS) $(call opt,TABLES,--tables) $(call opt,PREFIX,--prefix) $(call opt,TEST_SPLIT,--test-split) $(TRAIN_ARGS)
 
-finetune: setup  ## end-to-end fine-tune: DATASET= PROTOCOL= [INIT=runs/<head run>] [GPUS=n] [EPOCHS=]
-	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(if $(filter-out 1,$(GPUS)),$(VENV)/bin/torchrun --standalone --nproc_per_node $(GPUS),$(PY)) -m vpn_head.finetune --dataset $(DATASET) --protocol $(PROTOCOL) --epochs $(EPOCHS) --manifest $(MANIFEST) --cache-dir $(or $(CACHE),$(CACHE_DIR)) --runs-dir $(RUNS_DIR) $(call opt,INIT,--init) $(call opt,RUN,--run-name) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(TRAIN_ARGS)
+finetune: setup  ## end-to-end fine-tune: DATASET= PROTOCOL= [INIT=runs/<head run>] [GPUS=n] [NNODES=n RDZV=host:port] [CONFIG=…]
+	$(if $(CONFIG),,$(call need,PROTOCOL,the evaluation protocol (e.g. cs)))
+	$(LAUNCH) -m vpn_head.finetune $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,EPOCHS,--epochs) $(call dflt,MANIFEST,--manifest) $(call dflt,CACHE_ROOT,--cache-dir,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,INIT,--init) $(call opt,RUN,--run-name) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(FINETUNE_OPTS) $(TRAIN_ARGS)
 
 bench: setup  ## benchmarks (JSON under bench/results/)
 	$(PY) -m bench.run_all --out-dir bench/results $(call opt,I3D_WEIGHTS,--i3d-weights) $(if $(ONLY),--only $(ONLY),)
 
 report: setup  ## figures for a run: RUN=name
 	$(call need,RUN,the run to draw)
-	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(if $(filter command line environment,$(origin MANIFEST)),--manifest $(MANIFEST),)
+	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint) $(call given_opt,MANIFEST,--manifest)
 
 demo: setup  ## synthetic data -> manifest -> cache -> train i3d and vpn heads -> evaluate, in minutes on CPU
 	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --cameras-per-take 1 --hand-amplitude 0.2 --overwrite
@@ -104,6 +107,134 @@ demo: setup  ## synthetic data -> manifest -> cache -> train i3d and vpn heads -
 
 fidelity: setup  ## does VPN beat I3D? synthetic data made for it, 5 seeds of i3d/attention/vpn + oracle [FID_N=240] [SEEDS="0 1 2 3 4"] [FID_ARGS=]
 	$(PY) -m vpn_head.fidelity --work $(or $(FID_DIR),data/fidelity) --n $(or $(FID_N),240) --seeds $(or $(SEEDS),0 1 2 3 4) --epochs $(EPOCHS) --out bench/results/fidelity.json $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),) $(FID_ARGS)
+
+# ---------------------------------------------------------------------------------------------------------
+# Every CLI option as a make variable (the CLI's name in upper case), pass-throughs, and the check that a
+# variable given on the command line is one the goal takes. VARS_<target> lists a target's variables; a goal
+# without such a list is not checked. DOC_[<target>_]<VAR> is the default `make help` shows where the CLI
+# decides it.
+
+NNODES     ?= 1
+RDZV       ?=
+RDZV_ID    ?=
+CACHE_ROOT  = $(or $(CACHE),$(CACHE_DIR))
+
+given = $(filter command environment,$(firstword $(origin $(1))))
+given_opt = $(if $(call given,$(1)),$(2) $($(1)),)
+# $(call dflt,VAR,--opt[,VARS]): VAR's value, default included; under CONFIG= (replaying a recorded run) only
+# when VAR (or one of VARS) was given, so the file decides the rest
+dflt = $(if $(or $(if $(CONFIG),,1),$(strip $(foreach v,$(or $(3),$(1)),$(call given,$(v))))),$(call opt,$(1),$(2)),)
+flag = $(if $(filter 1 yes true,$($(1))),$(2),)
+noflag = $(if $(filter 0 no false,$($(1))),$(2),)
+bool = $(if $(filter 1 yes true,$($(1))),--$(2),$(if $(filter 0 no false,$($(1))),--no-$(2),))
+each = $(foreach v,$($(1)),$(2) $(v))
+
+CACHE_OPTS = --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(or $(CLIPS_PER_VIDEO),$(CLIPS)) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(CACHE_ARGS)
+COMMON_TRAIN_OPTS = $(call each,MODEL,--model) $(call opt,BATCH_SIZE,--batch-size) $(call opt,LR,--lr) $(call opt,MOMENTUM,--momentum) $(call opt,WEIGHT_DECAY,--weight-decay) $(call opt,LR_STEP,--lr-step) $(call opt,LR_GAMMA,--lr-gamma) $(call opt,EVAL_SPLIT,--eval-split) $(call opt,VAL_FRACTION,--val-fraction) $(call given_opt,SEED,--seed) $(call noflag,DETERMINISTIC,--no-deterministic) $(call opt,NUM_WORKERS,--num-workers) $(call bool,AMP,amp) $(call opt,DEVICE,--device)
+HEAD_OPTS = $(COMMON_TRAIN_OPTS) $(call flag,IN_MEMORY,--in-memory) $(call opt,POSE_LR_SCALE,--pose-lr-scale)
+FINETUNE_OPTS = $(COMMON_TRAIN_OPTS) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call opt,FREEZE_UNTIL,--freeze-until) $(call flag,FROZEN_BN,--frozen-bn) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,FLIP_PROB,--flip-prob) $(call noflag,TEMPORAL_JITTER,--no-temporal-jitter) $(call opt,BOX_SCALE,--box-scale) $(call opt,BOX_SHIFT,--box-shift) $(call given_opt,VARIANT,--variant) $(call opt,EVAL_CLIPS,--eval-clips) $(call opt,EVAL_CROP_SIZE,--eval-crop-size) $(call flag,FORCE_NEW,--force-new) $(call flag,EVAL_ONLY,--eval-only) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint)
+# one process, torchrun on one machine (GPUS=n), or torchrun on NNODES machines meeting at RDZV=host:port
+MULTINODE = $(filter-out 1,$(NNODES))
+LAUNCH = $(if $(MULTINODE),$(if $(RDZV),,$(error RDZV=host:port is required with NNODES=$(NNODES): the rendezvous endpoint every node reaches)))$(if $(or $(filter-out 1,$(GPUS)),$(MULTINODE)),$(VENV)/bin/torchrun $(if $(MULTINODE),--nnodes $(NNODES) --rdzv-backend c10d --rdzv-endpoint $(RDZV) $(call opt,RDZV_ID,--rdzv-id),--standalone) --nproc_per_node $(GPUS),$(PY))
+
+COMMON_VARS := PYTHON_SYS
+CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD BACKEND PRECISION COMPRESSION EXTRACTOR DECODE_WORKERS BATCH_SIZE DEVICE CACHE_ARGS
+TRAIN_VARS := MODEL BATCH_SIZE LR MOMENTUM WEIGHT_DECAY LR_STEP LR_GAMMA EVAL_SPLIT VAL_FRACTION SEED DETERMINISTIC NUM_WORKERS AMP DEVICE TRAIN_ARGS
+VARS_setup :=
+VARS_test := PYTEST_ARGS
+VARS_test-fast := PYTEST_ARGS
+VARS_synthetic := DATA_ROOT N SEED SYNTHETIC_ARGS
+VARS_manifest := DATASET DATA_ROOT MANIFEST VALIDATE MISSING_LIST WORKERS POSES MANIFEST_ARGS
+VARS_cache := $(CACHE_VARS)
+VARS_resume := $(CACHE_VARS)
+VARS_luigid := PORT CACHE_DIR
+VARS_train-head := CONFIG DATASET PROTOCOL VARIANT EPOCHS RUN CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN_MEMORY POSE_LR_SCALE POSE_BACKBONE COUPLER EMBEDDING_LOSS FORCE_NEW
+VARS_eval := RUN RUN_DIR DATASET PROTOCOL VARIANT SPLIT CACHE RUNS_DIR CHECKPOINT OUT BATCH_SIZE NUM_WORKERS DEVICE PROBABILITIES SHUFFLE_POSES MANIFEST DATA_ROOT EVAL_ARGS
+VARS_ablate := DATASET PROTOCOL EPOCHS CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN_MEMORY POSE_LR_SCALE TABLES PREFIX TEST_SPLIT
+VARS_finetune := CONFIG DATASET PROTOCOL EPOCHS MANIFEST DATA_ROOT CACHE CACHE_DIR RUNS_DIR RUN INIT I3D_WEIGHTS GPUS NNODES RDZV RDZV_ID $(TRAIN_VARS) PER_GPU_BATCH FREEZE_UNTIL FROZEN_BN CLIP_LEN CROP_SIZE FLIP_PROB TEMPORAL_JITTER BOX_SCALE BOX_SHIFT VARIANT EVAL_CLIPS EVAL_CROP_SIZE FORCE_NEW EVAL_ONLY SPLIT CHECKPOINT
+VARS_bench := I3D_WEIGHTS ONLY
+VARS_report := RUN RUNS_DIR CACHE MANIFEST DATA_ROOT SAMPLES SPLIT CHECKPOINT
+VARS_demo := DEMO_N DEMO_ROOT DEMO_DIR DEMO_EPOCHS SEED I3D_WEIGHTS
+VARS_fidelity := FID_DIR FID_N SEEDS EPOCHS I3D_WEIGHTS FID_ARGS
+VARS_inspect := CACHE CACHE_DIR DATASET
+VARS_export-pyskl := MANIFEST DATASET OUT CACHE DATA_ROOT WORKERS
+DOC_export-pyskl_WORKERS := 1
+VARS_clean-demo := DEMO_ROOT DEMO_DIR
+
+DOC_VALIDATE := 0 (1: parse every skeleton)
+DOC_manifest_WORKERS := 2
+DOC_T_P := the dataset's (NTU 20, Smarthome 30, N-UCLA 5)
+DOC_CROP_PAD := 0.15
+DOC_BACKEND := opencv
+DOC_PRECISION := fp32
+DOC_COMPRESSION := zstd-1 (gzip-1: opens without hdf5plugin)
+DOC_EXTRACTOR := i3d
+DOC_DECODE_WORKERS := by device and cores
+DOC_cache_BATCH_SIZE := 4
+DOC_resume_BATCH_SIZE := 4
+DOC_cache_DEVICE := cuda when available
+DOC_resume_DEVICE := cuda when available
+DOC_DEVICE := auto
+DOC_BATCH_SIZE := 16
+DOC_eval_BATCH_SIZE := 32
+DOC_LR := 0.01
+DOC_MOMENTUM := 0.9
+DOC_WEIGHT_DECAY := 0
+DOC_LR_STEP := 10
+DOC_LR_GAMMA := 0.1
+DOC_EVAL_SPLIT := auto (val, else val_carved: training subjects held out)
+DOC_VAL_FRACTION := 0.2
+DOC_POSE_LR_SCALE := 1
+DOC_SHUFFLE_POSES := 0 (1: score with every video's poses taken from another video)
+DOC_eval_MANIFEST := manifests/<dataset>.csv (locates the key joint for the attention diagnostics)
+DOC_FID_DIR := data/fidelity
+DOC_FID_N := 240
+DOC_SEEDS := 0 1 2 3 4
+DOC_DETERMINISTIC := 1
+DOC_NUM_WORKERS := 2
+DOC_finetune_NUM_WORKERS := 4
+DOC_eval_NUM_WORKERS := 0
+DOC_AMP := on for CUDA
+DOC_COUPLER := 1
+DOC_POSE_BACKBONE := gcn
+DOC_EMBEDDING_LOSS := euclid
+DOC_PER_GPU_BATCH := 4
+DOC_CLIP_LEN := 64
+DOC_CROP_SIZE := 224
+DOC_FLIP_PROB := 0.5
+DOC_TEMPORAL_JITTER := 1
+DOC_BOX_SCALE := 0.1
+DOC_BOX_SHIFT := 0.1
+DOC_EVAL_CLIPS := 3
+DOC_EVAL_CROP_SIZE := 256
+DOC_finetune_VARIANT := the INIT run's, else vpn
+DOC_SPLIT := test
+DOC_CHECKPOINT := best
+DOC_TABLES := 1 2 3
+DOC_TEST_SPLIT := test
+DOC_SAMPLES := 8
+DOC_CACHE := CACHE_DIR's latest cache of DATASET
+DOC_eval_CACHE := the run's
+DOC_report_CACHE := the run's
+DOC_export-pyskl_CACHE := none: every frame of the skeleton files
+DOC_DEMO_EPOCHS := 30
+
+VARS_TARGETS := $(patsubst VARS_%,%,$(filter VARS_%,$(.VARIABLES)))
+CMDLINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command,$(firstword $(origin $(v)))),$(v)))
+ifeq ($(filter-out $(VARS_TARGETS),$(MAKECMDGOALS)),)
+UNUSED_VARS := $(filter-out $(COMMON_VARS) $(foreach g,$(MAKECMDGOALS),$(VARS_$(g))),$(CMDLINE_VARS))
+$(if $(UNUSED_VARS),$(warning warning: make $(or $(MAKECMDGOALS),help) does not use $(UNUSED_VARS): ignored (`make help` lists each target's variables)))
+endif
+
+help-vars-%:
+	@$(if $(VARS_$*),echo "$(strip $(foreach v,$(VARS_$*),$(v)=$(or $(DOC_$*_$(v)),$(DOC_$(v)),$($(v)))))" | fold -s -w 104 | sed 's/^/                /',:)
+
+inspect: setup  ## a cache's config, provenance, counts per split and class, failures, shapes: CACHE=dir|cache.h5
+	$(PY) -m pipeline.inspect_cache $(or $(CACHE),$(CACHE_DIR)/$(DATASET))
+
+export-pyskl: setup  ## MANIFEST's poses as a pyskl/mmaction2 annotation pickle: OUT=x.pkl [CACHE=dir]
+	$(call need,OUT,the pickle to write)
+	$(PY) -m pipeline.pyskl --manifest $(MANIFEST) --out $(OUT) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call given_opt,WORKERS,--workers)
 
 clean-demo:  ## remove the demo's data
 	rm -rf $(DEMO_ROOT) $(DEMO_DIR)

@@ -72,6 +72,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the zstd/blosc2/bitshuffle filters before any file is opened)
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.contracts import (
@@ -116,8 +117,9 @@ def row_shapes(num_joints: int, t_p: int) -> dict[str, tuple[int, ...]]:
 def compression_kwargs(name: str) -> dict[str, Any]:
     """Translate a compression name into ``h5py.Group.create_dataset`` keyword arguments.
 
-    Names: ``none``, ``lzf``, ``gzip-<1..9>``, ``zstd-<level>``, ``bshuf-lz4``, ``bshuf-zstd-<level>``,
-    ``blosc2-<lz4|lz4hc|zstd|blosclz>-<shuffle|bitshuffle>-<level>``.
+    Names: ``none``, ``lzf``, ``gzip-<1..9>`` (``gzip`` = ``gzip-1``), ``zstd-<level>``, ``bshuf-lz4``,
+    ``bshuf-zstd-<level>``, ``blosc2-<lz4|lz4hc|zstd|blosclz>-<shuffle|bitshuffle>-<level>``. ``none`` and ``gzip`` open
+    in any HDF5 tool, ``lzf`` in h5py; the others need the ``hdf5plugin`` filters.
 
     Raises:
         ValueError: for an unknown name.
@@ -126,8 +128,8 @@ def compression_kwargs(name: str) -> dict[str, Any]:
         return {}
     if name == "lzf":
         return {"compression": "lzf"}
-    if m := re.fullmatch(r"gzip-([1-9])", name):
-        return {"compression": "gzip", "compression_opts": int(m[1])}
+    if m := re.fullmatch(r"gzip(?:-([1-9]))?", name):  # built into HDF5: opens without hdf5plugin
+        return {"compression": "gzip", "compression_opts": int(m[1] or 1)}
     if m := re.fullmatch(r"zstd-(\d+)", name):
         return dict(hdf5plugin.Zstd(clevel=int(m[1])))
     if name == "bshuf-lz4":
@@ -757,7 +759,7 @@ def merge_shards(shard_paths: Sequence[str | Path], out_path: str | Path) -> Non
     out_path = Path(out_path)
     if not shard_paths:
         raise CacheError(f"{out_path}: no shards to merge")
-    readers = [CacheReader(p) for p in shard_paths]
+    readers = [CacheReader(p) for p in tqdm(shard_paths, desc="merge", unit="shard", leave=False)]
     try:
         for reader in readers:
             if reader.is_merged or reader.path.resolve() == out_path.resolve():

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline import cache, crop, poses, video
+from pipeline import cache, crop, poses, pyskl, video
 from pipeline.config import CacheConfig
 from pipeline.contracts import FEATURE_SHAPE, PROBLEM_COLUMN
 from pipeline.datasets import DatasetSpec, get_dataset
@@ -134,6 +134,12 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
         raise SampleError("skeleton", str(err)) from None
     if skeleton.num_frames == 0 or not np.isfinite(skeleton.joints3d).any():
         raise SampleError("skeleton", "no body in any frame")
+    joints3d = skeleton.joints3d
+    if row.get(pyskl.POSES_PATH):  # poses from a pyskl pickle replace the 3D joints; the box still comes from here
+        try:
+            joints3d = pyskl.read_pose_file(row[pyskl.POSES_PATH], row[pyskl.POSES_SHA256], row["sample_id"])
+        except (KeyError, ValueError, OSError) as err:
+            raise SampleError("skeleton", f"pose file {row[pyskl.POSES_PATH]}: {err}") from None
     k = config.clips_per_video
     clips = torch.empty((k, 3, config.clip_len, config.crop_size, config.crop_size), dtype=torch.float32)
     boxes = np.empty((k, 4), dtype=np.float32)
@@ -145,7 +151,8 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
             clips[c] = torch.from_numpy(crop.crop_and_resize(sampled.frames[c], boxes[c], config.crop_size))
         except (ValueError, RuntimeError) as err:
             raise SampleError("crop", str(err)) from None
-        pose_out[c] = poses.clip_poses(skeleton.joints3d[skel_frames], config.t_p, spec.centre_joint)
+        pose_frames = poses.align_frames(sampled.indices[c], sampled.num_frames, len(joints3d))
+        pose_out[c] = poses.clip_poses(joints3d[pose_frames], config.t_p, spec.centre_joint)
     splits = {p: row.get(p, "") for p in spec.protocols}
     return PreparedSample(row["sample_id"], int(row["label"]), row["action"], splits, clips,
                           sampled.indices.astype(np.int32), boxes, pose_out, sampled.backend)

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from pipeline import ntu, nucla, smarthome
 from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
@@ -194,7 +196,8 @@ def _validate(df: pd.DataFrame, root: Path, workers: int) -> None:
     paths = [root / p for p in df.loc[todo, "skeleton_path"]]
     dataset = df["dataset"].iloc[0]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        problems = list(pool.map(validate_skeleton, [dataset] * len(paths), paths, chunksize=32))
+        problems = list(tqdm(pool.map(validate_skeleton, [dataset] * len(paths), paths, chunksize=32),
+                             total=len(paths), desc="validate", unit="skeleton", dynamic_ncols=True))
     df.loc[todo, PROBLEM_COLUMN] = problems
 
 
@@ -247,6 +250,11 @@ def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path | N
     if data_root is not None:
         side = {"data_root": str(Path(data_root).resolve()), "rows": len(df)}
         path.with_suffix(".json").write_text(json.dumps(side, indent=2) + "\n")
+
+
+def pose_file_path(manifest: str | Path) -> Path:
+    """Where ``--poses`` puts the poses converted from a pyskl pickle: ``<manifest>.poses.h5`` beside it."""
+    return Path(manifest).with_suffix(".poses.h5")
 
 
 def read_manifest_root(path: str | Path) -> Path:
@@ -329,12 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validate", action="store_true", help="fully parse every skeleton")
     parser.add_argument("--missing-list", help="official NTU missing-skeleton list to mark")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--poses", help="a pyskl/mmaction2 annotation pickle to take the 3D poses from, matched by "
+                                        "sample id (loaded with a restricted unpickler)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         df, report = scan(args.dataset, args.data_root, validate=args.validate, missing_list=args.missing_list,
                           workers=args.workers)
-    except (ValueError, FileNotFoundError) as err:
+        if args.poses:
+            from pipeline import pyskl  # pyskl reads manifests: imported here, not at the top, to avoid a cycle
+
+            df = pyskl.attach_poses(df, args.poses, pose_file_path(args.out or f"manifests/{args.dataset}.csv"))
+    except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out or f"manifests/{args.dataset}.csv")

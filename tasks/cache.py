@@ -28,7 +28,7 @@ from pathlib import Path
 import luigi
 import torch
 
-from pipeline import cache, extract, video
+from pipeline import cache, devices, extract, video
 from pipeline.config import CacheConfig, file_sha256
 from pipeline.datasets import get_dataset
 from pipeline.manifest import read_manifest, read_manifest_root
@@ -93,16 +93,23 @@ class CacheShard(_CacheTask):
         return luigi.LocalTarget(str(shard_path(self.config.cache_dir(self.cache_root), self.shard_index)))
 
     def run(self) -> None:
+        """On ``cuda`` with several GPUs, the shard holds one GPU of its own while it runs (``pipeline.devices``)."""
+        count = torch.cuda.device_count() if self.device == "cuda" else 1
+        with devices.claim_device(self.device, self.shard_index, count) as device:
+            self._run_on(device)
+
+    def _run_on(self, device: str) -> None:
         config = self.config
         rows = _manifest_rows(self.manifest, config.protocol)
         chunk = rows[self.shard_index * config.shard_size:(self.shard_index + 1) * config.shard_size]
         attrs = cache.make_attrs(config, config.i3d_weights_sha256)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        model = _model(config.extractor, self.i3d_weights, self.device)
+        model = _model(config.extractor, self.i3d_weights, device)
         with self.output().temporary_path() as tmp:
             stats = extract.extract_shard(chunk, self.data_root, config, model, tmp, attrs=attrs,
-                                          workers=self.decode_workers, batch_size=self.batch_size, device=self.device)
+                                          workers=self.decode_workers, batch_size=self.batch_size, device=device)
         entry = {"shard": self.shard_index, "started": started, "host": socket.gethostname(), "pid": os.getpid(),
+                 "device": device,
                  "videos": stats.samples, "clips": stats.clips, "failures": stats.failures,
                  "seconds": round(stats.seconds, 2), "i3d_seconds": round(stats.i3d_seconds, 2),
                  "videos_per_s": round(stats.samples / stats.seconds, 3) if stats.seconds else 0.0,
@@ -170,6 +177,14 @@ def default_decode_workers(device: str, cpu_count: int) -> int:
     return 0 if cpu_count <= 2 else max(1, min(4, cpu_count // 8))
 
 
+def gpu_slots(device: str, workers: int, device_count: int) -> int:
+    """Shards that may run at once on the GPUs of this machine (Luigi's ``gpu`` resource of the local scheduler).
+
+    ``cuda`` spreads shards over every GPU, one shard per GPU; a named GPU (``cuda:1``) runs one shard at a time.
+    """
+    return max(1, min(workers, device_count)) if device == "cuda" else 1
+
+
 def build_config(args: argparse.Namespace) -> CacheConfig:
     """The CacheConfig of a command line (hashes the manifest and the weights)."""
     spec = get_dataset(args.dataset)
@@ -218,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-workers", type=int, default=-1,
                         help="decode/crop processes per shard (default: see default_decode_workers)")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per I3D forward pass")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.device_count() else "cpu",
+                        help="cuda: every GPU of this machine, one per running shard (WORKERS=n runs n at once); "
+                             "cuda:k: that GPU only")
     parser.add_argument("--scheduler", default="", help="host:port of a central luigid (default: local)")
     parser.add_argument("--resume", action="store_true", help="print done/remaining shards first")
     args = parser.parse_args(argv)
@@ -249,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                       default_decode_workers(args.device, os.cpu_count() or 1),
                       batch_size=args.batch_size, device=args.device)
     scheduler = {"local_scheduler": True}
+    if not luigi.configuration.get_config().has_option("resources", "gpu"):  # a luigi.cfg setting wins
+        luigi.configuration.get_config().set("resources", "gpu", str(gpu_slots(args.device, args.workers,
+                                                                              torch.cuda.device_count())))
     if args.scheduler:
         host, _, port = args.scheduler.partition(":")
         scheduler = {"scheduler_host": host, "scheduler_port": int(port or 8082)}

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from pipeline.cache import CacheError
 from vpn_head.config import VPNConfig
@@ -127,7 +128,7 @@ def score_clips(model: VPN, loader: Iterable, device: torch.device, amp: bool = 
     uses_pose = model.config.variant != "i3d"
     probs, labels, rows, kept = [], [], [], {"poses": [], "attention_spatial": [], "attention_temporal": []}
     seen = 0
-    for features, poses, label, row in loader:
+    for features, poses, label, row in tqdm(loader, desc="score", unit="batch", leave=False, dynamic_ncols=True):
         if replace_poses is not None:
             poses = torch.from_numpy(replace_poses[seen:seen + len(label)])
         seen += len(label)

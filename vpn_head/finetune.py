@@ -80,8 +80,8 @@ from vpn_head.evaluate import (
 from vpn_head.losses import vpn_loss
 from vpn_head.model import VPN, VPNOutput
 from vpn_head.train import (
-    LOG_COLUMNS, LOSS_KEYS, POSTFIX_EVERY, RunConfigError, _Progress, parse_override, raise_if_other_experiment,
-    rng_state, save_checkpoint, seed_everything, set_rng_state,
+    LOG_COLUMNS, LOSS_KEYS, POSTFIX_EVERY, RunConfigError, _Progress, parse_args_with_config, parse_override,
+    raise_if_other_experiment, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -1079,7 +1079,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args_with_config(build_parser(), argv, "finetune", {"run_name": "run", "cache": "cache_dir"},
+                                  nested=("augment",))
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(levelname)s rank{rank} %(name)s: %(message)s")

@@ -598,6 +598,43 @@ def config_from_args(args: argparse.Namespace, variant: str, model: dict[str, An
         device=args.device, cache=args.cache, runs_dir=args.runs_dir, run_name=run_name)
 
 
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, section: str,
+                           renames: dict[str, str], nested: tuple[str, ...] = ()) -> argparse.Namespace:
+    """Parse ``argv``; with ``--config runs/<name>/config.json`` a recorded run's values become the defaults, so
+    the options given on the command line override the file.
+
+    Args:
+        parser: the command's parser (``--config`` is added to it).
+        argv: the command line.
+        section: the key of the run config in ``config.json`` (``train``, ``finetune``).
+        renames: config field -> option dest where they differ (``run_name`` -> ``run``).
+        nested: config fields holding a dict of further options (``augment``).
+    """
+    parser.add_argument("--config", help="a run's config.json: repeat that experiment (options given here win)")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    path = pre.parse_known_args(argv)[0].config
+    if path:
+        try:
+            recorded = json.loads(Path(path).read_text())[section]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"--config {path}: not a {section} run's config.json ({type(error).__name__}: {error})")
+        defaults: dict[str, Any] = {}
+        for key, value in recorded.items():
+            if key in nested:
+                defaults.update(value)
+            else:
+                defaults[renames.get(key, key)] = list(value.items()) if key == "model" else value
+        actions = {action.dest: action for action in parser._actions}
+        unknown = sorted(set(defaults) - set(actions))
+        if unknown:
+            parser.error(f"--config {path}: fields {unknown} have no option here (a config of another version?)")
+        parser.set_defaults(**defaults)
+        for dest in defaults:
+            actions[dest].required = False
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vpn_head.train", description=__doc__.split("\n\n")[0])
     add_training_arguments(parser)
@@ -607,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedding-loss", choices=EMBEDDING_LOSSES)
     parser.add_argument("--run", default="", help="run name (default: <dataset>_<protocol>_<variant>)")
     parser.add_argument("--force-new", action="store_true", help="move an existing run aside and start over")
-    args = parser.parse_args(argv)
+    args = parse_args_with_config(parser, argv, "train", {"run_name": "run"})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model = dict(args.model)
     for key in ("pose_backbone", "coupler", "embedding_loss"):
