@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vpn_head.attention import apply_attention, couple, resize_spatial_attention
-from vpn_head.config import VPNConfig
+from vpn_head.config import PAPER_READING, VPNConfig
 from vpn_head.losses import attention_regulariser, embedding_loss, vpn_loss
 from vpn_head.model import VPN, VPNOutput
 from vpn_head.pose_backbone import build_adjacency, graph_convolution, normalised_adjacency
@@ -19,9 +19,10 @@ CHAIN = ((0, 1), (1, 2))  # 3-joint chain 0 - 1 - 2
 
 
 def tiny_config(**overrides) -> VPNConfig:
-    """A small head (3 joints, 16 channels) that runs in milliseconds."""
+    """A small head (3 joints, 16 channels) that runs in milliseconds, in the paper's reading (these tests check
+    the paper's equations; the departures from it are tested in test_fidelity.py)."""
     values = dict(num_classes=4, num_joints=3, edges=CHAIN, t_p=4, feature_channels=16, embed_dim=8,
-                  attention_hidden=8)
+                  attention_hidden=8, **PAPER_READING)
     values.update(overrides)
     return VPNConfig(**values)
 

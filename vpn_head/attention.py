@@ -72,7 +72,8 @@ def resize_spatial_attention(a_s: torch.Tensor, size: tuple[int, int]) -> torch.
     return F.interpolate(a_s[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]  # (N, H, W)
 
 
-def apply_attention(f: torch.Tensor, a_s: torch.Tensor, a_t: torch.Tensor, coupler: bool) -> torch.Tensor:
+def apply_attention(f: torch.Tensor, a_s: torch.Tensor, a_t: torch.Tensor, coupler: bool,
+                    residual: bool = True) -> torch.Tensor:
     """Modulate the feature map with the attention (see the module doc for both definitions).
 
     Args:
@@ -80,13 +81,16 @@ def apply_attention(f: torch.Tensor, a_s: torch.Tensor, a_t: torch.Tensor, coupl
         a_s: spatial attention (N, S, S), resized to (H, W) when they differ.
         a_t: temporal attention (N, T).
         coupler: True for ``A_ST * f + f``; False for ``f_s = A_S * f + f``, ``A_T * f_s + f_s``.
+        residual: False drops the ``+ f`` terms (``A_ST * f``; ``A_T * A_S * f`` uncoupled), so attention can
+            suppress a place instead of only adding to it (``VPNConfig.attention_residual``; the paper keeps them).
 
     Returns:
         f', same shape as f.
     """
     a_s = resize_spatial_attention(a_s, f.shape[-2:])  # (N, H, W)
+    keep = 1.0 if residual else 0.0
     if coupler:
         a_st = couple(a_s, a_t)  # (N, T, H, W)
-        return a_st[:, None] * f + f  # (N, C, T, H, W)
-    f_s = a_s[:, None, None] * f + f  # (N, C, T, H, W)
-    return a_t[:, None, :, None, None] * f_s + f_s  # (N, C, T, H, W)
+        return a_st[:, None] * f + keep * f  # (N, C, T, H, W)
+    f_s = a_s[:, None, None] * f + keep * f  # (N, C, T, H, W)
+    return a_t[:, None, :, None, None] * f_s + keep * f_s  # (N, C, T, H, W)

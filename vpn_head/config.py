@@ -18,16 +18,23 @@ VARIANTS: tuple[str, ...] = ("i3d", "attention", "vpn")
 ``vpn`` (l3, attention + spatial embedding)."""
 POSE_BACKBONES: tuple[str, ...] = ("gcn", "lstm")
 EMBEDDING_LOSSES: tuple[str, ...] = ("euclid", "kl_fe_pe", "kl_pe_fe", "bikl", "contrastive")
+PAPER_READING: dict[str, str] = {"pose_pool": "mean", "temporal_scale": "sum1", "embedding_loss": "euclid",
+                                 "embedding_centre": "none"}
+"""The paper's reading of the fields whose defaults depart from it (``VPNConfig(**PAPER_READING)``)."""
 POSE_POOLS: tuple[str, ...] = ("mean", "max_dense")
 TEMPORAL_SCALES: tuple[str, ...] = ("sum1", "mean1")
 ATTENTION_INITS: tuple[str, ...] = ("default", "zero")
 EMBEDDING_INPUTS: tuple[str, ...] = ("z1", "a_s")
-EMBEDDING_CENTRES: tuple[str, ...] = ("none", "spatial")
+EMBEDDING_CENTRES: tuple[str, ...] = ("none", "spatial", "batch")
 
 
 @dataclass(frozen=True)
 class VPNConfig:
     """Hyper-parameters of the VPN head (paper section 3, defaults from the paper where it gives them).
+
+    Four defaults depart from the paper's text, each for a measured reason (README, "Does the pose steer the
+    head?"): ``pose_pool="max_dense"``, ``temporal_scale="mean1"``, ``embedding_loss="contrastive"`` and
+    ``embedding_centre="batch"``. ``PAPER_READING`` holds the paper's values of those four fields.
 
     Attributes:
         num_classes: number of action classes of the protocol.
@@ -47,12 +54,17 @@ class VPNConfig:
         temporal_scale: ``sum1`` (paper: A_T = softmax(z2) sums to 1 over the T steps, so the attended term
             A_T A_S f is at most 1/T of the residual f on average) or ``mean1`` (A_T = T softmax(z2), averaging 1,
             so attention can double a cell's weight).
+        attention_residual: keep the ``+ f`` of eq. 3 (True, the paper): attention can then only add to a place
+            (at most doubling it with ``temporal_scale="mean1"``), never remove a distractor; False gives
+            ``f' = A_ST * f``.
         attention_init: ``default`` (PyTorch's Linear init) or ``zero`` (the last layer of each attention
             branch starts at zero, as in the authors' code: A_S = 0.5 and A_T uniform for every video at init).
         embedding_input: what the pose side of the embedding projects: ``z1`` (paper eq. 4) or ``a_s``
             (sigmoid(z1), as in the authors' code).
-        embedding_centre: ``none`` (paper) or ``spatial``: subtract each channel's mean over the 7 x 7 grid from
-            f_s before T_v, so f_e describes where the features are, not their (shared, non-negative) level.
+        embedding_centre: ``none`` (paper), ``spatial`` (subtract each channel's mean over the 7 x 7 grid from f_s
+            before T_v) or ``batch`` (standardise every (channel, cell) of f_s over the videos, BatchNorm without
+            affine parameters): without it f_e describes what all videos share (the features' non-negative level
+            and the person's silhouette), not how this video differs.
         embedding_temperature: softmax temperature of the ``contrastive`` embedding loss.
         alpha: adjacency weight of two joints joined by a bone.
         beta: adjacency weight of two joints not joined by a bone.
@@ -75,7 +87,7 @@ class VPNConfig:
     variant: str = "vpn"
     pose_backbone: str = "gcn"
     coupler: bool = True
-    embedding_loss: str = "euclid"
+    embedding_loss: str = "contrastive"
     alpha: float = 5.0
     beta: float = 2.0
     feature_channels: int = 1024
@@ -87,11 +99,12 @@ class VPNConfig:
     dropout: float = 0.3
     lambda1: float = 0.8
     lambda2: float = 1e-5
-    pose_pool: str = "mean"
-    temporal_scale: str = "sum1"
+    pose_pool: str = "max_dense"
+    temporal_scale: str = "mean1"
+    attention_residual: bool = True
     attention_init: str = "default"
     embedding_input: str = "z1"
-    embedding_centre: str = "none"
+    embedding_centre: str = "batch"
     embedding_temperature: float = 0.1
 
     def validate(self) -> None:
@@ -113,8 +126,9 @@ class VPNConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"VPNConfig.{name} must be a positive int, got {value!r}")
-        if not isinstance(self.coupler, bool):
-            raise ValueError(f"VPNConfig.coupler must be a bool, got {self.coupler!r}")
+        for name in ("coupler", "attention_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"VPNConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("alpha", "beta", "lambda2"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

@@ -4,12 +4,15 @@
 pooled to the S x S grid of the spatial attention (an identity for the usual 7 x 7 map) and flattened, so the
 embedding keeps the spatial layout that the pose logits ``z1`` describe.
 
-``embedding_centre="spatial"`` (not in the paper) subtracts each channel's mean over the grid from f_s first: I3D
-Mixed_5c features are non-negative and share one large mean, so without it f_e of every video points the same
-way (cosine 0.999 measured on the demo) and the embedding loss has a trivial minimum that ignores the pose.
+``embedding_centre`` (not in the paper): I3D Mixed_5c features are non-negative and every person crop has a similar
+layout, so f_e of every video points the same way (cosine 0.999 measured on the demo, still 0.993 after removing
+each channel's spatial mean) and the paper's Euclidean loss has a trivial minimum that ignores the pose.
+``spatial`` subtracts each channel's mean over the grid from f_s; ``batch`` standardises every (channel, cell) of
+f_s over the videos (BatchNorm without affine parameters, running statistics at test time), so f_e describes
+how this video differs from the others.
 
-``f_e = T_v f_s`` and ``P_e = T_p z1`` (``embedding_input="a_s"``: ``T_p A_S``, as in the authors' code) project both into a common space of size ``embed_dim`` (linear maps,
-no bias). The constraint ``||T_v|| = ||T_p|| = 1`` is enforced as a unit *spectral* norm with
+``f_e = T_v f_s`` and ``P_e = T_p z1`` (``embedding_input="a_s"``: ``T_p A_S``, as in the authors' code) project
+both into a common space of size ``embed_dim`` (linear maps, no bias). The constraint ``||T_v|| = ||T_p|| = 1`` is enforced as a unit *spectral* norm with
 ``torch.nn.utils.parametrizations.spectral_norm``: the used weight is ``W / sigma_max(W)``, with sigma_max
 estimated by power iteration (15 steps at construction, then one per training forward, frozen in eval mode):
 sigma_max(W_used) starts within ~10% of 1 and converges to 1 as training runs, at a rate set by the gap
@@ -29,10 +32,12 @@ from torch.nn.utils.parametrizations import spectral_norm
 class SpatialEmbedding(nn.Module):
     """Projects the time-summed feature map and the spatial attention logits into one embedding space."""
 
-    def __init__(self, feature_channels: int, feature_size: int, embed_dim: int, centre: bool = False):
+    def __init__(self, feature_channels: int, feature_size: int, embed_dim: int, centre: str = "none"):
         super().__init__()
         self.feature_size = feature_size
         self.centre = centre
+        self.batch_norm = (nn.BatchNorm1d(feature_channels * feature_size ** 2, affine=False)
+                           if centre == "batch" else None)
         self.visual = spectral_norm(nn.Linear(feature_channels * feature_size ** 2, embed_dim, bias=False))  # T_v
         self.pose = spectral_norm(nn.Linear(feature_size ** 2, embed_dim, bias=False))  # T_p
 
@@ -48,8 +53,14 @@ class SpatialEmbedding(nn.Module):
         """
         f_s = f.sum(dim=2)  # (N, C, H, W)
         f_s = F.adaptive_avg_pool2d(f_s, self.feature_size)  # (N, C, 7, 7)
-        if self.centre:
+        if self.centre == "spatial":
             f_s = f_s - f_s.mean(dim=(2, 3), keepdim=True)  # (N, C, 7, 7)
-        f_e = self.visual(f_s.flatten(1))  # (N, embed_dim)
+        f_s = f_s.flatten(1)  # (N, C * 49)
+        if self.batch_norm is not None:
+            bn = self.batch_norm
+            single = self.training and f_s.shape[0] == 1  # one video has no spread: use the running statistics
+            f_s = F.batch_norm(f_s, bn.running_mean, bn.running_var, training=self.training and not single,
+                               momentum=bn.momentum, eps=bn.eps)  # (N, C * 49)
+        f_e = self.visual(f_s)  # (N, embed_dim)
         p_e = self.pose(z1)  # (N, embed_dim)
         return f_e, p_e

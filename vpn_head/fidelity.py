@@ -30,6 +30,7 @@ import torch
 from pipeline.cache import CacheError
 from pipeline.datasets import get_dataset
 from vpn_head import diagnostics as diag
+from vpn_head.config import VPNConfig
 from vpn_head.data import CachedClips, resolve_cache
 from vpn_head.evaluate import evaluate_run, summarise, video_scores
 from vpn_head.splits import CARVED_VAL
@@ -68,8 +69,11 @@ def _split_arrays(clips: CachedClips) -> tuple[torch.Tensor, torch.Tensor, np.nd
 
 
 def train_oracle(cache: str, seed: int, epochs: int, manifest: str, data_root: str | None,
-                 dataset: str = "ntu60", protocol: str = "cs", temporal_scale: str = "sum1") -> dict[str, Any]:
+                 dataset: str = "ntu60", protocol: str = "cs", model: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train the oracle head (A_S fixed on the key joint's cell, A_T uniform) with the head trainer's schedule.
+
+    ``model`` holds the pose variants' ``VPNConfig`` overrides: the oracle applies its attention the same way
+    (``temporal_scale``, ``attention_residual``).
 
     The checkpoint is chosen on ``val_carved`` like the variants'; returns its test ``top1``/``mean_class``.
     """
@@ -89,8 +93,9 @@ def train_oracle(cache: str, seed: int, epochs: int, manifest: str, data_root: s
             raise CacheError(f"oracle: {note}")
         data[name] = (features, torch.from_numpy(diag.oracle_maps(cells, features.shape[-1])), labels, ids)
     seed_everything(seed, deterministic=True)
-    head = diag.OracleAttentionHead(features.shape[1], features.shape[2], len(sets["test"].class_names),
-                                    dropout=0.3, temporal_scale=temporal_scale)
+    head_config = VPNConfig.for_dataset(dataset, protocol, variant="attention", **(model or {}))
+    head = diag.OracleAttentionHead(features.shape[1], features.shape[2], head_config.num_classes,
+                                    head_config.dropout, head_config.temporal_scale, head_config.attention_residual)
     optimizer = torch.optim.SGD(head.parameters(), lr=defaults.lr, momentum=defaults.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, defaults.lr_step, defaults.lr_gamma)
     features, maps, labels, _ = data["train"]
@@ -151,7 +156,8 @@ def summarise_seeds(per_seed: list[list[dict[str, Any]]], oracle: list[dict[str,
 def _cell(row: dict[str, Any], key: str) -> str:
     if key not in row:
         return "-"
-    return f"{row[key]['mean']:.3f} ± {row[key]['sd']:.3f}" if len(row[key]["values"]) > 1 else f"{row[key]['mean']:.3f}"
+    stat = row[key]
+    return f"{stat['mean']:.3f} ± {stat['sd']:.3f}" if len(stat["values"]) > 1 else f"{stat['mean']:.3f}"
 
 
 def format_table(table: dict[str, Any]) -> str:
@@ -159,7 +165,8 @@ def format_table(table: dict[str, Any]) -> str:
     lines = ["| variant | test top-1 | shuffled-pose top-1 | shuffle drop | A_S spread | A_T entropy | "
              "A_S peak within 1 cell of key joint (chance) |", "|---|---|---|---|---|---|---|"]
     for variant, row in table.items():
-        peak = "-" if "peak_within_1" not in row else f"{_cell(row, 'peak_within_1')} ({row['peak_chance_within_1']['mean']:.2f})"
+        peak = ("-" if "peak_within_1" not in row
+                else f"{_cell(row, 'peak_within_1')} ({row['peak_chance_within_1']['mean']:.2f})")
         lines.append(f"| {variant} | {_cell(row, 'top1')} | {_cell(row, 'shuffled_top1')} | "
                      f"{_cell(row, 'shuffle_drop')} | {_cell(row, 'a_s_spread')} | {_cell(row, 'a_t_entropy')} | "
                      f"{peak} |")
@@ -210,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             per_seed.append(run_variants(str(cache), str(runs), seed, args.epochs, tuple(args.variants),
                                          dict(args.model), str(manifest), str(root)))
             if args.oracle:
-                oracle.append(train_oracle(str(cache), seed, args.epochs, str(manifest), str(root)))
+                oracle.append(train_oracle(str(cache), seed, args.epochs, str(manifest), str(root),
+                                           model=dict(args.model)))
             print(f"seed {seed}: " + ", ".join(f"{r['variant']} {r['top1']:.3f}" for r in per_seed[-1] + oracle[-1:]),
                   flush=True)
     except (CacheError, ValueError) as error:

@@ -62,7 +62,7 @@ class VPN(nn.Module):
                                         config.feature_size, config.temporal_scale, config.attention_init == "zero")
                           if uses_pose else None)
         self.embedding = (SpatialEmbedding(config.feature_channels, config.feature_size, config.embed_dim,
-                                           config.embedding_centre == "spatial")
+                                           config.embedding_centre)
                           if config.variant == "vpn" else None)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.feature_channels, config.num_classes)
@@ -103,7 +103,8 @@ class VPN(nn.Module):
             return features, aux
         h = self.pose_encoder(poses)  # (N, 128)
         z1, a_s, a_t = self.attention(h)  # (N, 49), (N, 7, 7), (N, 8)
-        f_prime = apply_attention(features, a_s, a_t, self.config.coupler)  # (N, C, T, H, W)
+        f_prime = apply_attention(features, a_s, a_t, self.config.coupler,
+                                  self.config.attention_residual)  # (N, C, T, H, W)
         aux.update(attention_spatial=a_s, attention_temporal=a_t)
         if self.embedding is not None:
             pose_side = z1 if self.config.embedding_input == "z1" else a_s.flatten(1)  # (N, 49)
