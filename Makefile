@@ -102,5 +102,12 @@ demo: setup  ## synthetic data -> manifest -> cache -> train i3d and vpn heads -
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(DEMO_DIR)/manifest.csv --cache-dir $(DEMO_DIR)/cache --shard-size 32 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
 	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --epochs $(or $(DEMO_EPOCHS),30)
 
+# cost at scale and the prepared GPU run (issue 13)
+GPU_CHECK_OUT ?= bench/results/gpu_check.json
+
+.PHONY: gpu-check
+gpu-check: setup  ## one prepared GPU run (< 8 min), one JSON: I3D, pipeline, head, fine-tune, DDP [SMOKE=1: tiny, CPU]
+	$(PY) -m bench.gpu_check --out $(GPU_CHECK_OUT) $(if $(SMOKE),--smoke,) $(call opt,I3D_WEIGHTS,--i3d-weights)
+
 clean-demo:  ## remove the demo's data
 	rm -rf $(DEMO_ROOT) $(DEMO_DIR)
