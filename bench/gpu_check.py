@@ -22,10 +22,10 @@ others still run, and the exit code is 1):
 - ``compile`` (CUDA only): ``torch.compile`` of I3D in the fastest ``i3d`` setting: compile seconds, clips/s,
   speedup over eager.
 
-``--smoke`` runs every code path at sizes a busy 2-core CPU does in seconds (CI keeps the script alive): 8x32x32
-I3D clips at batch 1, one real + one 320x180 synthetic video with the ``pixels`` extractor and in-process
-decoding, 16 head clips read in-process, 8x64x64 fine-tune and DDP batches of 1, no warm-up. Its numbers mean
-nothing. Usage::
+``--smoke`` runs the same code (``compile`` aside) at sizes a busy 2-core CPU runs in about a minute (CI keeps the
+script alive): 8x32x32 I3D clips at batch 1, one real + one 320x180 synthetic video with the ``pixels`` extractor
+and in-process decoding, 16 head clips read in-process, 8x64x64 fine-tune and DDP batches of 1, no warm-up. Its
+numbers mean nothing. Usage::
 
     python -m bench.gpu_check [--smoke] [--out FILE.json] [--i3d-weights W] [--sections i3d pipeline ...]
 """
