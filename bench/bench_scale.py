@@ -617,9 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-luigid", action="store_true")
     parser.add_argument("--work-dir", type=Path, help="keep the generated trees and caches here (default: temp)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("tasks.cache", "pipeline", "luigi", "luigi-interface"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)  # this bench's progress; the libraries' per-shard INFO lines stay quiet
     sizes = sorted(set(args.sizes))
     missing_list = MISSING_LIST if MISSING_LIST.is_file() else None
     if missing_list is None:

@@ -309,9 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: all (compile only on CUDA: on the CPU it needs a compiler and minutes)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("pipeline", "tasks", "vpn_head"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)  # this script's progress; the libraries log warnings only
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     sections = args.sections or [s for s in SECTIONS if s != "compile" or device.type == "cuda"]
