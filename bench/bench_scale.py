@@ -587,12 +587,15 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 6))
     grid = np.geomspace(min(results["sizes"]), EXTRAPOLATE_TO[-1], 50)
-    for row in results["scaling"]:
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for k, row in enumerate(results["scaling"]):
         ns = [int(n) for n in row["seconds"]]
-        (line,) = ax.plot(ns, list(row["seconds"].values()), "o-", label=f"{row['stage']} (slope {row['slope']:.2f})")
+        (line,) = ax.plot(ns, list(row["seconds"].values()), "os^v"[k // 20 % 4] + "-", color=colors[k % 20],
+                          label=f"{row['stage']} (slope {row['slope']:.2f})")
         a = row["seconds"][str(ns[-1])] / ns[-1] ** row["slope"]
         ax.plot(grid[grid >= ns[-1]], a * grid[grid >= ns[-1]] ** row["slope"], "--", color=line.get_color())
     ax.axvline(NTU120_VIDEOS, color="grey", lw=0.8)
+    ax.plot(grid, 1e-2 * grid / grid[0], ":", color="grey", label="slope 1 (linear), for reference")
     ax.set(xscale="log", yscale="log", xlabel="videos N", ylabel="seconds",
            title="Cost of each stage vs N (dashed: extrapolated with the fitted slope)")
     ax.legend(fontsize=6, loc="upper left")
