@@ -236,5 +236,12 @@ export-pyskl: setup  ## MANIFEST's poses as a pyskl/mmaction2 annotation pickle:
 	$(call need,OUT,the pickle to write)
 	$(PY) -m pipeline.pyskl --manifest $(MANIFEST) --out $(OUT) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call given_opt,WORKERS,--workers)
 
+# cost at scale and the prepared GPU run (issue 13)
+GPU_CHECK_OUT ?= bench/results/gpu_check.json
+
+.PHONY: gpu-check
+gpu-check: setup  ## one prepared GPU run (< 8 min), one JSON: I3D, pipeline, head, fine-tune, DDP [SMOKE=1: tiny, CPU]
+	$(PY) -m bench.gpu_check --out $(GPU_CHECK_OUT) $(if $(SMOKE),--smoke,) $(call opt,I3D_WEIGHTS,--i3d-weights)
+
 clean-demo:  ## remove the demo's data
 	rm -rf $(DEMO_ROOT) $(DEMO_DIR)

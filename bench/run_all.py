@@ -29,6 +29,7 @@ def benchmarks(weights: str | None) -> dict[str, list[str]]:
         runs["bench_decode"] = ["--samples", str(SHARED_NTU)]
     if (REPO / "bench" / "bench_finetune.py").is_file():
         runs["bench_finetune"] = []
+    runs["bench_scale"] = []
     return runs
 
 
@@ -36,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--i3d-weights", default=None)
-    parser.add_argument("--only", nargs="*", help="run only these benchmarks")
+    parser.add_argument("--only", nargs="*", help="run only these benchmarks (bench_scale or scale)")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     failed = []
     for name, extra in benchmarks(args.i3d_weights).items():
-        if args.only and name not in args.only:
+        if args.only and not {name, name.removeprefix("bench_")} & set(args.only):
             continue
         out = args.out_dir / f"{name.removeprefix('bench_')}.json"
         print(f"== {name} -> {out}", flush=True)

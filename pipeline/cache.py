@@ -64,6 +64,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -147,10 +148,12 @@ def compression_kwargs(name: str) -> dict[str, Any]:
 # attrs
 
 
+@lru_cache(maxsize=1)
 def code_version() -> str:
     """``git describe --always --dirty`` of the repository holding this package, else the package version.
 
-    Runs with ``GIT_OPTIONAL_LOCKS=0`` so that it never writes the index (no lock races with a commit).
+    Runs with ``GIT_OPTIONAL_LOCKS=0`` so that it never writes the index (no lock races with a commit). Asked
+    once per process (the code a process runs does not change under it): ~10 ms per shard otherwise.
     """
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
@@ -161,8 +164,13 @@ def code_version() -> str:
         return __version__
 
 
+@lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
-    """Versions of Python, HDF5 and the libraries that write or read the cache (from package metadata)."""
+    """Versions of Python, HDF5 and the libraries that write or read the cache (from package metadata).
+
+    Read once per process: package metadata lookups cost ~15 ms per shard otherwise (``bench/bench_scale.py``).
+    Callers get the cached dict and must not modify it.
+    """
     versions = {"python": platform.python_version(), "hdf5": h5py.version.hdf5_version}
     for package in ("torch", "numpy", "h5py", "hdf5plugin", "decord", "av", "opencv-python-headless"):
         try:
@@ -699,7 +707,10 @@ def _check_virtual_sources(path: Path, f: h5py.File) -> None:
     """Raise if a source shard of a virtual dataset in ``f`` is missing or shorter than its mapping.
 
     HDF5 resolves a relative source name against the virtual file's folder, so that is where we look.
+    Opening a virtual dataset costs time in proportion to its mappings (one per shard), so each is opened once:
+    ``f[name]`` inside the per-shard loop made opening a 573-shard view quadratic (``bench/bench_scale.py``).
     """
+    row_shape = {name: f[name].shape[1:] for name in VIRTUAL_DATASETS}
     needed: dict[str, dict[str, int]] = {}  # file name -> dataset -> rows mapped
     for name in VIRTUAL_DATASETS:
         if not f[name].is_virtual:
@@ -719,10 +730,10 @@ def _check_virtual_sources(path: Path, f: h5py.File) -> None:
                              "values there); rebuild that shard and re-merge")
         with _open_h5(source) as src:
             for name, rows in datasets.items():
-                if name not in src or src[name].shape[0] < rows or src[name].shape[1:] != f[name].shape[1:]:
+                if name not in src or src[name].shape[0] < rows or src[name].shape[1:] != row_shape[name]:
                     found = src[name].shape if name in src else "nothing"
                     raise CacheError(f"{path}: shard {source} holds {found} at {name}, the view maps {rows} rows "
-                                     f"of {f[name].shape[1:]}; the shard changed after the merge, re-merge")
+                                     f"of {row_shape[name]}; the shard changed after the merge, re-merge")
 
 
 def _check_str(path: Path, name: str, ds: h5py.Dataset) -> None:
