@@ -188,7 +188,7 @@ def build_dataset(work: Path, n: int, data_seed: int, weights: str | None) -> tu
     if manifest_main(["--dataset", "ntu60", "--data-root", str(root), "--out", str(manifest)]) != 0:
         raise CacheError("fidelity: the manifest step failed")
     args = ["--dataset", "ntu60", "--protocol", "cs", "--manifest", str(manifest), "--cache-dir", str(cache_dir),
-            "--shard-size", "48", "--workers", "1", *(["--i3d-weights", weights] if weights else [])]
+            "--shard-size", "40", "--workers", "1", *(["--i3d-weights", weights] if weights else [])]
     if cache_main(args) != 0:
         raise CacheError("fidelity: the cache step failed")
     return root, manifest, cache_dir
