@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -247,6 +247,23 @@ def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path | N
     if data_root is not None:
         side = {"data_root": str(Path(data_root).resolve()), "rows": len(df)}
         path.with_suffix(".json").write_text(json.dumps(side, indent=2) + "\n")
+
+
+def inside_root(data_root: str | Path, relative: str) -> Path:
+    """``data_root / relative``, refused when it would leave DATA_ROOT.
+
+    Raises:
+        ValueError: an empty, absolute or ``..`` path, or one that resolves (through a symlink) outside the root.
+    """
+    root = Path(data_root)
+    rel = PurePosixPath(relative)
+    if not relative or rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"path {relative!r} is empty, absolute or uses '..'; manifest paths stay inside DATA_ROOT")
+    path = root / rel
+    real = path.resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise ValueError(f"path {relative!r} resolves to {real}, outside DATA_ROOT {root.resolve()} (a symlink?)")
+    return path
 
 
 def read_manifest_root(path: str | Path) -> Path:

@@ -195,7 +195,7 @@ def bad_root(synthetic, tmp_path):
     ("truncated_video", "decode", ""),
     ("nan_joint", "skeleton", "non-finite"),
     ("no_bodies", "skeleton", "no body in any frame"),
-    ("missing_skeleton", "skeleton", "No such file"),
+    ("missing_skeleton", "environment", "No such file"),  # not the data's fault: retried by the next run
 ])
 def test_bad_inputs_become_failure_rows(bad_root, damage, stage, reason):
     root, df = bad_root
