@@ -412,6 +412,8 @@ class ShardWriter:
         if not np.isfinite(row["features"]).all():
             raise ValueError(f"{sample_id} clip {clip_index}: features are not finite in float16 "
                              f"(max |x| {np.abs(np.asarray(features, dtype=np.float64)).max():.4g})")
+        if not np.isfinite(row["poses"]).all():
+            raise ValueError(f"{sample_id} clip {clip_index}: poses are not finite (NaN/inf, or beyond float32)")
         if not np.array_equal(row["frame_indices"], row["frame_indices"].astype(np.int32)):
             raise ValueError(f"{sample_id} clip {clip_index}: frame_indices are not int32 integers")
         if set(splits) != set(self.protocols):
@@ -698,9 +700,10 @@ class CacheReader:
             for start, stop in _blocks(len(self)):  # block by block, so an error names its row
                 try:
                     ds.read_direct(values, source_sel=np.s_[start:stop], dest_sel=np.s_[start:stop])
-                except OSError as err:
-                    raise CacheError(f"{self.shard_of(start)}: cannot read {name} of rows {start}-{stop - 1}: {err}; "
-                                     "the file is corrupt: run `make verify`, then `make cache` rebuilds it") from None
+                except OSError:  # find the row, for an error naming its shard and sample
+                    for i in range(start, stop):
+                        values[i] = self._read_row(name, i)
+                    raise
                 self._check_finite(name, values[start:stop], start)
             self._memory[name] = values
         log.info("%s: loaded %d rows into memory (%.1f MiB)", self.path, len(self),
@@ -1037,7 +1040,7 @@ def verify_folder(folder: str | Path) -> dict[Path, str]:
         if problem:
             bad[path] = problem
     merged = folder / MERGED_NAME
-    if merged.exists() and merged not in bad:
+    if merged.exists() and not bad:  # a bad shard already explains a view that does not open
         try:
             CacheReader(merged).close()
         except CacheError as err:
