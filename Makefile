@@ -38,7 +38,7 @@ DEMO_WEIGHTS ?= $(if $(I3D_WEIGHTS),$(I3D_WEIGHTS),$(if $(wildcard $(SHARED_WEIG
 need = $(if $($(1)),,$(error $(1)= is required: $(2)))
 opt = $(if $($(1)),$(2) $($(1)),)
 
-.PHONY: help setup test test-fast demo synthetic manifest cache resume luigid train-head eval ablate finetune bench report clean-demo
+.PHONY: help setup test test-fast demo synthetic manifest cache resume luigid train-head eval ablate finetune bench report verify fuzz clean-demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -65,10 +65,10 @@ manifest: setup  ## DATASET=ntu60|ntu120|smarthome|nucla DATA_ROOT=dir [MANIFEST
 	$(PY) -m pipeline.manifest --dataset $(DATASET) --data-root $(DATA_ROOT) --out $(MANIFEST) $(if $(VALIDATE),--validate,) $(call opt,MISSING_LIST,--missing-list)
 
 cache: setup  ## build (or resume) the HDF5 caches of MANIFEST under CACHE_DIR
-	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights)
+	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(if $(RETRY_FAILED),--retry-failed,)
 
 resume: setup  ## print done/remaining shards of a cache run, then continue it
-	$(PY) -m tasks.cache --resume $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights)
+	$(PY) -m tasks.cache --resume $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(CLIPS) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(if $(RETRY_FAILED),--retry-failed,)
 
 luigid: setup  ## start Luigi's central scheduler (PORT=8082)
 	mkdir -p $(CACHE_DIR)/luigid
@@ -101,6 +101,17 @@ demo: setup  ## synthetic data -> manifest -> cache -> train i3d and vpn heads -
 	$(PY) -m pipeline.manifest --dataset ntu60 --data-root $(DEMO_ROOT) --out $(DEMO_DIR)/manifest.csv
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(DEMO_DIR)/manifest.csv --cache-dir $(DEMO_DIR)/cache --shard-size 32 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
 	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --epochs $(or $(DEMO_EPOCHS),30)
+
+# --- trusting the cache (issue 10): verify a cache, retry recorded failures, fuzz the readers
+RETRY_FAILED ?=
+FUZZ_REPORT ?= bench/results/fuzz.json
+
+verify: setup  ## full check of a cache without rebuilding: [CACHE=folder|root] (default CACHE_DIR); exit 1 names bad files
+	$(PY) -m pipeline.cache verify $(or $(CACHE),$(CACHE_DIR))
+
+fuzz: setup  ## fuzz the 4 skeleton readers with mutated real samples: [N=2500] cases per reader
+	mkdir -p $(dir $(FUZZ_REPORT))
+	FUZZ_EXAMPLES=$(if $(filter command line,$(origin N)),$(N),2500) FUZZ_REPORT=$(FUZZ_REPORT) $(PY) -m pytest -q -s -p no:cacheprovider -m fuzz tests/test_fuzz.py
 
 clean-demo:  ## remove the demo's data
 	rm -rf $(DEMO_ROOT) $(DEMO_DIR)

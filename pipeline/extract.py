@@ -235,7 +235,10 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
             clips[c] = torch.from_numpy(crop.crop_and_resize(sampled.frames[c], boxes[c], config.crop_size))
         except (ValueError, RuntimeError) as err:
             raise SampleError("crop", str(err)) from None
-        pose_out[c] = poses.clip_poses(skeleton.joints3d[skel_frames], config.t_p, spec.centre_joint)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+            pose_out[c] = poses.clip_poses(skeleton.joints3d[skel_frames], config.t_p, spec.centre_joint)
+        if not np.isfinite(pose_out[c]).all():
+            raise SampleError("skeleton", "poses are not finite in float32 once centred (absurd coordinates)")
     splits = {p: row.get(p, "") for p in spec.protocols}
     return PreparedSample(row["sample_id"], int(row["label"]), row["action"], splits, clips,
                           sampled.indices.astype(np.int32), boxes, pose_out, sampled.backend)

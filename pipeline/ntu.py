@@ -221,7 +221,8 @@ class _Track:
         """Summed variance of the 3D joints over the frames where the body is present."""
         if len(self.joints) < 2:
             return 0.0
-        return float(np.stack(self.joints)[:, :, 0:3].astype(np.float32).var(axis=0).sum())  # as body_motion
+        with np.errstate(over="ignore", invalid="ignore"):  # absurd but float32-finite coordinates: inf motion
+            return float(np.stack(self.joints)[:, :, 0:3].astype(np.float32).var(axis=0).sum())  # as body_motion
 
 
 def _parse(path: Path) -> tuple[int, list[_Track]]:
@@ -314,7 +315,8 @@ def body_motion(joints: np.ndarray) -> float:
     present = np.isfinite(joints[:, 0, 0])
     if present.sum() < 2:
         return 0.0
-    return float(joints[present].var(axis=0).sum())
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(joints[present].var(axis=0).sum())
 
 
 def _select(num_frames: int, tracks: list[_Track], max_bodies: int) -> list[list[_Track]]:
