@@ -5,6 +5,7 @@ Layout of one cache directory (``cache/<dataset>/<config-hash>/``)::
     shard_00000.h5 ... shard_000NN.h5   one file per shard task (``write_shard`` / ``ShardWriter``)
     cache.h5                            the merged view (``merge_shards``): features and poses are HDF5 virtual
                                         datasets over the shards, with source paths relative to this folder
+    *.h5.integrity.json                 size, mtime and sha256 of each file above, recorded when it was written
     failures.csv                        every skipped sample of every shard (rebuilt by ``merge_shards``)
 
 Every file holds one row per clip: the datasets of ``contracts.CACHE_DATASETS`` plus ``actions`` (action name
@@ -15,6 +16,12 @@ copied, since it is small and read whole at open; only ``features`` and ``poses`
 
 An HDF5 virtual dataset silently returns its fill value where a source file is missing, so ``open_cache``
 checks every source shard of a merged view and raises ``CacheError`` naming the one that is missing or short.
+
+Integrity: every dataset of every file is chunked with HDF5's Fletcher-32 filter (so strings are fixed-length UTF-8),
+and every finished file has ``<name>.integrity.json`` beside it (size, mtime, sha256; ``record_integrity``). A read
+that fails a checksum, or finds a non-finite feature or pose, raises ``CacheError`` naming the shard and the sample.
+``check_integrity`` is the rerun's cheap check and, with ``full=True``, ``make verify``'s
+(``python -m pipeline.cache verify PATH``). ``BuildLock`` keeps one build per cache folder.
 
 Compression (``DEFAULT_COMPRESSION``), measured by ``bench/bench_cache.py`` on 2 CPU cores (see that file for
 the data it uses). Size is the compressed features per clip (raw float16 is 784.0 KiB); write is

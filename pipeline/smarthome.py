@@ -22,7 +22,9 @@ from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonFormatError, l
 
 NUM_JOINTS = 13
 FRAME_SIZE = (640, 480)
-CLIP_NAME_RE = re.compile(r"^(?P<activity>.+)_p(?P<subject>[0-9]+)_r(?P<rep>[0-9]+)_v(?P<take>[0-9]+)_c(?P<camera>[0-9]+)$")
+CLIP_NAME_RE = re.compile(
+    r"^(?P<activity>.+)_p(?P<subject>[0-9]+)_r(?P<rep>[0-9]+)_v(?P<take>[0-9]+)_c(?P<camera>[0-9]+)$")
+"""ASCII digits only (``[0-9]``, not ``\\d``, which takes any Unicode digit)."""
 
 CS_TRAIN_SUBJECTS = frozenset((3, 4, 6, 7, 9, 12, 13, 15, 17))
 CS_VAL_SUBJECTS = frozenset((19, 25))

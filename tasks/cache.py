@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default="", help="host:port of a central luigid (default: local)")
     parser.add_argument("--resume", action="store_true", help="print done/remaining shards first")
     parser.add_argument("--retry-failed", action="store_true",
-                        help="also retry the samples whose failures are recorded (content failures are final otherwise)")
+                        help="also retry samples whose failures are recorded (content failures are final otherwise)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

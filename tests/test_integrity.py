@@ -154,10 +154,14 @@ def test_shard_without_integrity_record_is_rebuilt(copy):
 def test_train_head_on_a_cache_corrupted_behind_its_back_exits_naming_the_shard(tmp_path, capsys):
     folder = write_tiny_cache(tmp_path / "nucla")
     _xor_in_chunk(folder / "shard_00000.h5", "features", 3)
-    code = train_module.main(["--dataset", "nucla", "--protocol", "v3_12", "--cache", str(folder), "--epochs", "1",
-                              "--runs-dir", str(tmp_path / "runs"), "--num-workers", "0", "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert code != 0 and "shard_00000.h5: cannot read features" in err
+    for workers in ("0", "2"):  # in this process, and raised in a DataLoader worker
+        code = train_module.main(["--dataset", "nucla", "--protocol", "v3_12", "--cache", str(folder), "--epochs", "1",
+                                  "--runs-dir", str(tmp_path / f"runs{workers}"), "--num-workers", workers,
+                                  "--device", "cpu"])
+        err = capsys.readouterr().err.strip()  # (tqdm's bar shares stderr)
+        last = err.splitlines()[-1]
+        assert code != 0 and last.startswith("error: ") and "shard_00000.h5: cannot read features" in last
+        assert "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------------------- non-finite

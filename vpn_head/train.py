@@ -555,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args, args.variant, model, args.run)
         summary = train(config, force_new=args.force_new)
     except (CacheError, CheckpointError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)  # from a DataLoader worker: its cause
         return 1
     print(json.dumps({k: summary[k] for k in ("run", "epochs_done", "best_epoch", "best")}))
     return 0
