@@ -158,18 +158,18 @@ def check_data_root(rows: Sequence[Mapping[str, str]], data_root: str | Path) ->
                                 f"(e.g. {root / probe[0]['video_path']}); wrong DATA_ROOT, or not mounted?")
 
 
-def shards_to_rebuild(paths: Sequence[Path], *, retry_failed: bool = False, full: bool = False) -> dict[Path, str]:
+def shards_to_rebuild(paths: Sequence[Path], *, retry_failed: bool = False) -> dict[Path, str]:
     """Finished shards that must be computed again, with why.
 
-    A shard is rebuilt when it fails ``cache.check_integrity`` (``full``: the whole ``make verify`` pass), when
-    it holds environment failures (their samples are retried), or, with ``retry_failed``, when it holds any
-    failure other than a manifest problem.
+    A shard is rebuilt when it fails ``cache.check_integrity`` (the cheap check), when it holds environment
+    failures (their samples are retried), or, with ``retry_failed``, when it holds any failure other than a
+    manifest problem.
     """
     redo: dict[Path, str] = {}
     for path in paths:
         if not path.exists():
             continue
-        problem = cache.check_integrity(path, full=full)
+        problem = cache.check_integrity(path)
         if problem:
             redo[path] = problem
             continue

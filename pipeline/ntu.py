@@ -21,9 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonFormatError, read_bounded
-
-__all__ = ["SkeletonFormatError"]  # re-exported: every reader raises it
+from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonFormatError, read_bounded  # the error: re-exported
 
 NUM_JOINTS = 25
 JOINT_FIELDS = 12

@@ -37,7 +37,6 @@ import torch
 
 from pipeline import cache, extract, video
 from pipeline.config import CacheConfig
-from pipeline.cache import file_sha256
 from pipeline.datasets import get_dataset
 from pipeline.manifest import read_manifest, read_manifest_root
 
@@ -194,8 +193,9 @@ def build_config(args: argparse.Namespace) -> CacheConfig:
     if args.i3d_weights and args.extractor == "i3d":
         if not Path(args.i3d_weights).is_file():
             raise FileNotFoundError(f"I3D_WEIGHTS {args.i3d_weights} does not exist")
-        weights_sha = file_sha256(args.i3d_weights)
-    return CacheConfig(dataset=args.dataset, protocol=args.protocol or "", manifest_sha256=file_sha256(args.manifest),
+        weights_sha = cache.file_sha256(args.i3d_weights)
+    return CacheConfig(dataset=args.dataset, protocol=args.protocol or "",
+                       manifest_sha256=cache.file_sha256(args.manifest),
                        i3d_weights_sha256=weights_sha, extractor=args.extractor, clips_per_video=args.clips_per_video,
                        t_p=args.t_p or spec.t_p, crop_pad=args.crop_pad, backend=args.backend,
                        precision=args.precision, compression=args.compression, shard_size=args.shard_size)
