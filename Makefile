@@ -39,7 +39,7 @@ DEMO_WEIGHTS ?= $(if $(I3D_WEIGHTS),$(I3D_WEIGHTS),$(if $(wildcard $(SHARED_WEIG
 need = $(if $($(1)),,$(error $(1)= is required: $(2)))
 opt = $(if $($(1)),$(2) $($(1)),)
 
-.PHONY: help setup test test-fast demo fidelity synthetic manifest cache resume luigid train-head eval ablate finetune bench report clean-demo inspect export-pyskl
+.PHONY: help setup test test-fast demo fidelity synthetic manifest cache resume luigid train-head eval ablate finetune bench report verify fuzz clean-demo inspect export-pyskl
 
 help:  ## list the targets, each with its variables and their defaults
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14 | while IFS= read -r line; do \
@@ -129,7 +129,7 @@ noflag = $(if $(filter 0 no false,$($(1))),$(2),)
 bool = $(if $(filter 1 yes true,$($(1))),--$(2),$(if $(filter 0 no false,$($(1))),--no-$(2),))
 each = $(foreach v,$($(1)),$(2) $(v))
 
-CACHE_OPTS = --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(or $(CLIPS_PER_VIDEO),$(CLIPS)) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(CACHE_ARGS)
+CACHE_OPTS = --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(or $(CLIPS_PER_VIDEO),$(CLIPS)) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(CACHE_ARGS)
 COMMON_TRAIN_OPTS = $(call each,MODEL,--model) $(call opt,BATCH_SIZE,--batch-size) $(call opt,LR,--lr) $(call opt,MOMENTUM,--momentum) $(call opt,WEIGHT_DECAY,--weight-decay) $(call opt,LR_STEP,--lr-step) $(call opt,LR_GAMMA,--lr-gamma) $(call opt,EVAL_SPLIT,--eval-split) $(call opt,VAL_FRACTION,--val-fraction) $(call given_opt,SEED,--seed) $(call noflag,DETERMINISTIC,--no-deterministic) $(call opt,NUM_WORKERS,--num-workers) $(call bool,AMP,amp) $(call opt,DEVICE,--device)
 HEAD_OPTS = $(COMMON_TRAIN_OPTS) $(call flag,IN_MEMORY,--in-memory) $(call opt,POSE_LR_SCALE,--pose-lr-scale)
 FINETUNE_OPTS = $(COMMON_TRAIN_OPTS) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call opt,FREEZE_UNTIL,--freeze-until) $(call flag,FROZEN_BN,--frozen-bn) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,FLIP_PROB,--flip-prob) $(call noflag,TEMPORAL_JITTER,--no-temporal-jitter) $(call opt,BOX_SCALE,--box-scale) $(call opt,BOX_SHIFT,--box-shift) $(call given_opt,VARIANT,--variant) $(call opt,EVAL_CLIPS,--eval-clips) $(call opt,EVAL_CROP_SIZE,--eval-crop-size) $(call flag,FORCE_NEW,--force-new) $(call flag,EVAL_ONLY,--eval-only) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint)
@@ -138,7 +138,7 @@ MULTINODE = $(filter-out 1,$(NNODES))
 LAUNCH = $(if $(MULTINODE),$(if $(RDZV),,$(error RDZV=host:port is required with NNODES=$(NNODES): the rendezvous endpoint every node reaches)))$(if $(or $(filter-out 1,$(GPUS)),$(MULTINODE)),$(VENV)/bin/torchrun $(if $(MULTINODE),--nnodes $(NNODES) --rdzv-backend c10d --rdzv-endpoint $(RDZV) $(call opt,RDZV_ID,--rdzv-id),--standalone) --nproc_per_node $(GPUS),$(PY))
 
 COMMON_VARS := PYTHON_SYS
-CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD BACKEND PRECISION COMPRESSION EXTRACTOR DECODE_WORKERS BATCH_SIZE DEVICE CACHE_ARGS
+CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD BACKEND PRECISION COMPRESSION EXTRACTOR DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED CACHE_ARGS
 TRAIN_VARS := MODEL BATCH_SIZE LR MOMENTUM WEIGHT_DECAY LR_STEP LR_GAMMA EVAL_SPLIT VAL_FRACTION SEED DETERMINISTIC NUM_WORKERS AMP DEVICE TRAIN_ARGS
 VARS_setup :=
 VARS_test := PYTEST_ARGS
@@ -157,11 +157,14 @@ VARS_report := RUN RUNS_DIR CACHE MANIFEST DATA_ROOT SAMPLES SPLIT CHECKPOINT
 VARS_demo := DEMO_N DEMO_ROOT DEMO_DIR DEMO_EPOCHS SEED I3D_WEIGHTS
 VARS_fidelity := FID_DIR FID_N SEEDS EPOCHS I3D_WEIGHTS FID_ARGS
 VARS_inspect := CACHE CACHE_DIR DATASET
+VARS_verify := CACHE CACHE_DIR
+VARS_fuzz := N
 VARS_export-pyskl := MANIFEST DATASET OUT CACHE DATA_ROOT WORKERS
 DOC_export-pyskl_WORKERS := 1
 VARS_clean-demo := DEMO_ROOT DEMO_DIR
 
 DOC_VALIDATE := 0 (1: parse every skeleton)
+DOC_RETRY_FAILED := 0 (1: retry samples whose content failed before)
 DOC_manifest_WORKERS := 2
 DOC_T_P := the dataset's (NTU 20, Smarthome 30, N-UCLA 5)
 DOC_CROP_PAD := 0.15
@@ -242,6 +245,17 @@ GPU_CHECK_OUT ?= bench/results/gpu_check.json
 .PHONY: gpu-check
 gpu-check: setup  ## one prepared GPU run (< 8 min), one JSON: I3D, pipeline, head, fine-tune, DDP [SMOKE=1: tiny, CPU]
 	$(PY) -m bench.gpu_check --out $(GPU_CHECK_OUT) $(if $(SMOKE),--smoke,) $(call opt,I3D_WEIGHTS,--i3d-weights)
+
+# --- trusting the cache (issue 10): verify a cache, retry recorded failures, fuzz the readers
+RETRY_FAILED ?=
+FUZZ_REPORT ?= bench/results/fuzz.json
+
+verify: setup  ## full check of a cache without rebuilding: [CACHE=folder|root] (default CACHE_DIR); exit 1 names bad files
+	$(PY) -m pipeline.cache verify $(or $(CACHE),$(CACHE_DIR))
+
+fuzz: setup  ## fuzz the 4 skeleton readers with mutated real samples: [N=2500] cases per reader
+	mkdir -p $(dir $(FUZZ_REPORT))
+	FUZZ_EXAMPLES=$(if $(filter command line,$(origin N)),$(N),2500) FUZZ_REPORT=$(FUZZ_REPORT) $(PY) -m pytest -q -s -p no:cacheprovider -m fuzz tests/test_fuzz.py
 
 clean-demo:  ## remove the demo's data
 	rm -rf $(DEMO_ROOT) $(DEMO_DIR)

@@ -15,14 +15,22 @@ repeats do not help compression). Without those files, or with ``--source simula
 smoothed Gaussian field calibrated to the same zero fraction. Random-init I3D features are not used: their
 values are ~1e-6, float16 subnormals, nothing like real ones.
 
+Checksums: every codec is written twice in the same run, with the cache's integrity checks (Fletcher-32 on every
+dataset, verified by HDF5 on each chunk read, and the sha256 record written beside each file) and without them (as
+before they existed), and read back alike, so ``write_ratio`` and ``read_*_ratio`` (with / without) are measured
+under the same load. For the checked copy it also times the integrity passes: the sha256 of the shards (MiB/s), the
+cheap recheck a rerun of ``make cache`` does (size and modification time only) and the full ``make verify`` pass
+(clips/s).
+
 Usage::
 
-    python -m bench.bench_cache --out bench/cache.json [--clips 64] [--source auto|i3d|simulated]
+    python -m bench.bench_cache --out bench/cache.json [--clips 64] [--source auto|i3d|simulated] [--compressions ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -99,6 +107,36 @@ def read_pass(path: Path, order: np.ndarray, dtype: type) -> tuple[float, float]
         return time.perf_counter() - wall, time.process_time() - cpu
 
 
+@contextlib.contextmanager
+def integrity_checks(enabled: bool):
+    """Write with the cache's checksums (the default), or without any: no Fletcher-32, no sha256 record."""
+    saved = cache.CHECKSUM, cache.record_integrity
+    if not enabled:
+        cache.CHECKSUM, cache.record_integrity = {}, lambda written, final: None
+    try:
+        yield
+    finally:
+        cache.CHECKSUM, cache.record_integrity = saved
+
+
+def integrity_timings(folder: Path, n_clips: int) -> dict:
+    """sha256 speed over the shards, the cheap recheck of a rerun, and the full verify pass of one cache folder."""
+    shards = sorted(folder.glob("shard_*.h5"))
+    size = sum(p.stat().st_size for p in shards)
+    start = time.perf_counter()
+    for path in shards:
+        cache.file_sha256(path)
+    sha_s = time.perf_counter() - start
+    start = time.perf_counter()
+    assert all(cache.check_integrity(path) == "" for path in shards)
+    cheap_s = time.perf_counter() - start
+    start = time.perf_counter()
+    assert cache.verify_folder(folder) == {}
+    verify_s = time.perf_counter() - start
+    return {"sha256_mib_per_s": size / 2**20 / sha_s, "recheck_ms_per_shard": 1000 * cheap_s / len(shards),
+            "verify_clips_per_s": n_clips / verify_s}
+
+
 def write_cache(name: str, features: np.ndarray, n_clips: int, folder: Path) -> dict:
     """Write ``n_clips`` clips with compression ``name`` as 4 shards, merge them; sizes and write speed."""
     rng = np.random.default_rng(0)
@@ -156,28 +194,44 @@ def main() -> None:
     stats = {"zero_fraction": float((f16 == 0).mean()), "max": float(f16.max()), "mean": float(f16.mean())}
     log.info("features: %s", stats)
 
+    variants = [(name, checks) for name in args.compressions for checks in (True, False)]
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        folders = {name: Path(tmp) / name for name in args.compressions}
-        results = {name: write_cache(name, features, args.clips, folders[name]) for name in args.compressions}
+        folders = {v: Path(tmp) / f"{v[0]}-{'checked' if v[1] else 'plain'}" for v in variants}
+        results = {}
+        for variant in variants:
+            with integrity_checks(variant[1]):
+                results[variant] = {**write_cache(variant[0], features, args.clips, folders[variant]),
+                                    "checksums": variant[1]}
         n = args.clips // NUM_SHARDS * NUM_SHARDS
         rng = np.random.default_rng(1)
-        timings = {(name, key): [] for name in args.compressions for key in READS}
-        for _ in range(args.repeats):  # interleave codecs so that machine load hits them alike
-            for name in args.compressions:
+        timings = {(v, key): [] for v in variants for key in READS}
+        for _ in range(args.repeats):  # interleave codecs and variants so that machine load hits them alike
+            for variant in variants:
                 for key, (file_name, dtype) in READS.items():
                     rows = n // NUM_SHARDS if file_name.startswith("shard") else n
-                    wall, cpu = read_pass(folders[name] / file_name, rng.permutation(rows), dtype)
-                    timings[name, key].append((rows / wall, rows / cpu))
-    for (name, key), passes in timings.items():
-        results[name][f"read_{key}_clips_per_s"] = float(np.median([per_s for per_s, _ in passes]))
-        results[name][f"read_{key}_clips_per_cpu_s"] = float(np.median([per_cpu_s for _, per_cpu_s in passes]))
+                    wall, cpu = read_pass(folders[variant] / file_name, rng.permutation(rows), dtype)
+                    timings[variant, key].append((rows / wall, rows / cpu))
+        for name in args.compressions:
+            results[name, True].update(integrity_timings(folders[name, True], n))
+    for (variant, key), passes in timings.items():
+        results[variant][f"read_{key}_clips_per_s"] = float(np.median([per_s for per_s, _ in passes]))
+        results[variant][f"read_{key}_clips_per_cpu_s"] = float(np.median([per_cpu_s for _, per_cpu_s in passes]))
+    for name in args.compressions:  # checked / plain, same run
+        checked, plain = results[name, True], results[name, False]
+        checked["ratios_vs_plain"] = {key: checked[key] / plain[key] for key in checked
+                                      if key.startswith(("write_", "read_")) and key in plain}
     for r in results.values():
-        log.info("%-25s %6.1f KiB/clip x%4.2f | write %4.0f/s %4.0f/cpu-s | read fp32 shard %5.0f/cpu-s "
+        log.info("%-25s %-7s %6.1f KiB/clip x%4.2f | write %4.0f/s %4.0f/cpu-s | read fp32 shard %5.0f/cpu-s "
                  "merged %5.0f/s %5.0f/cpu-s | fp16 merged %5.0f/s %5.0f/cpu-s",
-                 r["compression"], r["kib_per_clip"], r["ratio"], r["write_clips_per_s"], r["write_clips_per_cpu_s"],
-                 r["read_shard_fp32_clips_per_cpu_s"], r["read_merged_fp32_clips_per_s"],
-                 r["read_merged_fp32_clips_per_cpu_s"], r["read_merged_fp16_clips_per_s"],
-                 r["read_merged_fp16_clips_per_cpu_s"])
+                 r["compression"], "checked" if r["checksums"] else "plain", r["kib_per_clip"], r["ratio"],
+                 r["write_clips_per_s"], r["write_clips_per_cpu_s"], r["read_shard_fp32_clips_per_cpu_s"],
+                 r["read_merged_fp32_clips_per_s"], r["read_merged_fp32_clips_per_cpu_s"],
+                 r["read_merged_fp16_clips_per_s"], r["read_merged_fp16_clips_per_cpu_s"])
+        if "ratios_vs_plain" in r:
+            log.info("%-25s checked/plain: %s; sha256 %.0f MiB/s, recheck %.2f ms/shard, verify %.0f clips/s",
+                     r["compression"], ", ".join(f"{k.removesuffix('_clips_per_cpu_s')} {v:.3f}"
+                                                 for k, v in r["ratios_vs_plain"].items() if k.endswith("cpu_s")),
+                     r["sha256_mib_per_s"], r["recheck_ms_per_shard"], r["verify_clips_per_s"])
     report = {"source": source, "feature_stats": stats, "clips": args.clips, "distinct_clips": args.distinct,
               "cpu_count": os.cpu_count(), "machine": platform.platform(),
               "versions": cache.library_versions(),

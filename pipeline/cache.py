@@ -5,6 +5,7 @@ Layout of one cache directory (``cache/<dataset>/<config-hash>/``)::
     shard_00000.h5 ... shard_000NN.h5   one file per shard task (``write_shard`` / ``ShardWriter``)
     cache.h5                            the merged view (``merge_shards``): features and poses are HDF5 virtual
                                         datasets over the shards, with source paths relative to this folder
+    *.h5.integrity.json                 size, mtime and sha256 of each file above, recorded when it was written
     failures.csv                        every skipped sample of every shard (rebuilt by ``merge_shards``)
 
 Every file holds one row per clip: the datasets of ``contracts.CACHE_DATASETS`` plus ``actions`` (action name
@@ -15,6 +16,12 @@ copied, since it is small and read whole at open; only ``features`` and ``poses`
 
 An HDF5 virtual dataset silently returns its fill value where a source file is missing, so ``open_cache``
 checks every source shard of a merged view and raises ``CacheError`` naming the one that is missing or short.
+
+Integrity: every dataset of every file is chunked with HDF5's Fletcher-32 filter (so strings are fixed-length UTF-8),
+and every finished file has ``<name>.integrity.json`` beside it (size, mtime, sha256; ``record_integrity``). A read
+that fails a checksum, or finds a non-finite feature or pose, raises ``CacheError`` naming the shard and the sample.
+``check_integrity`` is the rerun's cheap check and, with ``full=True``, ``make verify``'s
+(``python -m pipeline.cache verify PATH``). ``BuildLock`` keeps one build per cache folder.
 
 Compression (``DEFAULT_COMPRESSION``), measured by ``bench/bench_cache.py`` on 2 CPU cores (see that file for
 the data it uses). Size is the compressed features per clip (raw float16 is 784.0 KiB); write is
@@ -53,6 +60,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import fcntl
+import hashlib
 import io
 import json
 import logging
@@ -92,10 +100,42 @@ VIRTUAL_DATASETS = ("features", "poses")
 """The bulky datasets that ``cache.h5`` maps from the shards; everything else is copied."""
 STR_DTYPE = h5py.string_dtype("utf-8")
 _DTYPES = {name: dtype for name, (dtype, _) in CACHE_DATASETS.items()}
+STRING_DATASETS = ("sample_ids", ACTIONS)
+"""Per-row string datasets (plus ``splits/<protocol>``): fixed-length UTF-8, written whole when a file closes."""
+FILE_KWARGS: dict[str, Any] = {"libver": ("v110", "latest")}
+"""HDF5 >= 1.10 file format: its object headers and B-trees carry their own checksums."""
+CHECKSUM = {"fletcher32": True}
+"""Every dataset of every cache file: HDF5 verifies each chunk's Fletcher-32 checksum on read."""
+INTEGRITY_SUFFIX = ".integrity.json"
+"""Beside every finished cache file: its byte size and sha256 when it was written (``record_integrity``)."""
+HASH_BLOCK = 4 << 20
 
 
 class CacheError(Exception):
     """A cache file is missing, unreadable, or does not match the contract."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fixed_strings(values: Sequence[str] | np.ndarray) -> np.ndarray:
+    """UTF-8 bytes in a fixed-length HDF5 string array (filters such as fletcher32 need fixed-size elements)."""
+    encoded = [str(v).encode("utf-8") for v in np.asarray(values, dtype=object).reshape(-1)]
+    width = max([1, *(len(b) for b in encoded)])
+    return np.array(encoded, dtype=h5py.string_dtype("utf-8", width)).reshape(np.shape(values))
+
+
+def _create_checked(group: h5py.Group, name: str, data: np.ndarray, **kwargs: Any) -> h5py.Dataset:
+    """A chunked, Fletcher-32-checked dataset holding ``data`` (chunks of up to 4096 rows)."""
+    rows = max(1, min(len(data), 4096))
+    return group.create_dataset(name, data=data, chunks=(rows, *(max(1, d) for d in data.shape[1:])),
+                                maxshape=(None, *data.shape[1:]), **CHECKSUM, **kwargs)
 
 
 def row_shapes(num_joints: int, t_p: int) -> dict[str, tuple[int, ...]]:
@@ -293,11 +333,13 @@ class ShardWriter:
         protocols: the protocol names whose split value every row carries.
         compression: a name accepted by ``compression_kwargs``, applied to features and poses.
         atomic: write ``<dir>/.<name>.tmp-*`` and ``os.replace`` it onto ``path`` on close.
+        record_as: the final name the integrity record describes (default ``path``); a Luigi task writing its
+            ``temporary_path()`` passes the output's path, so the record exists before the rename.
     """
 
     def __init__(self, path: str | Path, *, n_rows_max: int, num_joints: int, t_p: int,
                  attrs: Mapping[str, str], protocols: Sequence[str] = (),
-                 compression: str = DEFAULT_COMPRESSION, atomic: bool = False):
+                 compression: str = DEFAULT_COMPRESSION, atomic: bool = False, record_as: str | Path | None = None):
         _check_attrs(attrs)
         if n_rows_max < 0:
             raise ValueError(f"n_rows_max must be >= 0, got {n_rows_max}")
@@ -306,6 +348,7 @@ class ShardWriter:
             raise ValueError(f"invalid protocol names {bad}")
         self.path = Path(path)
         self.atomic = atomic
+        self.record_as = Path(record_as) if record_as is not None else self.path
         self.protocols = tuple(protocols)
         self.n_rows_max = n_rows_max
         self.n_rows = 0
@@ -313,7 +356,9 @@ class ShardWriter:
         self._shapes = row_shapes(num_joints, t_p)
         self._write_path = _temp_path(self.path) if atomic else self.path
         self._write_path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self._write_path, "w")
+        self._strings: dict[str, list[str]] = {name: [] for name in STRING_DATASETS}
+        self._split_values: dict[str, list[str]] = {protocol: [] for protocol in self.protocols}
+        self._file = h5py.File(self._write_path, "w", **FILE_KWARGS)
         try:
             self._create_datasets(attrs, compression)
         except BaseException:
@@ -331,20 +376,12 @@ class ShardWriter:
             f.attrs[name] = str(attrs[name])
         bulky = compression_kwargs(compression)
         for name, shape in self._shapes.items():
-            dtype = STR_DTYPE if name == "sample_ids" else _DTYPES[name]
-            if name in VIRTUAL_DATASETS:  # one clip per chunk, compressed
-                f.create_dataset(name, shape=(n, *shape), maxshape=(None, *shape), dtype=dtype,
-                                 chunks=(1, *shape), **bulky)
-            else:
-                f.create_dataset(name, shape=(n, *shape), maxshape=(None, *shape), dtype=dtype,
-                                 chunks=(max(1, min(n, 4096)), *shape))
-        f.create_dataset(ACTIONS, shape=(n,), maxshape=(None,), dtype=STR_DTYPE, chunks=(max(1, min(n, 4096)),))
-        group = f.create_group(SPLITS_GROUP)
-        for protocol in self.protocols:
-            group.create_dataset(protocol, shape=(n,), maxshape=(None,), dtype=STR_DTYPE,
-                                 chunks=(max(1, min(n, 4096)),))
-        self._datasets = {name: f[name] for name in (*self._shapes, ACTIONS)}
-        self._splits = {protocol: group[protocol] for protocol in self.protocols}
+            if name in STRING_DATASETS:
+                continue
+            chunk_rows = 1 if name in VIRTUAL_DATASETS else max(1, min(n, 4096))  # features/poses: one clip each
+            f.create_dataset(name, shape=(n, *shape), maxshape=(None, *shape), dtype=_DTYPES[name],
+                             chunks=(chunk_rows, *shape), **CHECKSUM, **(bulky if name in VIRTUAL_DATASETS else {}))
+        self._datasets = {name: f[name] for name in self._shapes if name not in STRING_DATASETS}
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -392,6 +429,8 @@ class ShardWriter:
         if not np.isfinite(row["features"]).all():
             raise ValueError(f"{sample_id} clip {clip_index}: features are not finite in float16 "
                              f"(max |x| {np.abs(np.asarray(features, dtype=np.float64)).max():.4g})")
+        if not np.isfinite(row["poses"]).all():
+            raise ValueError(f"{sample_id} clip {clip_index}: poses are not finite (NaN/inf, or beyond float32)")
         if not np.array_equal(row["frame_indices"], row["frame_indices"].astype(np.int32)):
             raise ValueError(f"{sample_id} clip {clip_index}: frame_indices are not int32 integers")
         if set(splits) != set(self.protocols):
@@ -403,12 +442,12 @@ class ShardWriter:
         datasets, i = self._datasets, self.n_rows
         for name, value in row.items():
             datasets[name][i] = value
-        datasets["sample_ids"][i] = sample_id
         datasets["labels"][i] = int(label)
         datasets["clip_index"][i] = int(clip_index)
-        datasets[ACTIONS][i] = action
+        self._strings["sample_ids"].append(sample_id)
+        self._strings[ACTIONS].append(str(action))
         for protocol, value in splits.items():
-            self._splits[protocol][i] = value
+            self._split_values[protocol].append(value)
         self.n_rows += 1
 
     def add_failure(self, sample_id: str, stage: str, reason: str) -> None:
@@ -416,14 +455,21 @@ class ShardWriter:
         self.failures.append(_failure_row((sample_id, stage, reason)))
 
     def close(self) -> None:
-        """Trim every dataset to the rows written, store the failures, close, and rename when atomic."""
+        """Trim every dataset to the rows written, store the strings and failures, close, record the file's
+        size and sha256 beside ``record_as`` (``record_integrity``), and rename when atomic."""
         f, n = self._file, self.n_rows
         try:
-            for ds in (*self._datasets.values(), *self._splits.values()):
+            for ds in self._datasets.values():
                 ds.resize(n, axis=0)
+            for name, values in self._strings.items():
+                _create_checked(f, name, _fixed_strings(values))
+            group = f.create_group(SPLITS_GROUP)
+            for protocol, values in self._split_values.items():
+                _create_checked(group, protocol, _fixed_strings(values))
             failures = np.array(self.failures, dtype=object).reshape(-1, len(FAILURE_COLUMNS))
-            f.create_dataset(FAILURES, data=failures, dtype=STR_DTYPE)
+            _create_checked(f, FAILURES, _fixed_strings(failures))
             f.close()
+            record_integrity(self._write_path, self.record_as)
             if self.atomic:
                 os.replace(self._write_path, self.path)
         except BaseException:
@@ -565,7 +611,7 @@ class CacheReader:
             _check_str(where, ds.name, ds)
         if f[FAILURES].ndim != 2 or f[FAILURES].shape[1] != len(FAILURE_COLUMNS):
             raise CacheError(f"{where}: failures has shape {f[FAILURES].shape}, expected (n, 3)")
-        _check_virtual_sources(self.path, f)
+        self._sources = _check_virtual_sources(self.path, f)
 
     # -- metadata
 
@@ -605,12 +651,41 @@ class CacheReader:
         return self._read_row("poses", self._check_index(i))
 
     def _read_row(self, name: str, i: int) -> np.ndarray:
+        """Row ``i`` of ``features`` or ``poses``; a chunk that fails its checksum or holds a non-finite value
+        raises ``CacheError`` naming the file the row lives in and the row's sample."""
         if name in self._memory:
             return self._memory[name][i].copy()
         ds = self._dataset(name)
         out = np.empty(ds.shape[1:], dtype=ds.dtype)
-        ds.read_direct(out, source_sel=np.s_[i])
+        try:
+            ds.read_direct(out, source_sel=np.s_[i])
+        except OSError as err:
+            raise CacheError(f"{self.shard_of(i)}: cannot read {name} of row {i} ({self.sample_ids[i]}): {err}; "
+                             "the file is corrupt: run `make verify`, then `make cache` rebuilds it") from None
+        self._check_finite(name, out, i)
         return out
+
+    def _check_finite(self, name: str, values: np.ndarray, first_row: int) -> None:
+        """Raise unless ``values`` (one row, or rows from ``first_row`` on) are all finite; names the first bad row.
+
+        Cheap: float16 by its exponent bits (one pass, no float conversion)."""
+        if values.dtype == np.float16:
+            finite = (values.view(np.uint16) & 0x7C00) != 0x7C00
+        else:
+            finite = np.isfinite(values)
+        if finite.all():
+            return
+        per_row = finite.reshape(-1, int(np.prod(self._dataset(name).shape[1:]))).all(axis=1)
+        i = first_row + int(np.flatnonzero(~per_row)[0])
+        raise CacheError(f"{self.shard_of(i)}: non-finite {name} in row {i} ({self.sample_ids[i]}); the cache is "
+                         "damaged: run `make verify`, then `make cache` rebuilds what is bad")
+
+    def shard_of(self, i: int) -> Path:
+        """The file row ``i`` is stored in: the shard behind a merged view, else this file."""
+        for start, stop, source in self._sources:
+            if start <= i < stop:
+                return source
+        return self.path
 
     def read_rows(self, indices: Sequence[int] | np.ndarray,
                   dtype: np.dtype | type = np.float32) -> dict[str, np.ndarray]:
@@ -637,7 +712,17 @@ class CacheReader:
     def load_all_into_memory(self) -> None:
         """Read features (kept float16) and poses whole; later reads come from memory."""
         for name in VIRTUAL_DATASETS:
-            self._memory[name] = self._dataset(name)[()]
+            ds = self._dataset(name)
+            values = np.empty(ds.shape, dtype=ds.dtype)
+            for start, stop in _blocks(len(self)):  # block by block, so an error names its row
+                try:
+                    ds.read_direct(values, source_sel=np.s_[start:stop], dest_sel=np.s_[start:stop])
+                except OSError:  # find the row, for an error naming its shard and sample
+                    for i in range(start, stop):
+                        values[i] = self._read_row(name, i)
+                    raise
+                self._check_finite(name, values[start:stop], start)
+            self._memory[name] = values
         log.info("%s: loaded %d rows into memory (%.1f MiB)", self.path, len(self),
                  sum(a.nbytes for a in self._memory.values()) / 2**20)
 
@@ -659,6 +744,10 @@ class CacheReader:
         state = self.__dict__.copy()
         state["_file"], state["_pid"], state["_datasets"] = None, -1, {}
         return state
+
+
+def _blocks(n: int, size: int = 64) -> list[tuple[int, int]]:
+    return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
 _FLOAT16_TO_FLOAT32 = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -703,28 +792,35 @@ def _open_h5(path: Path) -> h5py.File:
         raise CacheError(f"{path}: cannot open as HDF5 ({err})") from err
 
 
-def _check_virtual_sources(path: Path, f: h5py.File) -> None:
+def _check_virtual_sources(path: Path, f: h5py.File) -> list[tuple[int, int, Path]]:
     """Raise if a source shard of a virtual dataset in ``f`` is missing or shorter than its mapping.
 
     HDF5 resolves a relative source name against the virtual file's folder, so that is where we look.
     Opening a virtual dataset costs time in proportion to its mappings (one per shard), so each is opened once:
     ``f[name]`` inside the per-shard loop made opening a 573-shard view quadratic (``bench/bench_scale.py``).
+
+    Returns:
+        ``(first_row, stop_row, shard)`` of every features mapping, so a read error can name its shard.
     """
     row_shape = {name: f[name].shape[1:] for name in VIRTUAL_DATASETS}
     needed: dict[str, dict[str, int]] = {}  # file name -> dataset -> rows mapped
+    spans: list[tuple[int, int, Path]] = []
     for name in VIRTUAL_DATASETS:
-        if not f[name].is_virtual:
+        dataset = f[name]
+        if not dataset.is_virtual:
             continue
-        for vmap in f[name].virtual_sources():
+        for vmap in dataset.virtual_sources():
+            start, stop = vmap.vspace.get_select_bounds()
             if vmap.src_space.get_select_type() == h5py.h5s.SEL_ALL:  # the whole source fills this slab
-                start, stop = vmap.vspace.get_select_bounds()
                 extent = stop[0] - start[0] + 1
             else:
                 extent = vmap.src_space.get_select_bounds()[1][0] + 1
             rows = needed.setdefault(vmap.file_name, {})
             rows[vmap.dset_name] = max(rows.get(vmap.dset_name, 0), extent)
+            if name == "features":
+                spans.append((start[0], stop[0] + 1, _source_path(path, vmap.file_name)))
     for file_name, datasets in needed.items():
-        source = Path(file_name) if Path(file_name).is_absolute() else path.parent / file_name
+        source = _source_path(path, file_name)
         if not source.exists():
             raise CacheError(f"{path}: the view maps missing shard {source} (HDF5 would silently read fill "
                              "values there); rebuild that shard and re-merge")
@@ -734,6 +830,11 @@ def _check_virtual_sources(path: Path, f: h5py.File) -> None:
                     found = src[name].shape if name in src else "nothing"
                     raise CacheError(f"{path}: shard {source} holds {found} at {name}, the view maps {rows} rows "
                                      f"of {row_shape[name]}; the shard changed after the merge, re-merge")
+    return sorted(spans, key=lambda span: span[0])
+
+
+def _source_path(view: Path, file_name: str) -> Path:
+    return Path(file_name) if Path(file_name).is_absolute() else view.parent / file_name
 
 
 def _check_str(path: Path, name: str, ds: h5py.Dataset) -> None:
@@ -779,8 +880,9 @@ def merge_shards(shard_paths: Sequence[str | Path], out_path: str | Path) -> Non
         failures = pd.concat([r.failures for r in readers], ignore_index=True)
         tmp = _temp_path(out_path)
         try:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w", **FILE_KWARGS) as f:
                 _write_merged(f, readers, out_path.parent)
+            record_integrity(tmp, out_path)
             os.replace(tmp, out_path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -845,17 +947,169 @@ def _write_merged(f: h5py.File, readers: list[CacheReader], folder: Path) -> Non
                     source, name, shape=(len(reader), *shapes[name]), dtype=dtype)
                 start += len(reader)
         f.create_virtual_dataset(name, layout, fillvalue=np.nan)
-    f.create_dataset("sample_ids", data=np.concatenate([r.sample_ids for r in readers]).astype(object),
-                     dtype=STR_DTYPE)
+    _create_checked(f, "sample_ids", _fixed_strings(np.concatenate([r.sample_ids for r in readers])))
     for name in ("labels", "clip_index", "frame_indices", "boxes"):
-        f.create_dataset(name, data=np.concatenate([getattr(r, name) for r in readers]).astype(_DTYPES[name]))
-    f.create_dataset(ACTIONS, data=np.concatenate([r.actions for r in readers]).astype(object), dtype=STR_DTYPE)
+        _create_checked(f, name, np.concatenate([getattr(r, name) for r in readers]).astype(_DTYPES[name]))
+    _create_checked(f, ACTIONS, _fixed_strings(np.concatenate([r.actions for r in readers])))
     group = f.create_group(SPLITS_GROUP)
     for protocol in first.protocols:
         values = [np.zeros(0, dtype=str), *(r.splits(protocol) for r in readers if len(r))]
-        group.create_dataset(protocol, data=np.concatenate(values).astype(object), dtype=STR_DTYPE)
+        _create_checked(group, protocol, _fixed_strings(np.concatenate(values)))
     failures = np.concatenate([r.failures.to_numpy(dtype=object) for r in readers]).reshape(-1, 3)
-    f.create_dataset(FAILURES, data=failures, dtype=STR_DTYPE)
+    _create_checked(f, FAILURES, _fixed_strings(failures))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# integrity
+
+
+def integrity_path(path: str | Path) -> Path:
+    """Where the integrity record of cache file ``path`` lives: ``<name>.integrity.json`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + INTEGRITY_SUFFIX)
+
+
+def record_integrity(written: str | Path, final: str | Path) -> None:
+    """Record the size, modification time and sha256 of ``written`` as those of ``final`` (the same bytes, before
+    a rename onto ``final``), atomically."""
+    written, final = Path(written), Path(final)
+    stat = written.stat()
+    _write_record(final, {"file": final.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                          "sha256": file_sha256(written)})
+
+
+def _write_record(final: Path, record: dict[str, Any]) -> None:
+    target = integrity_path(final)
+    tmp = _temp_path(target)
+    try:
+        tmp.write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_integrity(path: str | Path, *, full: bool = False) -> str:
+    """Check a cache file against its integrity record; return "" when it matches, else what is wrong.
+
+    Cheap check (``full=False``, what a rerun of ``make cache`` does): the size must match the record, and the
+    sha256 is recomputed only when the modification time differs from the record (a file changed by a program;
+    a file copied without its times is hashed once and its record updated). Full check (``make verify``): the
+    sha256 always, then every chunk of every dataset is read, so HDF5 verifies its Fletcher-32 checksums, and
+    features and poses must be finite.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        record = json.loads(integrity_path(path).read_text(encoding="utf-8"))
+        size, mtime_ns, sha256 = int(record["bytes"]), int(record["mtime_ns"]), str(record["sha256"])
+    except FileNotFoundError:
+        return f"no integrity record {integrity_path(path).name} (written before checksums, or interrupted)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable integrity record {integrity_path(path).name} ({type(err).__name__}: {err})"
+    stat = path.stat()
+    if stat.st_size != size:
+        return f"{stat.st_size} bytes, {size} recorded (truncated or overwritten)"
+    if full or stat.st_mtime_ns != mtime_ns:
+        if file_sha256(path) != sha256:
+            return "sha256 differs from the one recorded when it was written (bytes changed)"
+        if stat.st_mtime_ns != mtime_ns:  # same bytes with a new time (a copy): hash once, not on every run
+            _write_record(path, {**record, "mtime_ns": stat.st_mtime_ns})
+    return _read_every_chunk(path) if full else ""
+
+
+def _read_every_chunk(path: Path) -> str:
+    """Read every stored chunk of every dataset (virtual ones are their shards' business); "" or the problem."""
+    problems: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if problems or not isinstance(obj, h5py.Dataset) or obj.is_virtual or obj.size == 0:
+            return
+        for chunk in (obj.iter_chunks() if obj.chunks else [()]):
+            try:
+                values = obj[chunk]
+            except OSError as err:
+                problems.append(f"dataset {name}, chunk {chunk}: {err}")
+                return
+            if name in VIRTUAL_DATASETS and not np.isfinite(values).all():
+                problems.append(f"dataset {name}, chunk {chunk}: non-finite values")
+                return
+
+    try:
+        with _open_h5(path) as f:
+            f.visititems(visit)
+    except (CacheError, OSError) as err:
+        return str(err)
+    return "; ".join(problems)
+
+
+def cache_folders(path: str | Path) -> list[Path]:
+    """The cache folders at or under ``path`` (a folder holding shards or ``cache.h5``, or a cache root)."""
+    path = Path(path)
+    if path.is_file():
+        return [path.parent]
+    return sorted({p.parent for pattern in ("shard_*.h5", MERGED_NAME) for p in path.rglob(pattern)})
+
+
+def verify_folder(folder: str | Path) -> dict[Path, str]:
+    """Full check (``check_integrity(full=True)``) of every shard and the merged view of one cache folder, and of
+    the view's mapping onto its shards; returns the bad files with what is wrong."""
+    folder = Path(folder)
+    bad = {}
+    for path in sorted(folder.glob("shard_*.h5")) + sorted(folder.glob(MERGED_NAME)):
+        problem = check_integrity(path, full=True)
+        if problem:
+            bad[path] = problem
+    merged = folder / MERGED_NAME
+    if merged.exists() and not bad:  # a bad shard already explains a view that does not open
+        try:
+            CacheReader(merged).close()
+        except CacheError as err:
+            bad[merged] = str(err)
+    return bad
+
+
+LOCK_NAME = ".build.lock"
+
+
+class CacheBusyError(CacheError):
+    """Another process holds the cache folder's build lock."""
+
+
+class BuildLock:
+    """An exclusive, non-blocking ``flock`` on ``<cache_dir>/.build.lock``: one cache build per folder at a time.
+
+    The kernel drops the lock when its holder exits, ``kill -9`` included, so a stale lock cannot outlive a run.
+    The file holds the holder's host, pid and start time for the message a second run prints.
+
+    Raises:
+        CacheBusyError: on ``__enter__``, when another process holds the lock.
+    """
+
+    def __init__(self, cache_dir: str | Path):
+        self.path = Path(cache_dir) / LOCK_NAME
+        self._fd = -1
+
+    def __enter__(self) -> BuildLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise CacheBusyError(f"{self.path.parent} is being built by {holder}; wait for it to finish "
+                                 "(or use a luigid scheduler, SCHEDULER=host:port, to share the work)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()} since "
+                      f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.ftruncate(self._fd, 0)
+        os.close(self._fd)  # closing the descriptor releases the lock
+        self._fd = -1
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -928,3 +1182,37 @@ def read_shard_failures(path: str | Path) -> pd.DataFrame:
             raise CacheError(f"{path}: missing dataset {FAILURES}")
         values = _strings(f[FAILURES]).reshape(-1, len(FAILURE_COLUMNS))
     return pd.DataFrame(values, columns=list(FAILURE_COLUMNS))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.cache verify PATH``: full check of every cache file at or under PATH, no rebuild.
+
+    Prints one line per bad file and exits 1 when there is one; 2 when PATH holds no cache.
+    """
+    import argparse
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cache", description=main.__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("verify",))
+    parser.add_argument("path", help="a cache folder, a cache root (every cache under it) or a cache file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    folders = cache_folders(args.path)
+    if not folders:
+        print(f"error: no cache (shard_*.h5 or {MERGED_NAME}) at or under {args.path}", file=sys.stderr)
+        return 2
+    start, n_files, n_bad = time.perf_counter(), 0, 0
+    for folder in folders:
+        n_files += len(list(folder.glob("shard_*.h5"))) + (folder / MERGED_NAME).exists()
+        for path, problem in verify_folder(folder).items():
+            print(f"BAD {path}: {problem}")
+            n_bad += 1
+    verdict = f"{n_bad} bad; `make cache` with the same settings rebuilds them" if n_bad else "all good"
+    print(f"verified {n_files} files in {len(folders)} cache folder(s) in {time.perf_counter() - start:.1f} s: "
+          f"{verdict}")
+    return 1 if n_bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

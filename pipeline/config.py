@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.cache import DEFAULT_COMPRESSION
+from pipeline.cache import DEFAULT_COMPRESSION, file_sha256  # noqa: F401  (re-exported: one hash function)
 from pipeline.contracts import CLIP_FRAMES, CROP_SIZE
 from pipeline.video import DEFAULT_BACKEND, DEFAULT_FALLBACK
 
@@ -80,12 +80,3 @@ class CacheConfig:
     def cache_dir(self, cache_root: str | Path) -> Path:
         """``<cache_root>/<dataset>/<digest>/``."""
         return Path(cache_root) / self.dataset / self.digest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

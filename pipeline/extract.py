@@ -12,6 +12,10 @@ Per sample (``prepare_sample``, runs in a worker):
 4. ``poses``: ``poses.clip_poses`` subsamples ``t_p`` poses from the clip's frames.
 
 A sample that fails any stage becomes a ``(sample_id, stage, reason)`` failure row and the shard goes on.
+Failures are of two kinds. *Content* failures (a corrupt video, a malformed skeleton, a manifest path that
+leaves DATA_ROOT) are final: the next run keeps them (``--retry-failed`` retries them). *Environment* failures
+(stage ``environment``: a file that is missing or unreadable, as when DATA_ROOT is unmounted) say nothing about
+the data: ``shards_to_rebuild`` sends the shards holding them back to work on the next run.
 Decoded crops are never written between stages: a 64-frame float32 clip is 38.5 MB, so decoding overlaps the
 I3D forward pass through DataLoader workers instead (see the README's performance notes).
 """
@@ -19,6 +23,8 @@ I3D forward pass through DataLoader workers instead (see the README's performanc
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline import cache, crop, poses, pyskl, video
+from pipeline import cache, crop, manifest, poses, pyskl, video
 from pipeline.config import CacheConfig
 from pipeline.contracts import FEATURE_SHAPE, PROBLEM_COLUMN
 from pipeline.datasets import DatasetSpec, get_dataset
@@ -98,6 +104,87 @@ class SampleError(Exception):
         super().__init__(f"{stage}: {reason}")
 
 
+ENVIRONMENT_STAGE = "environment"
+"""The failure stage of a sample whose files could not be reached (missing, unreadable): retried by the next run."""
+PROBE_SAMPLES = 8
+"""``check_data_root`` refuses a run when this many first usable samples all lack their files."""
+
+
+def _sample_path(data_root: Path, row: Mapping[str, str], column: str) -> Path:
+    """The row's ``column`` path under ``data_root``, reachable and a regular file (or a frame folder).
+
+    Raises:
+        SampleError: ``manifest`` when the path leaves DATA_ROOT or is not a regular file or folder (content);
+            ``environment`` when it is missing or unreadable.
+    """
+    what = column.removesuffix("_path")
+    try:
+        path = manifest.inside_root(data_root, row[column])
+    except ValueError as err:
+        raise SampleError("manifest", f"{what}: {err}") from None
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise SampleError(ENVIRONMENT_STAGE, f"{what} {path} cannot be reached ({err.strerror or err}); "
+                                             "is DATA_ROOT mounted and readable?") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise SampleError("manifest", f"{what} {path} is not a regular file or folder")
+    if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(mode) else 0)):
+        raise SampleError(ENVIRONMENT_STAGE, f"{what} {path} is not readable (permission denied)")
+    return path
+
+
+def check_data_root(rows: Sequence[Mapping[str, str]], data_root: str | Path) -> None:
+    """Refuse to start when DATA_ROOT is absent or the first ``PROBE_SAMPLES`` usable samples all lack files.
+
+    Raises:
+        FileNotFoundError: one line naming DATA_ROOT.
+    """
+    root = Path(data_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DATA_ROOT {root} does not exist or is not a folder (unmounted? wrong path?)")
+    probe = [r for r in rows if not r.get(PROBLEM_COLUMN)][:PROBE_SAMPLES]
+    reached = 0
+    for row in probe:
+        try:
+            _sample_path(root, row, "video_path")
+            _sample_path(root, row, "skeleton_path")
+            reached += 1
+        except SampleError as err:
+            if err.stage != ENVIRONMENT_STAGE:
+                reached += 1  # there, but unusable: a content problem, not a wrong root
+    if probe and not reached:
+        raise FileNotFoundError(f"DATA_ROOT {root}: the files of the first {len(probe)} samples are all missing "
+                                f"(e.g. {root / probe[0]['video_path']}); wrong DATA_ROOT, or not mounted?")
+
+
+def shards_to_rebuild(paths: Sequence[Path], *, retry_failed: bool = False) -> dict[Path, str]:
+    """Finished shards that must be computed again, with why.
+
+    A shard is rebuilt when it fails ``cache.check_integrity`` (the cheap check), when it holds environment
+    failures (their samples are retried), or, with ``retry_failed``, when it holds any failure other than a
+    manifest problem.
+    """
+    redo: dict[Path, str] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        problem = cache.check_integrity(path)
+        if problem:
+            redo[path] = problem
+            continue
+        try:
+            stages = cache.read_shard_failures(path)["stage"]
+        except (cache.CacheError, OSError) as err:
+            redo[path] = f"unreadable failures ({err})"
+            continue
+        retried = stages[stages == ENVIRONMENT_STAGE] if not retry_failed else stages[stages != "manifest"]
+        if len(retried):
+            kind = "environment" if not retry_failed else "recorded"
+            redo[path] = f"{len(retried)} {kind} failures to retry"
+    return redo
+
+
 def _video_backends(spec: DatasetSpec, config: CacheConfig, video_path: Path) -> tuple[str, ...]:
     if video_path.is_dir():
         return ("frames",)
@@ -120,7 +207,8 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
     """
     if row.get(PROBLEM_COLUMN):
         raise SampleError("manifest", row[PROBLEM_COLUMN])
-    video_path = data_root / row["video_path"]
+    video_path = _sample_path(data_root, row, "video_path")
+    skeleton_path = _sample_path(data_root, row, "skeleton_path")
     try:
         sampled = video.read_sampled_clips(video_path, clip_len=config.clip_len,
                                            clips_per_video=config.clips_per_video,
@@ -129,9 +217,11 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
         raise SampleError("decode", str(err)) from None
     height, width = sampled.frames.shape[2:4]
     try:
-        skeleton = poses.load_skeleton(spec, data_root / row["skeleton_path"], (width, height))
-    except (SkeletonFormatError, OSError) as err:
+        skeleton = poses.load_skeleton(spec, skeleton_path, (width, height))
+    except SkeletonFormatError as err:
         raise SampleError("skeleton", str(err)) from None
+    except OSError as err:
+        raise SampleError(ENVIRONMENT_STAGE, f"skeleton {skeleton_path}: {err}") from None
     if skeleton.num_frames == 0 or not np.isfinite(skeleton.joints3d).any():
         raise SampleError("skeleton", "no body in any frame")
     joints3d = skeleton.joints3d
@@ -152,7 +242,10 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
         except (ValueError, RuntimeError) as err:
             raise SampleError("crop", str(err)) from None
         pose_frames = poses.align_frames(sampled.indices[c], sampled.num_frames, len(joints3d))
-        pose_out[c] = poses.clip_poses(joints3d[pose_frames], config.t_p, spec.centre_joint)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+            pose_out[c] = poses.clip_poses(joints3d[pose_frames], config.t_p, spec.centre_joint)
+        if not np.isfinite(pose_out[c]).all():
+            raise SampleError("skeleton", "poses are not finite in float32 once centred (absurd coordinates)")
     splits = {p: row.get(p, "") for p in spec.protocols}
     return PreparedSample(row["sample_id"], int(row["label"]), row["action"], splits, clips,
                           sampled.indices.astype(np.int32), boxes, pose_out, sampled.backend)
@@ -217,7 +310,8 @@ class ShardStats:
 
 def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, config: CacheConfig,
                   model: torch.nn.Module, out_path: str | Path, *, attrs: Mapping[str, str], workers: int = 1,
-                  batch_size: int = 4, device: str = "cpu", progress: bool = True) -> ShardStats:
+                  batch_size: int = 4, device: str = "cpu", progress: bool = True,
+                  record_as: str | Path | None = None) -> ShardStats:
     """Cache one shard of manifest rows into ``out_path`` (written in place: pass a temporary path).
 
     Args:
@@ -231,6 +325,7 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
         batch_size: clips per I3D forward pass.
         device: where I3D runs.
         progress: show a tqdm bar.
+        record_as: the shard's final path, for its integrity record (default ``out_path``).
     """
     from tqdm import tqdm
 
@@ -269,7 +364,8 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
 
     n_rows_max = len(rows) * config.clips_per_video
     with cache.ShardWriter(out_path, n_rows_max=n_rows_max, num_joints=spec.num_joints, t_p=config.t_p,
-                           attrs=attrs, protocols=tuple(spec.protocols), compression=config.compression) as writer:
+                           attrs=attrs, protocols=tuple(spec.protocols), compression=config.compression,
+                           record_as=record_as) as writer:
         bar = tqdm(loader, total=len(rows), desc=Path(out_path).name.split("-luigi")[0], unit="video",
                    disable=not progress, leave=False)
         for item in bar:

@@ -3,8 +3,11 @@
 ``python -m pipeline.manifest --dataset ntu60 --data-root DIR [--out CSV] [--validate] [--missing-list TXT]``
 
 The scan never stops on bad input: a file whose name does not parse is skipped and counted; a sample whose
-video or skeleton is missing, empty or (with ``--validate``) malformed stays in the manifest with a ``problem``
-saying why, so later stages skip it and record it in ``failures.csv``.
+video or skeleton is missing, empty, not a regular file, outside DATA_ROOT, named in bytes that are not UTF-8
+or (with ``--validate``) malformed stays in the manifest with a ``problem`` saying why, so later stages skip it
+and record it in ``failures.csv``. Nothing is dropped silently: symlinked folders are followed (each real folder
+once, so a loop ends), and folders that cannot be read, symlinked folders that leave DATA_ROOT and names whose
+suffix has an unexpected case are counted and listed in the summary.
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ import json
 import logging
 import os
 import pickle
+import stat
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline import ntu, nucla, smarthome
-from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
+from pipeline.contracts import MANIFEST_COLUMNS, MAX_BODIES, PROBLEM_COLUMN, PROTOCOL_VALUES
 from pipeline.datasets import DatasetSpec, get_dataset
 
 log = logging.getLogger(__name__)
@@ -35,11 +39,15 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm")
 
 @dataclass
 class ScanReport:
-    """What a scan saw besides the samples: unparseable names, files outside the dataset, duplicates."""
+    """What a scan saw besides the samples: unparseable names, files outside the dataset, duplicates, folders
+    it could not read or did not follow, and names in an unexpected case (all as escaped, printable text)."""
 
     unparsed: list[str] = field(default_factory=list)
     outside_dataset: int = 0
     duplicates: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    not_followed: list[str] = field(default_factory=list)
+    wrong_case: list[str] = field(default_factory=list)
 
 
 def protocol_columns(spec: DatasetSpec) -> list[str]:
@@ -52,21 +60,61 @@ def manifest_columns(spec: DatasetSpec) -> list[str]:
     return [*MANIFEST_COLUMNS, *extra, *protocol_columns(spec), PROBLEM_COLUMN]
 
 
-def _walk(root: Path):
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+def _walk(root: Path, report: ScanReport):
+    """Every file under ``root`` (sorted), following symlinked folders that stay inside it, each real folder once."""
+    seen: set[tuple[int, int]] = set()
+
+    def unreadable(err: OSError) -> None:
+        report.unreadable.append(f"{_printable(_rel(Path(err.filename), root))} ({err.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+        here = Path(dirpath)
+        try:
+            info = os.stat(here)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:  # reached again through a symlink: a loop or a second link
+            report.not_followed.append(f"{_printable(_rel(here, root))} (a folder already scanned: symlink loop?)")
+            dirnames[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        keep = []
+        for name in sorted(dirnames):
+            sub = here / name
+            if sub.is_symlink() and not sub.resolve().is_relative_to(root):
+                report.not_followed.append(f"{_printable(_rel(sub, root))} -> {_printable(str(sub.resolve()))} "
+                                           "(outside DATA_ROOT)")
+                continue
+            keep.append(name)
+        dirnames[:] = keep
         for name in sorted(filenames):
-            yield Path(dirpath) / name
+            yield here / name
+
+
+def _printable(text: str) -> str:
+    """``text`` with bytes that are not UTF-8 (as os gives them: surrogate escapes) written as ``\\xNN``."""
+    return os.fsencode(text).decode("utf-8", errors="backslashreplace")
 
 
 def _rel(path: Path | None, root: Path) -> str:
-    return "" if path is None else path.relative_to(root).as_posix()
+    return "" if path is None else _printable(path.relative_to(root).as_posix())
 
 
-def _file_problem(path: Path | None, what: str) -> str:
+def _file_problem(path: Path | None, what: str, root: Path) -> str:
     if path is None:
         return f"{what} missing"
-    if path.is_file() and path.stat().st_size == 0:
+    if _printable(str(path)) != str(path):
+        return f"{what} path is not valid UTF-8 (written escaped; rename the file)"
+    if not path.resolve().is_relative_to(root):
+        return f"{what} resolves to {_printable(str(path.resolve()))}, outside DATA_ROOT"
+    try:
+        info = path.stat()
+    except OSError as err:
+        return f"{what} cannot be read ({err.strerror})"
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        return f"{what} is not a regular file (a named pipe, device or socket)"
+    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
         return f"{what} is an empty file"
     return ""
 
@@ -76,7 +124,7 @@ def _row(spec: DatasetSpec, sample_id: str, video: Path | None, skeleton: Path |
     label = spec.classes.index(action) if action in spec.classes else -1
     if label < 0:
         problems.append(f"action {action!r} is not one of the {len(spec.classes)} {spec.name} classes")
-    problems.extend(p for p in (_file_problem(video, "video"), _file_problem(skeleton, "skeleton")) if p)
+    problems.extend(p for p in (_file_problem(video, "video", root), _file_problem(skeleton, "skeleton", root)) if p)
     return {"sample_id": sample_id, "dataset": spec.name, "video_path": _rel(video, root),
             "skeleton_path": _rel(skeleton, root), "label": label, "action": action, "subject": subject,
             "view": view, **extra, **splits, PROBLEM_COLUMN: "; ".join(problems)}
@@ -96,14 +144,16 @@ def _duplicate_note(key: str, kind: str, kept: Path, dropped: Path) -> str:
 
 def _scan_ntu(spec: DatasetSpec, root: Path, report: ScanReport, missing: set[str]) -> list[dict]:
     found: dict[str, dict[str, Path]] = {}
-    for path in _walk(root):
+    for path in _walk(root, report):
         is_video = path.suffix.lower() in VIDEO_SUFFIXES
+        if not is_video and path.suffix.lower() == ".skeleton" and path.suffix != ".skeleton":
+            report.wrong_case.append(_rel(path, root))
         if not (is_video or path.suffix == ".skeleton"):
             continue
         try:
             sid = ntu.parse_sample_id(path.name)
         except ValueError:
-            report.unparsed.append(str(path.relative_to(root)))
+            report.unparsed.append(_rel(path, root))
             continue
         if not ntu.in_dataset(sid, spec.name):
             report.outside_dataset += 1
@@ -121,14 +171,14 @@ def _scan_ntu(spec: DatasetSpec, root: Path, report: ScanReport, missing: set[st
 
 def _scan_smarthome(spec: DatasetSpec, root: Path, report: ScanReport) -> list[dict]:
     found: dict[str, dict[str, Path]] = {}
-    for path in _walk(root):
+    for path in _walk(root, report):
         suffix = path.suffix.lower()
         if suffix not in VIDEO_SUFFIXES and suffix != ".json":
             continue
         try:
             clip = smarthome.parse_clip_name(path.name)
         except ValueError:
-            report.unparsed.append(str(path.relative_to(root)))
+            report.unparsed.append(_rel(path, root))
             continue
         _pair(found, clip.sample_id, "video" if suffix in VIDEO_SUFFIXES else "skeleton", path, report)
     rows = []
@@ -143,12 +193,14 @@ def _scan_smarthome(spec: DatasetSpec, root: Path, report: ScanReport) -> list[d
 def _scan_nucla(spec: DatasetSpec, root: Path, report: ScanReport) -> list[dict]:
     found: dict[str, dict[str, Path]] = {}
     raw_folders: set[Path] = set()
-    for path in _walk(root):
+    for path in _walk(root, report):
+        if path.suffix.lower() == ".json" and path.suffix != ".json":
+            report.wrong_case.append(_rel(path, root))
         if path.suffix == ".json":
             try:
                 sample = nucla.parse_sample_name(path.stem)
             except ValueError:
-                report.unparsed.append(str(path.relative_to(root)))
+                report.unparsed.append(_rel(path, root))
                 continue
             _pair(found, sample.sample_id, "skeleton", path, report)
         elif path.name.endswith(("_rgb.jpg", "skeletons.txt")):
@@ -159,7 +211,7 @@ def _scan_nucla(spec: DatasetSpec, root: Path, report: ScanReport) -> list[dict]
             view = int(view_dir.removeprefix("view_")) if view_dir.startswith("view_") else None
             sample = nucla.parse_sample_name(folder.name, view=view)
         except ValueError:
-            report.unparsed.append(str(folder.relative_to(root)))
+            report.unparsed.append(_rel(folder, root))
             continue
         slot = found.setdefault(sample.sample_id, {})
         if any(folder.glob("*_rgb.jpg")):
@@ -175,10 +227,11 @@ def _scan_nucla(spec: DatasetSpec, root: Path, report: ScanReport) -> list[dict]
 
 
 def validate_skeleton(dataset: str, path: Path) -> str:
-    """Fully parse one skeleton; return '' when usable, otherwise the problem."""
+    """Fully parse one skeleton; return '' when usable, otherwise the problem (never raises: any exception of
+    any reader on any file becomes that file's problem)."""
     try:
         if dataset.startswith("ntu"):
-            seq = ntu.read_skeleton(path)
+            seq = ntu.read_skeleton(path, max_bodies=MAX_BODIES)
             ok = seq.num_frames > 0 and bool(seq.frames_with_bodies().any())
         elif dataset == "smarthome":
             ok = bool(np.isfinite(smarthome.read_lcrnet_json(path).pose2d).any())
@@ -188,6 +241,9 @@ def validate_skeleton(dataset: str, path: Path) -> str:
             ok = bool(len(nucla.read_sqe_json(path)))
     except (ValueError, OSError) as err:
         return f"malformed skeleton: {err}"
+    except Exception as err:  # a reader bug must cost one row, not the scan
+        log.exception("validating %s", _printable(str(path)))
+        return f"unreadable skeleton: {type(err).__name__}: {err}"
     return "" if ok else "skeleton has no body in any frame"
 
 
@@ -245,8 +301,11 @@ def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path | N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     if data_root is not None:
         side = {"data_root": str(Path(data_root).resolve()), "rows": len(df)}
         path.with_suffix(".json").write_text(json.dumps(side, indent=2) + "\n")
@@ -255,6 +314,23 @@ def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path | N
 def pose_file_path(manifest: str | Path) -> Path:
     """Where ``--poses`` puts the poses converted from a pyskl pickle: ``<manifest>.poses.h5`` beside it."""
     return Path(manifest).with_suffix(".poses.h5")
+
+
+def inside_root(data_root: str | Path, relative: str) -> Path:
+    """``data_root / relative``, refused when it would leave DATA_ROOT.
+
+    Raises:
+        ValueError: an empty, absolute or ``..`` path, or one that resolves (through a symlink) outside the root.
+    """
+    root = Path(data_root)
+    rel = PurePosixPath(relative)
+    if not relative or rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"path {relative!r} is empty, absolute or uses '..'; manifest paths stay inside DATA_ROOT")
+    path = root / rel
+    real = path.resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise ValueError(f"path {relative!r} resolves to {real}, outside DATA_ROOT {root.resolve()} (a symlink?)")
+    return path
 
 
 def read_manifest_root(path: str | Path) -> Path:
@@ -326,6 +402,11 @@ def summarize(df: pd.DataFrame, report: ScanReport | None = None) -> str:
             lines.append(f"  skipped {report.outside_dataset} files outside {spec.name} (setup/action range)")
         if report.duplicates:
             lines.append(f"  ignored {len(report.duplicates)} duplicate files")
+        for items, what in ((report.unreadable, "folders could not be read"),
+                            (report.not_followed, "symlinked folders not followed"),
+                            (report.wrong_case, "files skipped: suffix in an unexpected case")):
+            if items:
+                lines.append(f"  {len(items)} {what}: {', '.join(items[:5])}" + (", ..." if len(items) > 5 else ""))
     return "\n".join(lines)
 
 

@@ -21,13 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonFormatError, read_bounded  # the error: re-exported
+
 NUM_JOINTS = 25
 JOINT_FIELDS = 12
 BODY_INFO_FIELDS = 10
 COLOR_FRAME_SIZE = (1920, 1080)
 """(width, height) of the frame ``colorX``/``colorY`` refer to."""
 
-SAMPLE_ID_RE = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
+SAMPLE_ID_RE = re.compile(r"(?<![0-9])S([0-9]{3})C([0-9]{3})P([0-9]{3})R([0-9]{3})A([0-9]{3})(?![0-9])")
+"""ASCII digits only, exactly three per field: ``A0045`` is no id, nor are Arabic-Indic digits."""
+MAX_BODIES_PER_FRAME = 6
+"""Kinect v2 tracks at most 6 people; a frame claiming more is corrupt."""
+MAX_DENSE_SLOTS = 16
+"""``read_skeleton`` without ``max_bodies`` builds one (T, slot) array per distinct body id, up to this many ids."""
+TRACKING_STATES = (0, 1, 2)
+"""Joint trackingState: not tracked, inferred, tracked."""
 
 NTU60_SETUPS = range(1, 18)
 NTU120_SETUPS = range(1, 33)
@@ -37,10 +46,6 @@ NTU120_CS_TRAIN_SUBJECTS = NTU60_CS_TRAIN_SUBJECTS | frozenset(
     (45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86, 89, 91, 92, 93,
      94, 95, 97, 98, 100, 103))
 NTU60_CV_TRAIN_CAMERAS = frozenset((2, 3))
-
-
-class SkeletonFormatError(ValueError):
-    """A skeleton file that does not follow its format; the message names the file and the line."""
 
 
 @dataclass(frozen=True)
@@ -188,46 +193,54 @@ class _Lines:
         self.pos += 1
         return self.lines[self.pos - 1]
 
-    def take_int(self, what: str) -> int:
+    def take_int(self, what: str, low: int, high: int) -> int:
         text = self.take(what).strip()
-        try:
-            return int(text)
-        except ValueError:
-            raise self.error(f"expected an integer {what}, got {text[:40]!r}") from None
+        if not (text.isascii() and text.lstrip("-").isdigit()):
+            raise self.error(f"expected an integer {what}, got {text[:40]!r}")
+        value = int(text)
+        if not low <= value <= high:
+            raise self.error(f"{what} {value} is outside [{low}, {high}]")
+        return value
 
 
-def read_skeleton(path: str | Path) -> SkeletonSequence:
-    """Parse an NTU ``.skeleton`` file strictly.
+@dataclass
+class _Track:
+    """One body id's records, sparse: the frames it appears in and its joints there."""
 
-    Raises:
-        SkeletonFormatError: empty or truncated file, wrong field or joint counts, non-numeric or non-finite
-            values; the message names the file and the line.
-    """
-    path = Path(path)
-    text = path.read_text(encoding="ascii", errors="replace")
+    body_id: int
+    frames: list[int]
+    joints: list[np.ndarray]  # each (25, 12) float64
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) frame indices and (n, 25, 12) joints."""
+        return np.asarray(self.frames, dtype=np.int64), np.stack(self.joints)
+
+    def motion(self) -> float:
+        """Summed variance of the 3D joints over the frames where the body is present."""
+        if len(self.joints) < 2:
+            return 0.0
+        with np.errstate(over="ignore", invalid="ignore"):  # absurd but float32-finite coordinates: inf motion
+            return float(np.stack(self.joints)[:, :, 0:3].astype(np.float32).var(axis=0).sum())  # as body_motion
+
+
+def _parse(path: Path) -> tuple[int, list[_Track]]:
+    """Parse a ``.skeleton`` strictly into per-body tracks (memory: the records, never frames x bodies)."""
+    text = read_bounded(path).decode("ascii", errors="replace")
     if not text.strip():
         raise SkeletonFormatError(f"{path}: line 1: empty skeleton file")
     cur = _Lines(path, text)
-    num_frames = cur.take_int("frame count")
-    if num_frames < 0:
-        raise cur.error(f"negative frame count {num_frames}")
-    slots: dict[int, int] = {}
-    records: list[tuple[int, int, np.ndarray]] = []  # (frame, slot, (25, 12))
+    num_frames = cur.take_int("frame count", 0, MAX_FRAMES)
+    tracks: dict[int, _Track] = {}
     for t in range(num_frames):
-        num_bodies = cur.take_int(f"body count of frame {t}")
-        if num_bodies < 0:
-            raise cur.error(f"negative body count {num_bodies}")
+        num_bodies = cur.take_int(f"body count of frame {t}", 0, MAX_BODIES_PER_FRAME)
         for _ in range(num_bodies):
             info = cur.take(f"body-info line of frame {t}").split()
             if len(info) != BODY_INFO_FIELDS:
                 raise cur.error(f"body-info line has {len(info)} fields, expected {BODY_INFO_FIELDS}")
-            try:
-                body_id = int(info[0])
-            except ValueError:
-                raise cur.error(f"body id {info[0][:40]!r} is not an integer") from None
-            num_joints = cur.take_int("joint count")
-            if num_joints != NUM_JOINTS:
-                raise cur.error(f"joint count {num_joints}, expected {NUM_JOINTS}")
+            if not (info[0].isascii() and info[0].isdigit() and int(info[0]) < 2**64):
+                raise cur.error(f"body id {info[0][:40]!r} is not an unsigned 64-bit integer")
+            body_id = int(info[0])
+            cur.take_int("joint count", NUM_JOINTS, NUM_JOINTS)
             start = cur.pos
             rows = [cur.take("joint line").split() for _ in range(NUM_JOINTS)]
             for k, row in enumerate(rows):
@@ -237,24 +250,62 @@ def read_skeleton(path: str | Path) -> SkeletonSequence:
                 joints = np.array(rows, dtype=np.float64)
             except ValueError:
                 raise cur.error("non-numeric value in a joint line", start + 1) from None
-            if not np.isfinite(joints).all():
-                bad = int(np.flatnonzero(~np.isfinite(joints).all(axis=1))[0])
-                raise cur.error("non-finite (NaN/inf) joint value", start + bad + 1)
-            slot = slots.setdefault(body_id, len(slots))
-            records.append((t, slot, joints))
+            finite = (np.abs(joints) <= FLOAT32_MAX).all(axis=1)  # NaN compares False
+            if not finite.all():
+                raise cur.error("non-finite (NaN/inf, or beyond float32) joint value",
+                                start + int(np.flatnonzero(~finite)[0]) + 1)
+            states = joints[:, 11]
+            bad = ~np.isin(states, TRACKING_STATES)
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                raise cur.error(f"joint trackingState {states[k]:g} is not one of {TRACKING_STATES}", start + k + 1)
+            track = tracks.setdefault(body_id, _Track(body_id, [], []))
+            track.frames.append(t)
+            track.joints.append(joints)
     trailing = [line for line in cur.lines[cur.pos:] if line.strip()]
     if trailing:
         raise cur.error(f"{len(trailing)} unexpected trailing lines after the last frame", cur.pos + 1)
-    num_slots = len(slots)
-    joints3d = np.full((num_frames, num_slots, NUM_JOINTS, 3), np.nan, dtype=np.float32)
-    color_xy = np.full((num_frames, num_slots, NUM_JOINTS, 2), np.nan, dtype=np.float32)
-    tracking = np.zeros((num_frames, num_slots, NUM_JOINTS), dtype=np.int8)
-    for t, slot, joints in records:
-        joints3d[t, slot] = joints[:, 0:3]
-        color_xy[t, slot] = joints[:, 5:7]
-        tracking[t, slot] = joints[:, 11]
-    body_ids = np.array(list(slots), dtype=np.uint64)
+    return num_frames, list(tracks.values())
+
+
+def _dense(num_frames: int, slots: list[list[_Track]]) -> SkeletonSequence:
+    """One slot per list of tracks (tracks merged into one slot never share a frame)."""
+    shape = (num_frames, len(slots))
+    joints3d = np.full(shape + (NUM_JOINTS, 3), np.nan, dtype=np.float32)
+    color_xy = np.full(shape + (NUM_JOINTS, 2), np.nan, dtype=np.float32)
+    tracking = np.zeros(shape + (NUM_JOINTS,), dtype=np.int8)
+    for slot, members in enumerate(slots):
+        for track in members:
+            frames, joints = track.arrays()
+            joints3d[frames, slot] = joints[:, :, 0:3]
+            color_xy[frames, slot] = joints[:, :, 5:7]
+            tracking[frames, slot] = joints[:, :, 11]
+    body_ids = np.array([members[0].body_id for members in slots], dtype=np.uint64)
     return SkeletonSequence(num_frames, body_ids, joints3d, color_xy, tracking)
+
+
+def read_skeleton(path: str | Path, max_bodies: int | None = None) -> SkeletonSequence:
+    """Parse an NTU ``.skeleton`` file strictly.
+
+    Args:
+        path: the file (a regular file of at most ``skeleton_io.MAX_SKELETON_BYTES``).
+        max_bodies: keep the actors ``select_bodies`` would keep (what the pipeline uses: memory stays bounded
+            by the file's size); ``None`` keeps one slot per distinct body id, up to ``MAX_DENSE_SLOTS`` ids.
+
+    Raises:
+        SkeletonFormatError: not a regular file, too large, empty or truncated, wrong field or joint counts,
+            values out of range (counts, body ids, coordinates beyond float32, tracking states other than 0-2),
+            or too many distinct bodies for ``max_bodies=None``; the message names the file and the line.
+        OSError: the file cannot be opened.
+    """
+    path = Path(path)
+    num_frames, tracks = _parse(path)
+    if max_bodies is not None:
+        return _dense(num_frames, _select(num_frames, tracks, max_bodies))
+    if len(tracks) > MAX_DENSE_SLOTS:
+        raise SkeletonFormatError(f"{path}: {len(tracks)} distinct body ids, more than {MAX_DENSE_SLOTS} to lay out "
+                                  "one slot each; read it with max_bodies")
+    return _dense(num_frames, [[track] for track in tracks])
 
 
 def body_motion(joints: np.ndarray) -> float:
@@ -262,7 +313,28 @@ def body_motion(joints: np.ndarray) -> float:
     present = np.isfinite(joints[:, 0, 0])
     if present.sum() < 2:
         return 0.0
-    return float(joints[present].var(axis=0).sum())
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(joints[present].var(axis=0).sum())
+
+
+def _select(num_frames: int, tracks: list[_Track], max_bodies: int) -> list[list[_Track]]:
+    """The body selection of ``select_bodies`` over sparse tracks: the members of each kept actor."""
+    order = sorted(range(len(tracks)), key=lambda m: -tracks[m].motion())
+    actors: list[list[_Track]] = []
+    occupied: list[np.ndarray] = []
+    for m in order:
+        present = np.zeros(num_frames, dtype=bool)
+        present[tracks[m].frames] = True
+        for a, frames in enumerate(occupied):
+            if not (frames & present).any():
+                actors[a].append(tracks[m])
+                occupied[a] = frames | present
+                break
+        else:
+            if len(actors) < max_bodies:
+                actors.append([tracks[m]])
+                occupied.append(present)
+    return actors
 
 
 def select_bodies(seq: SkeletonSequence, max_bodies: int = 2) -> SkeletonSequence:
@@ -272,30 +344,14 @@ def select_bodies(seq: SkeletonSequence, max_bodies: int = 2) -> SkeletonSequenc
     body; each further body is merged into the first actor whose frames it does not overlap (Kinect often gives
     one person a new id after losing track), otherwise it starts a new actor while fewer than ``max_bodies``
     exist, otherwise it is dropped. The order is stable: ties in motion keep the order of first appearance.
+    ``read_skeleton(path, max_bodies)`` does the same while reading.
     """
-    order = sorted(range(seq.num_bodies), key=lambda m: -body_motion(seq.joints[:, m]))
-    actors: list[list[int]] = []
-    occupied: list[np.ndarray] = []
-    for m in order:
-        present = np.isfinite(seq.joints[:, m, 0, 0])
-        for a, frames in enumerate(occupied):
-            if not (frames & present).any():
-                actors[a].append(m)
-                occupied[a] = frames | present
-                break
-        else:
-            if len(actors) < max_bodies:
-                actors.append([m])
-                occupied.append(present.copy())
-    shape = (seq.num_frames, len(actors))
-    joints = np.full(shape + (NUM_JOINTS, 3), np.nan, dtype=np.float32)
-    color_xy = np.full(shape + (NUM_JOINTS, 2), np.nan, dtype=np.float32)
-    tracking = np.zeros(shape + (NUM_JOINTS,), dtype=np.int8)
-    for a, members in enumerate(actors):
-        for m in members:
-            present = np.isfinite(seq.joints[:, m, 0, 0])
-            joints[present, a] = seq.joints[present, m]
-            color_xy[present, a] = seq.color_xy[present, m]
-            tracking[present, a] = seq.tracking[present, m]
-    body_ids = np.array([seq.body_ids[members[0]] for members in actors], dtype=np.uint64)
-    return SkeletonSequence(seq.num_frames, body_ids, joints, color_xy, tracking)
+    tracks = []
+    for m in range(seq.num_bodies):
+        frames = np.flatnonzero(np.isfinite(seq.joints[:, m, 0, 0]))
+        joints = np.zeros((len(frames), NUM_JOINTS, JOINT_FIELDS))
+        joints[:, :, 0:3] = seq.joints[frames, m]
+        joints[:, :, 5:7] = seq.color_xy[frames, m]
+        joints[:, :, 11] = seq.tracking[frames, m]
+        tracks.append(_Track(int(seq.body_ids[m]), frames.tolist(), list(joints)))
+    return _dense(seq.num_frames, _select(seq.num_frames, tracks, max_bodies))

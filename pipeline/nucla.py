@@ -14,7 +14,6 @@ Sample ids are ``aXX_sYY_eZZ_vVV`` (action, subject, episode, view). Labels inde
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.datasets import NUCLA_ACTION_IDS
-from pipeline.ntu import SkeletonFormatError
+from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonFormatError, load_json, read_bounded
 
 NUM_JOINTS = 20
 FRAME_SIZE = (640, 480)
-SAMPLE_RE = re.compile(r"a(\d{2})_s(\d{2})_e(\d{2})(?:_[vc](\d{2}))?")
-FRAME_INDEX_RE = re.compile(r"^frame_(\d+)_")
+SAMPLE_RE = re.compile(r"a([0-9]{2})_s([0-9]{2})_e([0-9]{2})(?:_[vc]([0-9]{2}))?")
+FRAME_INDEX_RE = re.compile(r"^frame_([0-9]+)_")
 V3_12_TRAIN_VIEWS = frozenset((1, 2))
 V3_12_TEST_VIEWS = frozenset((3,))
 
@@ -96,19 +95,24 @@ def read_sqe_json(path: str | Path) -> np.ndarray:
         SkeletonFormatError: invalid JSON, missing ``skeletons``, wrong shape, empty or non-finite values.
     """
     path = Path(path)
+    data = load_json(path)
+    frames = data.get("skeletons") if isinstance(data, dict) else None
+    if not isinstance(frames, list) or len(frames) > MAX_FRAMES:
+        raise SkeletonFormatError(f"{path}: not an N-UCLA skeleton JSON with a [T][20][3] 'skeletons' list of at "
+                                  f"most {MAX_FRAMES} frames")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        skeletons = np.asarray(data["skeletons"], dtype=np.float32)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise SkeletonFormatError(f"{path}: not an N-UCLA skeleton JSON with a [T][20][3] 'skeletons' ({err})") from None
+        skeletons = np.asarray(frames, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError, RecursionError) as err:
+        raise SkeletonFormatError(f"{path}: 'skeletons' is not a [T][20][3] array of numbers ({err})") from None
     if skeletons.ndim != 3 or skeletons.shape[1:] != (NUM_JOINTS, 3):
         raise SkeletonFormatError(f"{path}: skeletons have shape {skeletons.shape}, expected (T, {NUM_JOINTS}, 3)")
     if len(skeletons) == 0:
         raise SkeletonFormatError(f"{path}: no frames")
-    if not np.isfinite(skeletons).all():
-        frame = int(np.flatnonzero(~np.isfinite(skeletons).reshape(len(skeletons), -1).all(axis=1))[0])
-        raise SkeletonFormatError(f"{path}: frame {frame}: non-finite (NaN/inf) coordinate")
-    return skeletons[:, None]
+    finite = (np.abs(skeletons) <= FLOAT32_MAX).reshape(len(skeletons), -1).all(axis=1)  # NaN compares False
+    if not finite.all():
+        raise SkeletonFormatError(f"{path}: frame {int(np.flatnonzero(~finite)[0])}: non-finite (NaN/inf, or beyond "
+                                  "float32) coordinate")
+    return skeletons[:, None].astype(np.float32)
 
 
 def read_frame_skeletons(path: str | Path, max_bodies: int = 2) -> np.ndarray:
@@ -118,7 +122,7 @@ def read_frame_skeletons(path: str | Path, max_bodies: int = 2) -> np.ndarray:
         SkeletonFormatError: a body group that is not 20 lines of ``x,y,z,state``; names the file and line.
     """
     path = Path(path)
-    lines = [line.strip() for line in path.read_text(encoding="ascii", errors="replace").splitlines()]
+    lines = [line.strip() for line in read_bounded(path).decode("ascii", errors="replace").splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     out = np.full((max_bodies, NUM_JOINTS, 3), np.nan, dtype=np.float32)
@@ -136,8 +140,8 @@ def read_frame_skeletons(path: str | Path, max_bodies: int = 2) -> np.ndarray:
                 values = [float(v) for v in fields[:3]]
             except ValueError:
                 raise SkeletonFormatError(f"{path}: line {lineno}: non-numeric joint {fields[:3]}") from None
-            if len(fields) < 3 or not np.isfinite(values).all():
-                raise SkeletonFormatError(f"{path}: line {lineno}: expected finite x,y,z,state")
+            if len(fields) < 3 or not (np.abs(values) <= FLOAT32_MAX).all():
+                raise SkeletonFormatError(f"{path}: line {lineno}: expected finite (in float32) x,y,z,state")
             out[b, j] = values
     return out
 
@@ -148,9 +152,14 @@ def read_raw_sample(folder: str | Path, max_bodies: int = 2) -> tuple[np.ndarray
     Frames are ordered by their ``frame_<N>`` number; a frame whose skeleton file is missing has NaN joints.
     """
     folder = Path(folder)
-    rgb = sorted(folder.glob("*_rgb.jpg"), key=frame_number)
-    skeleton_files = {frame_number(p): p for p in folder.glob("*skeletons.txt")}
+    try:
+        rgb = sorted(folder.glob("*_rgb.jpg"), key=frame_number)
+        skeleton_files = {frame_number(p): p for p in folder.glob("*skeletons.txt")}
+    except ValueError as err:
+        raise SkeletonFormatError(f"{folder}: {err}") from None
     numbers = [frame_number(p) for p in rgb] or sorted(skeleton_files)
+    if len(numbers) > MAX_FRAMES:
+        raise SkeletonFormatError(f"{folder}: {len(numbers)} frames, more than the {MAX_FRAMES} a sample may hold")
     joints = np.full((len(numbers), max_bodies, NUM_JOINTS, 3), np.nan, dtype=np.float32)
     for t, n in enumerate(numbers):
         if n in skeleton_files:

@@ -66,7 +66,7 @@ def load_skeleton(spec: DatasetSpec, path: str | Path, video_size: tuple[int, in
     path = Path(path)
     width, height = video_size
     if spec.name.startswith("ntu"):
-        seq = ntu.select_bodies(ntu.read_skeleton(path), MAX_BODIES)
+        seq = ntu.read_skeleton(path, max_bodies=MAX_BODIES)
         scale = np.array([width / ntu.COLOR_FRAME_SIZE[0], height / ntu.COLOR_FRAME_SIZE[1]], dtype=np.float32)
         return SkeletonClip(_pad_bodies(seq.joints), _pad_bodies(seq.color_xy * scale))
     if spec.name == "smarthome":

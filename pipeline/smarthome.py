@@ -11,7 +11,6 @@ Trap (DATASETS.md 1.1): the official split lists hold 14 clips of ``Pour.Fromcup
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.datasets import SMARTHOME_CLASSES, SMARTHOME_CV_CLASSES
-from pipeline.ntu import SkeletonFormatError
+from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonFormatError, load_json
 
 NUM_JOINTS = 13
 FRAME_SIZE = (640, 480)
-CLIP_NAME_RE = re.compile(r"^(?P<activity>.+)_p(?P<subject>\d+)_r(?P<rep>\d+)_v(?P<take>\d+)_c(?P<camera>\d+)$")
+CLIP_NAME_RE = re.compile(
+    r"^(?P<activity>.+)_p(?P<subject>[0-9]+)_r(?P<rep>[0-9]+)_v(?P<take>[0-9]+)_c(?P<camera>[0-9]+)$")
+"""ASCII digits only (``[0-9]``, not ``\\d``, which takes any Unicode digit)."""
 
 CS_TRAIN_SUBJECTS = frozenset((3, 4, 6, 7, 9, 12, 13, 15, 17))
 CS_VAL_SUBJECTS = frozenset((19, 25))
@@ -98,6 +99,23 @@ class LcrSkeleton:
     score: np.ndarray
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(values: object, where: str, key: str) -> np.ndarray:
+    """A flat list of finite (in float32) JSON numbers as float64."""
+    if not isinstance(values, list) or not all(_is_number(v) for v in values):
+        raise SkeletonFormatError(f"{where}: needs {key} as a list of numbers")
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        array = np.array([np.inf])
+    if not (np.abs(array) <= FLOAT32_MAX).all():
+        raise SkeletonFormatError(f"{where}: non-finite (NaN/inf, or beyond float32) coordinate in {key}")
+    return array
+
+
 def read_lcrnet_json(path: str | Path, max_bodies: int = 2) -> LcrSkeleton:
     """Read a Smarthome LCR-Net JSON, keeping the best ``max_bodies`` detections of each frame.
 
@@ -109,16 +127,17 @@ def read_lcrnet_json(path: str | Path, max_bodies: int = 2) -> LcrSkeleton:
             values; the message names the file and the frame.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SkeletonFormatError(f"{path}: not valid JSON ({err})") from None
+    data = load_json(path)
     if not isinstance(data, dict) or "frames" not in data:
         raise SkeletonFormatError(f"{path}: missing key 'frames' (expected LCR-Net keys K, njts, frames)")
     njts = data.get("njts", NUM_JOINTS)
-    if njts != NUM_JOINTS:
-        raise SkeletonFormatError(f"{path}: njts = {njts}, expected {NUM_JOINTS}")
+    if not _is_number(njts) or njts != NUM_JOINTS:
+        raise SkeletonFormatError(f"{path}: njts = {njts!r}, expected {NUM_JOINTS}")
     frames = data["frames"]
+    if not isinstance(frames, list):
+        raise SkeletonFormatError(f"{path}: 'frames' is {type(frames).__name__}, expected a list of frames")
+    if len(frames) > MAX_FRAMES:
+        raise SkeletonFormatError(f"{path}: {len(frames)} frames, more than the {MAX_FRAMES} a skeleton may hold")
     num_frames = len(frames)
     pose2d = np.full((num_frames, max_bodies, NUM_JOINTS, 2), np.nan, dtype=np.float32)
     pose3d = np.full((num_frames, max_bodies, NUM_JOINTS, 3), np.nan, dtype=np.float32)
@@ -126,20 +145,21 @@ def read_lcrnet_json(path: str | Path, max_bodies: int = 2) -> LcrSkeleton:
     last_centre = [None] * max_bodies
     for t, detections in enumerate(frames):
         if not isinstance(detections, list):
-            raise SkeletonFormatError(f"{path}: frame {t}: expected a list of detections")
+            raise SkeletonFormatError(f"{path}: frame {t}: expected a list of detections, got "
+                                      f"{type(detections).__name__}")
         parsed = []
         for k, det in enumerate(detections):
-            try:
-                p2 = np.asarray(det["pose2d"], dtype=np.float64)
-                p3 = np.asarray(det["pose3d"], dtype=np.float64)
-            except (KeyError, TypeError, ValueError):
-                raise SkeletonFormatError(f"{path}: frame {t}, detection {k}: needs numeric pose2d and pose3d") from None
+            where = f"{path}: frame {t}, detection {k}"
+            if not isinstance(det, dict):
+                raise SkeletonFormatError(f"{where}: expected an object, got {type(det).__name__}")
+            p2, p3 = (_numbers(det.get(key), where, key) for key in ("pose2d", "pose3d"))
             if p2.shape != (2 * NUM_JOINTS,) or p3.shape != (3 * NUM_JOINTS,):
-                raise SkeletonFormatError(f"{path}: frame {t}, detection {k}: pose2d has {p2.size} values, pose3d "
+                raise SkeletonFormatError(f"{where}: pose2d has {p2.size} values, pose3d "
                                           f"{p3.size}; expected {2 * NUM_JOINTS} and {3 * NUM_JOINTS}")
-            if not (np.isfinite(p2).all() and np.isfinite(p3).all()):
-                raise SkeletonFormatError(f"{path}: frame {t}, detection {k}: non-finite (NaN/inf) coordinate")
-            parsed.append((float(det.get("cumscore", 1.0)), p2.reshape(2, NUM_JOINTS).T, p3.reshape(3, NUM_JOINTS).T))
+            det_score = det.get("cumscore", 1.0)
+            if not _is_number(det_score) or not abs(det_score) <= FLOAT32_MAX:
+                raise SkeletonFormatError(f"{where}: cumscore {str(det_score)[:40]!r} is not a finite number")
+            parsed.append((float(det_score), p2.reshape(2, NUM_JOINTS).T, p3.reshape(3, NUM_JOINTS).T))
         parsed.sort(key=lambda d: -d[0])
         free = list(range(max_bodies))
         for det_score, p2, p3 in parsed[:max_bodies]:

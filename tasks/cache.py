@@ -10,11 +10,18 @@
   file under a final name, and re-running the same command redoes only the shards that are missing.
 * With ``--scheduler host:port`` the tasks go to a central ``luigid``: several machines sharing the cache folder
   each take different shards and none is done twice. Tasks on a GPU declare ``resources={"gpu": 1}``.
+* Without it, a build holds ``<cache folder>/.build.lock``: a second build of the same folder exits at once
+  (code 3) naming the process that holds it, so no shard is computed twice.
+* Before any task runs: DATA_ROOT must exist and hold the first samples' files, and the I3D weights must load
+  (else one line, exit 2); finished shards are re-checked against their integrity records
+  (``cache.check_integrity``) and rebuilt when bad or when they hold environment failures (``--retry-failed``:
+  any failure), with the merged view.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +36,7 @@ import luigi
 import torch
 
 from pipeline import cache, devices, extract, video
-from pipeline.config import CacheConfig, file_sha256
+from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
 from pipeline.manifest import read_manifest, read_manifest_root
 
@@ -124,7 +131,8 @@ class CacheShard(_CacheTask):
         model = _model(config.extractor, self.i3d_weights, device)
         with self.output().temporary_path() as tmp:
             stats = extract.extract_shard(chunk, self.data_root, config, model, tmp, attrs=attrs,
-                                          workers=self.decode_workers, batch_size=self.batch_size, device=device)
+                                          workers=self.decode_workers, batch_size=self.batch_size, device=device,
+                                          record_as=self.output().path)
         entry = {"shard": self.shard_index, "started": started, "host": socket.gethostname(), "pid": os.getpid(),
                  "device": device,
                  "videos": stats.samples, "clips": stats.clips, "failures": stats.failures,
@@ -156,7 +164,13 @@ class BuildCache(_CacheTask):
         cache.merge_shards([Path(t.output().path) for t in self.requires()], cache_dir / cache.MERGED_NAME)
         for stale in cache_dir.glob("shard_*.h5-luigi-tmp-*"):  # left by killed runs; every shard is done now
             stale.unlink(missing_ok=True)
-        (cache_dir.parent / LATEST).write_text(cache_dir.name + "\n")
+        with cache.open_cache(cache_dir) as merged:
+            clips = len(merged)
+        if clips:
+            (cache_dir.parent / LATEST).write_text(cache_dir.name + "\n")
+        else:
+            log.warning("%s holds no clip (every sample failed, see %s); %s left unchanged", cache_dir,
+                        cache.FAILURES_NAME, LATEST)
         _append_log(cache_dir, {"merged": cache.MERGED_NAME, "host": socket.gethostname(),
                                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
@@ -211,8 +225,9 @@ def build_config(args: argparse.Namespace) -> CacheConfig:
     if args.i3d_weights and args.extractor == "i3d":
         if not Path(args.i3d_weights).is_file():
             raise FileNotFoundError(f"I3D_WEIGHTS {args.i3d_weights} does not exist")
-        weights_sha = file_sha256(args.i3d_weights)
-    return CacheConfig(dataset=args.dataset, protocol=args.protocol or "", manifest_sha256=file_sha256(args.manifest),
+        weights_sha = cache.file_sha256(args.i3d_weights)
+    return CacheConfig(dataset=args.dataset, protocol=args.protocol or "",
+                       manifest_sha256=cache.file_sha256(args.manifest),
                        i3d_weights_sha256=weights_sha, extractor=args.extractor, clips_per_video=args.clips_per_video,
                        t_p=args.t_p or spec.t_p, crop_pad=args.crop_pad, backend=args.backend,
                        precision=args.precision, compression=args.compression, shard_size=args.shard_size)
@@ -226,6 +241,35 @@ def status(config: CacheConfig, cache_root: str, manifest: str) -> str:
     merged = (cache_dir / cache.MERGED_NAME).exists()
     return (f"{cache_dir}: {len(done)}/{total} shards complete, {total - len(done)} remaining"
             + ("; merged view present" if merged else ""))
+
+
+def remove_stale_temp_files(cache_dir: Path) -> list[Path]:
+    """Delete the temp files of killed runs (call only while holding the build lock, without a luigid)."""
+    stale = [*cache_dir.glob("shard_*.h5-luigi-tmp-*"), *cache_dir.glob(".*.tmp-*")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def recheck(config: CacheConfig, cache_root: str, manifest: str, retry_failed: bool) -> list[str]:
+    """Send bad or retryable finished shards back to work (``extract.shards_to_rebuild``); drop the merged view
+    when a shard is redone, missing or the view itself fails its check. Returns one line per action."""
+    cache_dir = config.cache_dir(cache_root)
+    total = num_shards(len(_manifest_rows(manifest, config.protocol)), config.shard_size)
+    shards = [shard_path(cache_dir, i) for i in range(total)]
+    lines = []
+    for path, why in extract.shards_to_rebuild(shards, retry_failed=retry_failed).items():
+        lines.append(f"rebuilding {path}: {why}")
+        path.unlink(missing_ok=True)
+        cache.integrity_path(path).unlink(missing_ok=True)
+    merged = cache_dir / cache.MERGED_NAME
+    if merged.exists():
+        why = cache.check_integrity(merged) or ("shards to (re)build" if not all(p.exists() for p in shards) else "")
+        if why:
+            lines.append(f"re-merging {merged}: {why}")
+            merged.unlink()
+            cache.integrity_path(merged).unlink(missing_ok=True)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                              "cuda:k: that GPU only")
     parser.add_argument("--scheduler", default="", help="host:port of a central luigid (default: local)")
     parser.add_argument("--resume", action="store_true", help="print done/remaining shards first")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also retry samples whose failures are recorded (content failures are final otherwise)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -263,19 +309,38 @@ def main(argv: list[str] | None = None) -> int:
         config = build_config(args)
         data_root = args.data_root or read_manifest_root(args.manifest)
         rows = _manifest_rows(args.manifest, config.protocol)
+        if not rows:
+            raise ValueError(f"{args.manifest} has no sample{' in protocol ' + args.protocol if args.protocol else ''}")
+        extract.check_data_root(rows, data_root)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not rows:
-        print(f"error: {args.manifest} has no sample{' in protocol ' + args.protocol if args.protocol else ''}",
-              file=sys.stderr)
+    try:  # once, before any task: a bad file is one line here, not one traceback per shard
+        _model(config.extractor, args.i3d_weights, args.device)
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"error: I3D_WEIGHTS {args.i3d_weights}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     if config.extractor == "i3d" and config.i3d_weights_sha256 == "random-init":
         log.warning("NO I3D WEIGHTS GIVEN (I3D_WEIGHTS=): features come from a RANDOMLY INITIALISED I3D and are "
                     "meaningless for real data")
     cache_dir = config.cache_dir(args.cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.nullcontext() if args.scheduler else cache.BuildLock(cache_dir):
+            return _build(args, config, str(data_root), cache_dir)
+    except cache.CacheBusyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+
+
+def _build(args: argparse.Namespace, config: CacheConfig, data_root: str, cache_dir: Path) -> int:
+    """Recheck, then run the Luigi build of ``config`` (under the build lock unless a luigid coordinates)."""
     (cache_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    if not args.scheduler:
+        for path in remove_stale_temp_files(cache_dir):
+            log.info("removed %s, left by a killed run", path.name)
+    for line in recheck(config, args.cache_dir, args.manifest, args.retry_failed):
+        print(line)
     print(status(config, args.cache_dir, args.manifest))
     task = BuildCache(config_json=config.to_json(), cache_root=str(args.cache_dir), manifest=str(args.manifest),
                       data_root=str(data_root), i3d_weights=args.i3d_weights,
@@ -298,10 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     print(result.summary_text)
     print(status(config, args.cache_dir, args.manifest) + f" ({time.perf_counter() - start:.1f} s)")
     failures = cache_dir / cache.FAILURES_NAME
+    unreachable = 0
     if failures.exists():
-        n_failed = max(0, sum(1 for _ in open(failures, encoding="utf-8")) - 1)
-        print(f"{n_failed} samples skipped, listed in {failures}")
-    return 0 if result.scheduling_succeeded and task.complete() else 1
+        stages = cache.read_failures(failures)["stage"]
+        unreachable = int((stages == extract.ENVIRONMENT_STAGE).sum())
+        print(f"{len(stages)} samples skipped, listed in {failures}")
+    if unreachable:
+        print(f"error: {unreachable} samples could not be reached (stage {extract.ENVIRONMENT_STAGE!r} in {failures}); "
+              f"check DATA_ROOT {data_root}, then rerun: they are retried", file=sys.stderr)
+    return 0 if result.scheduling_succeeded and task.complete() and not unreachable else 1
 
 
 if __name__ == "__main__":

@@ -352,8 +352,9 @@ def test_merge_rebuilds_failures_csv_from_shards_idempotently(tmp_path, attrs):
     cache.merge_shards(paths, tmp_path / cache.MERGED_NAME)
     assert cache.read_failures(csv_path).values.tolist() == expected
     assert cache.read_shard_failures(paths[1]).values.tolist() == [expected[1]]
+    files = [*(p.name for p in paths), cache.MERGED_NAME]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [*(p.name for p in paths), cache.MERGED_NAME, cache.FAILURES_NAME])
+        [*files, *(cache.integrity_path(f).name for f in files), cache.FAILURES_NAME])
 
 
 # ---------------------------------------------------------------- bad files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -14,13 +15,13 @@ from tests.conftest import shared_path
 
 @pytest.fixture
 def ntu_root(tmp_path):
-    """A folder in the NTU release layout holding links to the real samples."""
+    """A folder in the NTU release layout holding copies of the real samples."""
     src = shared_path("samples", "ntu")
     (tmp_path / "nturgb+d_rgb").mkdir()
     (tmp_path / "nturgb+d_skeletons").mkdir()
     for f in src.iterdir():
         sub = "nturgb+d_skeletons" if f.suffix == ".skeleton" else "nturgb+d_rgb"
-        (tmp_path / sub / f.name).symlink_to(f)
+        shutil.copy(f, tmp_path / sub / f.name)  # copies: symlinks out of DATA_ROOT are refused
     return tmp_path
 
 
@@ -59,8 +60,8 @@ def test_problems_empty_malformed_and_listed(tmp_path):
     good = shared_path("samples", "ntu", "S001C001P001R001A001.skeleton")
     for sid in ("S001C001P001R001A001", "S001C002P005R002A008", "S001C001P002R001A002", "S001C001P003R001A003"):
         (tmp_path / f"{sid}_rgb.avi").write_bytes(b"video bytes")
-    (tmp_path / "S001C001P001R001A001.skeleton").symlink_to(good)
-    (tmp_path / "S001C002P005R002A008.skeleton").symlink_to(good)
+    shutil.copy(good, tmp_path / "S001C001P001R001A001.skeleton")
+    shutil.copy(good, tmp_path / "S001C002P005R002A008.skeleton")
     (tmp_path / "S001C001P002R001A002.skeleton").write_bytes(b"")
     (tmp_path / "S001C001P003R001A003.skeleton").write_text("1\r\n1\r\n123 0 1 1 1 1 0 0 0 2\r\n24\r\n")
     missing = shared_path("samples", "lists", "NTU_RGBD_samples_with_missing_skeletons.txt")
@@ -97,8 +98,8 @@ def test_nucla_scan_pairs_raw_frames_with_json(tmp_path):
     (raw / "frame_1_tc_1_skeletons.txt").write_text("60\n")
     sqe = tmp_path / "all_sqe"
     sqe.mkdir()
-    (sqe / "a12_s10_e04_v03.json").symlink_to(shared_path("samples", "nucla", "a12_s10_e04_v03.json"))
-    (sqe / "a01_s01_e00_v01.json").symlink_to(shared_path("samples", "nucla", "a01_s01_e00_v01.json"))
+    shutil.copy(shared_path("samples", "nucla", "a12_s10_e04_v03.json"), sqe / "a12_s10_e04_v03.json")
+    shutil.copy(shared_path("samples", "nucla", "a01_s01_e00_v01.json"), sqe / "a01_s01_e00_v01.json")
     df, _ = manifest.scan("nucla", tmp_path, validate=True)
     rows = df.set_index("sample_id")
     carry = rows.loc["a12_s10_e04_v03"]

@@ -384,6 +384,10 @@ def _check_shapes(clips: CachedClips, vpn_config: VPNConfig) -> None:
                          f"{want_features}")
 
 
+class NonFiniteLossError(ValueError):
+    """A training step's loss is NaN or infinite."""
+
+
 def train_epoch(model: VPN, loader: torch.utils.data.DataLoader, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, device: torch.device, amp: bool, description: str
                 ) -> dict[str, float]:
@@ -396,13 +400,17 @@ def train_epoch(model: VPN, loader: torch.utils.data.DataLoader, optimizer: torc
     seen = steps = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True)
-    for step, (features, poses, labels, _) in enumerate(bar):
+    for step, (features, poses, labels, rows) in enumerate(bar):
         features = features.to(device, non_blocking=True).float()  # (B, C, T, H, W) float16 -> float32
         poses = poses.to(device, non_blocking=True) if uses_pose else None  # (B, 2, 3, J, t_p)
         labels = labels.to(device, non_blocking=True)  # (B,)
         with autocast(device, amp):
             out = model(features, poses)
             losses = vpn_loss(out, labels, config)
+        if not torch.isfinite(losses["total"]):  # never train on, or report success from, garbage
+            ids = loader.dataset.sample_ids_of(rows.numpy())
+            raise NonFiniteLossError(f"non-finite loss {losses['total'].item()} at step {step} of {description}; "
+                                     f"the batch's samples: {', '.join(ids)}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
         if scaler.is_enabled():
@@ -654,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args, args.variant, model, args.run)
         summary = train(config, force_new=args.force_new)
     except (CacheError, CheckpointError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)  # from a DataLoader worker: its cause
         return 1
     print(json.dumps({k: summary[k] for k in ("run", "epochs_done", "best_epoch", "best")}))
     return 0
