@@ -176,16 +176,19 @@ class StandInExtractor:
             path = self.folder / f"template_{n}.h5"
             with cache.ShardWriter(path, n_rows_max=n, num_joints=spec.num_joints, t_p=config.t_p, attrs=attrs,
                                    protocols=tuple(spec.protocols), compression=config.compression) as writer:
+                # strings are stored fixed-length: the template's must be as wide as any real value
+                widest_action = max(spec.classes, key=lambda name: len(name.encode()))
                 for i in range(n):
                     writer.append(features=np.zeros(FEATURE_SHAPE, np.float16),
                                   poses=np.zeros((2, 3, spec.num_joints, config.t_p), np.float32),
-                                  sample_id=f"template{i}", label=0, action=spec.classes[0], clip_index=0,
-                                  frame_indices=np.arange(CLIP_FRAMES), box=np.zeros(4),
-                                  splits={p: "" for p in spec.protocols})
+                                  sample_id=f"S000C000P000R000A{i:03d}"[-20:], label=0, action=widest_action,
+                                  clip_index=0, frame_indices=np.arange(CLIP_FRAMES), box=np.zeros(4),
+                                  splits={p: "train" for p in spec.protocols})
             self.templates[n] = path
         return self.templates[n]
 
-    def __call__(self, rows, data_root, config, model, out_path, *, attrs, **_: object) -> ShardStats:
+    def __call__(self, rows, data_root, config, model, out_path, *, attrs, record_as=None,
+                 **_: object) -> ShardStats:
         start = time.perf_counter()
         self.starts.append(start)
         shutil.copyfile(self._template(len(rows), config, attrs), out_path)
@@ -195,6 +198,7 @@ class StandInExtractor:
             f[cache.ACTIONS][:] = np.array([r["action"] for r in rows], dtype=object)
             for protocol, ds in f[cache.SPLITS_GROUP].items():
                 ds[:] = np.array([r[protocol] for r in rows], dtype=object)
+        cache.record_integrity(out_path, record_as if record_as is not None else out_path)  # as extract_shard does
         seconds = time.perf_counter() - start
         self.seconds += seconds
         return ShardStats(samples=len(rows), clips=len(rows), seconds=seconds)

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile
@@ -156,7 +157,10 @@ def check_compile(size: dict, device: torch.device, weights: str | None, best: d
 
 
 def pipeline_data(folder: Path, size: dict) -> tuple[Path, list[dict], dict]:
-    """Synthetic videos plus symlinked copies of the real NTU pair (distinct ids) in one folder; its manifest rows."""
+    """Synthetic videos plus copies of the real NTU pair (distinct ids) in one folder; its manifest rows.
+
+    The pair is copied once into the folder and hard-linked from there: the cache refuses paths that leave DATA_ROOT,
+    symlinks to ../shared included."""
     root = folder / "data"
     generated = generate(root / "synthetic", SyntheticConfig(n=size["synthetic"], seed=1,
                                                               frame_size=size["frame_size"], min_frames=70,
@@ -165,6 +169,10 @@ def pipeline_data(folder: Path, size: dict) -> tuple[Path, list[dict], dict]:
     copies = 0
     if (real / f"{REAL_PAIR}_rgb.avi").is_file():
         (root / "real").mkdir(parents=True)
+        local = folder / "real_source"  # outside DATA_ROOT: the scan sees only the links
+        local.mkdir()
+        for name in (f"{REAL_PAIR}_rgb.avi", f"{REAL_PAIR}.skeleton"):
+            shutil.copyfile(real / name, local / name.replace(REAL_PAIR, "pair"))
         taken = set(generated)
         for k in range(1, 1000):
             if copies == size["real_copies"]:
@@ -173,8 +181,8 @@ def pipeline_data(folder: Path, size: dict) -> tuple[Path, list[dict], dict]:
             if sid in taken:
                 continue
             taken.add(sid)
-            os.symlink(real / f"{REAL_PAIR}_rgb.avi", root / "real" / f"{sid}_rgb.avi")
-            os.symlink(real / f"{REAL_PAIR}.skeleton", root / "real" / f"{sid}.skeleton")
+            os.link(local / "pair_rgb.avi", root / "real" / f"{sid}_rgb.avi")
+            os.link(local / "pair.skeleton", root / "real" / f"{sid}.skeleton")
             copies += 1
     df, _ = manifest.scan("ntu60", root)
     return root, df.to_dict("records"), {"real_copies": copies, "synthetic": len(generated),

@@ -22,9 +22,9 @@ from pipeline.cache import MERGED_NAME, CacheError, CacheReader, open_cache
 
 LATEST = "LATEST"
 FAILURE_EXAMPLES = 5
-H5_FILTERS = {1: "gzip", 2: "shuffle", 32000: "lzf", 32001: "blosc", 32008: "bitshuffle", 32015: "zstd",
-              32026: "blosc2"}
-"""HDF5 filter ids (the registered ones of https://github.com/HDFGroup/hdf5_plugins) by name; 1 and 2 are built in,
+H5_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf", 32001: "blosc", 32008: "bitshuffle",
+              32015: "zstd", 32026: "blosc2"}
+"""HDF5 filter ids (the registered ones of https://github.com/HDFGroup/hdf5_plugins) by name; 1-3 are built in,
 the others need ``hdf5plugin`` (``lzf`` ships with h5py)."""
 
 

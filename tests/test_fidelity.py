@@ -195,7 +195,8 @@ def test_oracle_head_attends_the_given_cell():
 @pytest.mark.parametrize("overrides", [dict(pose_pool="max_dense"), dict(temporal_scale="mean1"),
                                        dict(attention_init="zero"), dict(embedding_input="a_s"),
                                        dict(embedding_centre="spatial"), dict(embedding_centre="batch"),
-                                       dict(embedding_loss="contrastive"),
+                                       dict(embedding_loss="contrastive"), dict(attention_residual=False),
+                                       dict(attention_pooling="normalised", attention_residual=False),
                                        {k: getattr(VPNConfig, k) for k in PAPER_READING}])  # the defaults
 def test_head_options_train_every_parameter(overrides):
     from vpn_head.losses import vpn_loss
@@ -221,6 +222,23 @@ def test_temporal_scale_mean1_averages_one_and_zero_init_is_uniform():
     out = VPN(config)(*tiny_inputs(config))
     torch.testing.assert_close(out.attention_temporal, torch.ones_like(out.attention_temporal))
     torch.testing.assert_close(out.attention_spatial, torch.full_like(out.attention_spatial, 0.5))
+
+
+def test_normalised_pooling_is_the_attention_weighted_average_of_f():
+    from vpn_head.attention import apply_attention, attention_weights
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.rand(2, 4, 8, 7, 7, generator=g)
+    a_s, a_t = torch.rand(2, 7, 7, generator=g), torch.softmax(torch.randn(2, 8, generator=g), dim=1)
+    for residual in (True, False):
+        weights = attention_weights(a_s, a_t, coupler=True, residual=residual)  # (N, T, H, W)
+        pooled = apply_attention(f, a_s, a_t, True, residual, normalise=True).mean(dim=(2, 3, 4))  # (N, C)
+        expected = (weights[:, None] * f).sum(dim=(2, 3, 4)) / weights.sum(dim=(1, 2, 3))[:, None]
+        torch.testing.assert_close(pooled, expected)
+    one_cell = torch.zeros(2, 7, 7)
+    one_cell[:, 3, 4] = 1.0
+    pooled = apply_attention(f, one_cell, torch.full((2, 8), 1 / 8), True, residual=False, normalise=True)
+    torch.testing.assert_close(pooled.mean(dim=(2, 3, 4)), f[:, :, :, 3, 4].mean(dim=2))  # pools that cell only
 
 
 def test_max_dense_pooling_tells_which_joint_moved():

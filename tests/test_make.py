@@ -38,7 +38,8 @@ def command_of(target: str, *variables: str, base: bool = True) -> str:
     """The python command line ``make -n target variables…`` would run (with the target's ``BASE`` variables)."""
     result = make_n(target, *(BASE.get(target, []) if base else []), *variables)
     assert result.returncode == 0, result.stderr
-    (line,) = [l for l in result.stdout.splitlines() if " -m " in l and "pip install" not in l]
+    (line,) = [l for l in result.stdout.splitlines()
+               if " -m " in l and "pip install" not in l and " -m venv" not in l]
     return " ".join(shlex.split(line))
 
 
@@ -167,7 +168,8 @@ def test_inspect_summarises_config_counts_failures_and_shapes(tmp_path):
     splits = np.concatenate([r.splits["cs"] for r in records if len(r)])
     assert summary["splits"]["cs"]["train"]["clips"] == int((splits == "train").sum())
     assert sum(c.get("train", 0) + c.get("test", 0) + c.get("", 0) for c in summary["classes"]) == summary["videos"]
-    assert summary["datasets"]["features"]["filters"] == ["zstd(1)"] and summary["datasets"]["features"]["virtual"]
+    features = summary["datasets"]["features"]
+    assert features["filters"] == ["zstd(1)", "fletcher32"] and features["virtual"]
     assert summary["datasets"]["poses"]["shape"] == [5, 2, 3, 25, 20]
     text = inspect_cache.format_summary(summary)
     assert "failures: 3 (decode 3)" in text and "i3d_weights_sha256: " + "ab" * 32 in text

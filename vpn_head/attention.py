@@ -72,8 +72,20 @@ def resize_spatial_attention(a_s: torch.Tensor, size: tuple[int, int]) -> torch.
     return F.interpolate(a_s[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]  # (N, H, W)
 
 
+def attention_weights(a_s: torch.Tensor, a_t: torch.Tensor, coupler: bool, residual: bool = True) -> torch.Tensor:
+    """The multiplicative map M with ``f' = M * f`` (broadcast over channels), (N, T, H, W).
+
+    Coupled: ``M = A_ST + 1`` (``A_ST`` without the residual). Uncoupled: ``M = (A_T + 1)(A_S + 1)`` (``A_T A_S``
+    without the residual), which is ``f_s = A_S * f + f`` followed by ``f' = A_T * f_s + f_s``.
+    """
+    keep = 1.0 if residual else 0.0
+    if coupler:
+        return couple(a_s, a_t) + keep  # (N, T, H, W)
+    return (a_t[:, :, None, None] + keep) * (a_s[:, None] + keep)  # (N, T, H, W)
+
+
 def apply_attention(f: torch.Tensor, a_s: torch.Tensor, a_t: torch.Tensor, coupler: bool,
-                    residual: bool = True) -> torch.Tensor:
+                    residual: bool = True, normalise: bool = False) -> torch.Tensor:
     """Modulate the feature map with the attention (see the module doc for both definitions).
 
     Args:
@@ -83,14 +95,15 @@ def apply_attention(f: torch.Tensor, a_s: torch.Tensor, a_t: torch.Tensor, coupl
         coupler: True for ``A_ST * f + f``; False for ``f_s = A_S * f + f``, ``A_T * f_s + f_s``.
         residual: False drops the ``+ f`` terms (``A_ST * f``; ``A_T * A_S * f`` uncoupled), so attention can
             suppress a place instead of only adding to it (``VPNConfig.attention_residual``; the paper keeps them).
+        normalise: divide by the map's mean over (T, H, W), so that the head's global average pool of f' is the
+            attention-weighted average of f (``VPNConfig.attention_pooling="normalised"``); the overall scale of
+            f' then no longer depends on how much attention there is.
 
     Returns:
         f', same shape as f.
     """
     a_s = resize_spatial_attention(a_s, f.shape[-2:])  # (N, H, W)
-    keep = 1.0 if residual else 0.0
-    if coupler:
-        a_st = couple(a_s, a_t)  # (N, T, H, W)
-        return a_st[:, None] * f + keep * f  # (N, C, T, H, W)
-    f_s = a_s[:, None, None] * f + keep * f  # (N, C, T, H, W)
-    return a_t[:, None, :, None, None] * f_s + keep * f_s  # (N, C, T, H, W)
+    weights = attention_weights(a_s, a_t, coupler, residual)  # (N, T, H, W)
+    if normalise:
+        weights = weights / weights.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)  # (N, T, H, W)
+    return weights[:, None] * f  # (N, C, T, H, W)

@@ -24,6 +24,7 @@ PAPER_READING: dict[str, str] = {"pose_pool": "mean", "temporal_scale": "sum1", 
 POSE_POOLS: tuple[str, ...] = ("mean", "max_dense")
 TEMPORAL_SCALES: tuple[str, ...] = ("sum1", "mean1")
 ATTENTION_INITS: tuple[str, ...] = ("default", "zero")
+ATTENTION_POOLINGS: tuple[str, ...] = ("sum", "normalised")
 EMBEDDING_INPUTS: tuple[str, ...] = ("z1", "a_s")
 EMBEDDING_CENTRES: tuple[str, ...] = ("none", "spatial", "batch")
 
@@ -57,6 +58,9 @@ class VPNConfig:
         attention_residual: keep the ``+ f`` of eq. 3 (True, the paper): attention can then only add to a place
             (at most doubling it with ``temporal_scale="mean1"``), never remove a distractor; False gives
             ``f' = A_ST * f``.
+        attention_pooling: ``sum`` (the paper: the head's global average pool of f' = M f, so the features' scale
+            grows with the attention) or ``normalised`` (f' = M f / mean(M): the pool is the attention-weighted
+            average of f, so attention chooses *where* to pool instead of how much to add).
         attention_init: ``default`` (PyTorch's Linear init) or ``zero`` (the last layer of each attention
             branch starts at zero, as in the authors' code: A_S = 0.5 and A_T uniform for every video at init).
         embedding_input: what the pose side of the embedding projects: ``z1`` (paper eq. 4) or ``a_s``
@@ -102,6 +106,7 @@ class VPNConfig:
     pose_pool: str = "max_dense"
     temporal_scale: str = "mean1"
     attention_residual: bool = True
+    attention_pooling: str = "sum"
     attention_init: str = "default"
     embedding_input: str = "z1"
     embedding_centre: str = "batch"
@@ -115,6 +120,7 @@ class VPNConfig:
         _choice("pose_pool", self.pose_pool, POSE_POOLS)
         _choice("temporal_scale", self.temporal_scale, TEMPORAL_SCALES)
         _choice("attention_init", self.attention_init, ATTENTION_INITS)
+        _choice("attention_pooling", self.attention_pooling, ATTENTION_POOLINGS)
         _choice("embedding_input", self.embedding_input, EMBEDDING_INPUTS)
         _choice("embedding_centre", self.embedding_centre, EMBEDDING_CENTRES)
         if (not isinstance(self.embedding_temperature, (int, float)) or isinstance(self.embedding_temperature, bool)

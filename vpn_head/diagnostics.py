@@ -267,12 +267,13 @@ class OracleAttentionHead(nn.Module):
         dropout: before the classifier.
         temporal_scale: ``sum1`` (A_T = 1/T, the paper's scale) or ``mean1`` (A_T = 1).
         residual: keep the ``+ f`` of eq. 3.
+        normalise: attention-weighted average pooling (``VPNConfig.attention_pooling="normalised"``).
     """
 
     def __init__(self, feature_channels: int, feature_time: int, num_classes: int, dropout: float,
-                 temporal_scale: str = "sum1", residual: bool = True):
+                 temporal_scale: str = "sum1", residual: bool = True, normalise: bool = False):
         super().__init__()
-        self.residual = residual
+        self.residual, self.normalise = residual, normalise
         self.a_t_value = 1.0 / feature_time if temporal_scale == "sum1" else 1.0
         self.feature_time = feature_time
         self.dropout = nn.Dropout(dropout)
@@ -281,5 +282,5 @@ class OracleAttentionHead(nn.Module):
     def forward(self, features: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
         """features (N, C, T, H, W), a_s (N, S, S) -> logits (N, num_classes)."""
         a_t = features.new_full((features.shape[0], self.feature_time), self.a_t_value)  # (N, T)
-        f_prime = apply_attention(features, a_s, a_t, coupler=True, residual=self.residual)  # (N, C, T, H, W)
+        f_prime = apply_attention(features, a_s, a_t, True, self.residual, self.normalise)  # (N, C, T, H, W)
         return self.classifier(self.dropout(f_prime.mean(dim=(2, 3, 4))))  # (N, num_classes)

@@ -16,6 +16,7 @@ prints mean +- sd over the seeds and writes ``fidelity.json`` / ``fidelity.md``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -53,13 +54,24 @@ def run_variants(cache: str, runs_dir: str, seed: int, epochs: int, variants: tu
     """
     results = []
     for variant in variants:
+        overrides = dict(model or {}) if variant != "i3d" else {}
         config = TrainConfig(dataset=dataset, protocol=protocol, variant=variant, epochs=epochs, cache=cache,
-                             runs_dir=runs_dir, run_name=f"{variant}_seed{seed}", seed=seed, num_workers=0,
-                             in_memory=True, model=dict(model or {}) if variant != "i3d" else {})
+                             runs_dir=runs_dir, run_name=run_name(dataset, protocol, variant, overrides, seed),
+                             seed=seed, num_workers=0, in_memory=True, model=overrides)
         train(config)
         results.append(evaluate_run(config.run_dir, split="test", checkpoint="best", cache=cache,
                                     manifest=manifest, data_root=data_root, device="cpu"))
     return results
+
+
+def run_name(dataset: str, protocol: str, variant: str, model: dict[str, Any], seed: int) -> str:
+    """``<variant>[_<model hash>]_seed<seed>``: pose variants carry a hash of their resolved ``VPNConfig``, so runs
+    of other head settings (``--model``, or changed defaults) land beside them instead of clashing."""
+    if variant == "i3d":
+        return f"i3d_seed{seed}"
+    resolved = VPNConfig.for_dataset(dataset, protocol, variant=variant, **model).to_dict()
+    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{variant}_{digest}_seed{seed}"
 
 
 def _split_arrays(clips: CachedClips) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -95,7 +107,8 @@ def train_oracle(cache: str, seed: int, epochs: int, manifest: str, data_root: s
     seed_everything(seed, deterministic=True)
     head_config = VPNConfig.for_dataset(dataset, protocol, variant="attention", **(model or {}))
     head = diag.OracleAttentionHead(features.shape[1], features.shape[2], head_config.num_classes,
-                                    head_config.dropout, head_config.temporal_scale, head_config.attention_residual)
+                                    head_config.dropout, head_config.temporal_scale, head_config.attention_residual,
+                                    head_config.attention_pooling == "normalised")
     optimizer = torch.optim.SGD(head.parameters(), lr=defaults.lr, momentum=defaults.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, defaults.lr_step, defaults.lr_gamma)
     features, maps, labels, _ = data["train"]
@@ -211,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         root, manifest, cache = build_dataset(args.work, args.n, args.data_seed, args.i3d_weights)
-        runs = args.work / ("runs" + "".join(f"_{k}={v}" for k, v in args.model))
+        runs = args.work / "runs"
         per_seed, oracle = [], []
         for seed in args.seeds:
             per_seed.append(run_variants(str(cache), str(runs), seed, args.epochs, tuple(args.variants),

@@ -93,7 +93,7 @@ RESUME_FREE_FIELDS: tuple[str, ...] = (
     "run_name", "eval_clips", "eval_crop_size",
 )
 """FinetuneConfig fields a resumed run may change: hardware, paths, the final evaluation, more epochs."""
-FINETUNE_LOG_COLUMNS: tuple[str, ...] = (*LOG_COLUMNS, "world_size", "accum_steps")
+FINETUNE_LOG_COLUMNS: tuple[str, ...] = (*(c for c in LOG_COLUMNS if not c.startswith("grad_")), "world_size", "accum_steps")
 I3D_STRIDE = (8, 32)
 """Mixed_5c downsamples time by 8 and space by 32 (TF SAME padding rounds up)."""
 

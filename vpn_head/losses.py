@@ -30,9 +30,11 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
 def contrastive_loss(f_e: torch.Tensor, p_e: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE between normalised video and pose embeddings: sample i's pose must be closer (cosine) to
     its own video than to the batch's other videos, and the other way round. Unlike the Euclidean loss it has no
-    minimum where every embedding is the same vector. A batch of one has no negatives and gives 0."""
+    minimum where every embedding is the same vector. A batch of one has no negatives and gives 0 (still connected
+    to both embeddings, so DDP sees every parameter used). The negatives are the (micro-)batch's own: the
+    end-to-end fine-tune's per-GPU batches of a few clips give few negatives."""
     if f_e.shape[0] < 2:
-        return f_e.new_zeros(())
+        return (f_e.sum() + p_e.sum()) * 0.0
     similarity = F.normalize(f_e, dim=1) @ F.normalize(p_e, dim=1).T / temperature  # (N, N)
     target = torch.arange(f_e.shape[0], device=f_e.device)  # (N,)
     return (F.cross_entropy(similarity, target) + F.cross_entropy(similarity.T, target)) / 2

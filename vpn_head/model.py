@@ -103,8 +103,8 @@ class VPN(nn.Module):
             return features, aux
         h = self.pose_encoder(poses)  # (N, 128)
         z1, a_s, a_t = self.attention(h)  # (N, 49), (N, 7, 7), (N, 8)
-        f_prime = apply_attention(features, a_s, a_t, self.config.coupler,
-                                  self.config.attention_residual)  # (N, C, T, H, W)
+        f_prime = apply_attention(features, a_s, a_t, self.config.coupler, self.config.attention_residual,
+                                  self.config.attention_pooling == "normalised")  # (N, C, T, H, W)
         aux.update(attention_spatial=a_s, attention_temporal=a_t)
         if self.embedding is not None:
             pose_side = z1 if self.config.embedding_input == "z1" else a_s.flatten(1)  # (N, 49)
