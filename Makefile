@@ -99,8 +99,8 @@ report: setup  ## figures for a run: RUN=name
 	$(call need,RUN,the run to draw)
 	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint) $(call given_opt,MANIFEST,--manifest)
 
-demo: setup  ## synthetic data -> manifest -> cache -> train i3d and vpn heads -> evaluate, in minutes on CPU
-	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --cameras-per-take 1 --hand-amplitude 0.2 --overwrite
+demo: setup  ## synthetic data -> manifest -> cache -> i3d, attention, vpn heads + oracle -> the fidelity columns, minutes on CPU
+	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --cameras-per-take 1 --hand-amplitude 0.2 --active-hand random --passive-hand-amplitude 0.2 --overwrite
 	$(PY) -m pipeline.manifest --dataset ntu60 --data-root $(DEMO_ROOT) --out $(DEMO_DIR)/manifest.csv
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(DEMO_DIR)/manifest.csv --cache-dir $(DEMO_DIR)/cache --shard-size 32 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
 	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --manifest $(DEMO_DIR)/manifest.csv --epochs $(or $(DEMO_EPOCHS),30)

@@ -988,14 +988,16 @@ def _write_record(final: Path, record: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def check_integrity(path: str | Path, *, full: bool = False) -> str:
+def check_integrity(path: str | Path, *, full: bool = False, adopt_legacy: bool = False) -> str:
     """Check a cache file against its integrity record; return "" when it matches, else what is wrong.
 
     Cheap check (``full=False``, what a rerun of ``make cache`` does): the size must match the record, and the
     sha256 is recomputed only when the modification time differs from the record (a file changed by a program;
     a file copied without its times is hashed once and its record updated). Full check (``make verify``): the
     sha256 always, then every chunk of every dataset is read, so HDF5 verifies its Fletcher-32 checksums, and
-    features and poses must be finite.
+    features and poses must be finite. ``adopt_legacy`` (what a rerun does): a file without a record, written by
+    a version before integrity records (its shards were renamed into place only when complete), is read back
+    whole once and recorded when every chunk reads and every value is finite, instead of being rebuilt.
     """
     path = Path(path)
     if not path.is_file():
@@ -1004,6 +1006,13 @@ def check_integrity(path: str | Path, *, full: bool = False) -> str:
         record = json.loads(integrity_path(path).read_text(encoding="utf-8"))
         size, mtime_ns, sha256 = int(record["bytes"]), int(record["mtime_ns"]), str(record["sha256"])
     except FileNotFoundError:
+        if adopt_legacy:  # a finished file from before integrity records: read it all once, then record it
+            problem = _read_every_chunk(path)
+            if problem:
+                return f"no integrity record and a full read fails: {problem}"
+            record_integrity(path, path)
+            log.warning("%s predates integrity records: read back whole, recorded as it is", path)
+            return ""
         return f"no integrity record {integrity_path(path).name} (written before checksums, or interrupted)"
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"unreadable integrity record {integrity_path(path).name} ({type(err).__name__}: {err})"

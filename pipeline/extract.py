@@ -169,7 +169,7 @@ def shards_to_rebuild(paths: Sequence[Path], *, retry_failed: bool = False) -> d
     for path in paths:
         if not path.exists():
             continue
-        problem = cache.check_integrity(path)
+        problem = cache.check_integrity(path, adopt_legacy=True)
         if problem:
             redo[path] = problem
             continue
