@@ -78,10 +78,11 @@ from vpn_head.evaluate import (
     write_eval_reports,
 )
 from vpn_head.losses import vpn_loss
+from vpn_head.splits import CARVED_VAL
 from vpn_head.model import VPN, VPNOutput
 from vpn_head.train import (
-    LOG_COLUMNS, LOSS_KEYS, POSTFIX_EVERY, RunConfigError, _Progress, parse_args_with_config, parse_override,
-    raise_if_other_experiment, rng_state, save_checkpoint, seed_everything, set_rng_state,
+    EVAL_SPLITS, LOG_COLUMNS, LOSS_KEYS, POSTFIX_EVERY, RunConfigError, _Progress, parse_args_with_config,
+    parse_override, raise_if_other_experiment, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,9 @@ class FinetuneConfig:
         variant: head variant for a new head (``i3d``, ``attention``, ``vpn``); empty: the init run's, or
             ``vpn`` without one. A run given with ``init`` must agree.
         model: further ``VPNConfig`` overrides for a new head (not allowed with ``init``).
-        eval_split: split scored after each epoch, picks ``best.pt``: ``auto`` (val, else test), ``val``,
-            ``test``.
+        eval_split: split scored after each epoch, picks ``best.pt``: ``auto`` (val, else ``val_carved``: training
+            subjects held out, as the head trainer), ``val``, ``val_carved``, ``test``.
+        val_fraction: share of the training subjects carved out as ``val_carved``.
         eval_clips: clips per video in the final evaluation (evenly spaced windows).
         eval_crop_size: short side of the resized person box in the final evaluation.
         seed: seeds Python, NumPy, torch (plus the rank), the sampler and the augmentation.
@@ -163,6 +165,7 @@ class FinetuneConfig:
     variant: str = ""
     model: dict[str, Any] = field(default_factory=dict)
     eval_split: str = "auto"
+    val_fraction: float = 0.2
     eval_clips: int = 3
     eval_crop_size: int = 256
     seed: int = 0
@@ -205,7 +208,8 @@ class FinetuneConfig:
                or getattr(self, n) < 1]
         bad += [n for n in ("num_workers", "seed") if not isinstance(getattr(self, n), int) or getattr(self, n) < 0]
         checks = {"lr": self.lr > 0, "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
-                  "lr_gamma": 0 < self.lr_gamma <= 1, "eval_split": self.eval_split in ("auto", "val", "test"),
+                  "lr_gamma": 0 < self.lr_gamma <= 1, "eval_split": self.eval_split in EVAL_SPLITS,
+                  "val_fraction": 0 < self.val_fraction < 1,
                   "variant": self.variant in ("", *VARIANTS)}
         bad += [name for name, ok in checks.items() if not ok]
         if bad:
@@ -355,14 +359,17 @@ class PixelClips(Dataset):
 
     def __init__(self, cache: str | os.PathLike, protocol: str, split: str, dataset: str,
                  paths: Mapping[str, tuple[Path, Path]], clip_len: int = CLIP_FRAMES, crop_size: int = CROP_SIZE,
-                 augment: AugmentConfig | None = None, seed: int = 0) -> None:
-        """Index the split and check that its videos are where the manifest says.
+                 augment: AugmentConfig | None = None, seed: int = 0, carve_fraction: float = 0.0,
+                 carve_seed: int = 0) -> None:
+        """Index the split and check that its videos are where the manifest says (``carve_fraction`` and
+        ``carve_seed``: the validation set carved from train by subject, as ``CachedClips``).
 
         Raises:
             CacheError: as ``CachedClips``; a sample missing from the manifest.
             FileNotFoundError: the first video of the split does not exist (wrong DATA_ROOT).
         """
-        index = CachedClips(cache, protocol, split, dataset=dataset)
+        index = CachedClips(cache, protocol, split, dataset=dataset, carve_fraction=carve_fraction,
+                            carve_seed=carve_seed)
         self.path, self.spec, self.split = index.path, index.spec, split
         self.rows, self.labels, self.sample_ids = index.rows, index.labels, index.sample_ids
         self.class_names = index.class_names
@@ -813,6 +820,7 @@ def _write_logs(run_dir: Path, config: FinetuneConfig, vpn_config: VPNConfig, pr
     summary = {
         "run": run_dir.name, "dataset": config.dataset, "protocol": config.protocol, "variant": vpn_config.variant,
         "finetune": True, "headline_metric": metric, "eval_split": best["eval_split"],
+        "checkpoint_selected_on": best["eval_split"],
         "epochs_done": progress.epoch, "epochs": config.epochs, "complete": progress.epoch >= config.epochs,
         "best_epoch": progress.best_epoch, "best": {"top1": best["eval_top1"], "mean_class": best["eval_mean_class"]},
         "last": {"top1": last["eval_top1"], "mean_class": last["eval_mean_class"]},
@@ -822,16 +830,22 @@ def _write_logs(run_dir: Path, config: FinetuneConfig, vpn_config: VPNConfig, pr
     return summary
 
 
-def _eval_clips(config: FinetuneConfig, cache: Path, paths: Mapping[str, tuple[Path, Path]]) -> PixelClips:
-    def split_clips(split: str) -> PixelClips:
-        return PixelClips(cache, config.protocol, split, config.dataset, paths, config.clip_len, config.crop_size)
-
+def _selection_split(config: FinetuneConfig, cache: Path) -> str:
+    """The split that chooses ``best.pt``, as the head trainer's: ``val``, else ``val_carved`` (never test unless
+    asked)."""
     if config.eval_split != "auto":
-        return split_clips(config.eval_split)
+        return config.eval_split
     try:
-        return split_clips("val")
+        CachedClips(cache, config.protocol, "val", dataset=config.dataset)
+        return "val"
     except EmptySplitError:
-        return split_clips("test")
+        return CARVED_VAL
+
+
+def _eval_clips(config: FinetuneConfig, cache: Path, paths: Mapping[str, tuple[Path, Path]], split: str
+                ) -> PixelClips:
+    return PixelClips(cache, config.protocol, split, config.dataset, paths, config.clip_len, config.crop_size,
+                      carve_fraction=config.val_fraction if split == CARVED_VAL else 0.0, carve_seed=config.seed)
 
 
 def finetune(config: FinetuneConfig, force_new: bool = False) -> dict[str, Any]:
@@ -859,9 +873,12 @@ def finetune(config: FinetuneConfig, force_new: bool = False) -> dict[str, Any]:
     amp = config.amp if config.amp is not None else device.type == "cuda"
     cache = find_cache(config.cache, config.dataset)
     paths = sample_paths(config.manifest_path, config.data_root)
+    chooser = _selection_split(config, cache)
     train_set = PixelClips(cache, config.protocol, "train", config.dataset, paths, config.clip_len, config.crop_size,
-                           augment=config.augment, seed=config.seed)
-    eval_set = _eval_clips(config, cache, paths)
+                           augment=config.augment, seed=config.seed,
+                           carve_fraction=config.val_fraction if chooser == CARVED_VAL else 0.0,
+                           carve_seed=config.seed)
+    eval_set = _eval_clips(config, cache, paths, chooser)
     metric = train_set.spec.metric
 
     seed_everything(config.seed + ctx.rank, config.deterministic)
@@ -1045,7 +1062,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", default="", choices=("", *VARIANTS), help="head variant of a new head")
     parser.add_argument("--model", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
                         help="VPNConfig field of a new head (repeatable)")
-    parser.add_argument("--eval-split", default=defaults.eval_split, choices=("auto", "val", "test"))
+    parser.add_argument("--eval-split", default=defaults.eval_split, choices=EVAL_SPLITS)
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                        help="share of training subjects carved out as val_carved")
     parser.add_argument("--eval-clips", type=int, default=defaults.eval_clips)
     parser.add_argument("--eval-crop-size", type=int, default=defaults.eval_crop_size)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -1071,7 +1090,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         lr_step=args.lr_step, lr_gamma=args.lr_gamma, freeze_until=args.freeze_until, frozen_bn=args.frozen_bn,
         clip_len=args.clip_len, crop_size=args.crop_size,
         augment=AugmentConfig(args.flip_prob, args.temporal_jitter, args.box_scale, args.box_shift),
-        variant=args.variant, model=dict(args.model), eval_split=args.eval_split, eval_clips=args.eval_clips,
+        variant=args.variant, model=dict(args.model), eval_split=args.eval_split,
+        val_fraction=args.val_fraction, eval_clips=args.eval_clips,
         eval_crop_size=args.eval_crop_size, seed=args.seed, deterministic=args.deterministic,
         num_workers=args.num_workers, amp=args.amp, device=args.device, manifest=args.manifest,
         data_root=args.data_root, cache=args.cache_dir, runs_dir=args.runs_dir, run_name=args.run, init=args.init,
