@@ -333,6 +333,18 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+MERGE_WAIT_S = 120.0
+"""How long a worker under luigid waits for the merged view that another worker is writing."""
+
+
+def _wait_for_merge(task: luigi.Task) -> None:
+    """Under luigid a worker whose shards are done may exit while another worker still writes ``cache.h5`` (Luigi
+    reports that task as run by another worker): wait for it, so both report the finished cache."""
+    deadline = time.monotonic() + MERGE_WAIT_S
+    while not task.complete() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def _build(args: argparse.Namespace, config: CacheConfig, data_root: str, cache_dir: Path) -> int:
     """Recheck, then run the Luigi build of ``config`` (under the build lock unless a luigid coordinates)."""
     (cache_dir / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -360,6 +372,8 @@ def _build(args: argparse.Namespace, config: CacheConfig, data_root: str, cache_
     start = time.perf_counter()
     result = luigi.build([task], workers=args.workers, detailed_summary=True, log_level="WARNING",
                          **scheduler)
+    if args.scheduler and result.scheduling_succeeded:
+        _wait_for_merge(task)
     print(result.summary_text)
     print(status(config, args.cache_dir, args.manifest) + f" ({time.perf_counter() - start:.1f} s)")
     failures = cache_dir / cache.FAILURES_NAME

@@ -296,3 +296,29 @@ def test_features_that_overflow_float16_fail_the_whole_sample(synthetic, tmp_pat
         assert rows[0]["sample_id"] not in set(c.sample_ids)  # neither of its two clips was written
         assert c.failures.values.tolist()[0][:2] == [rows[0]["sample_id"], "features"]
         assert "overflow float16" in c.failures.values.tolist()[0][2]
+
+
+def test_a_worker_under_luigid_waits_for_the_merge_another_worker_writes(monkeypatch):
+    """Under luigid the worker that did not merge returned before ``cache.h5`` existed and exited 1 (seen once in
+    a loaded full-suite run of the test above); it now waits for the other worker's merge, for a bounded time."""
+    from tasks import cache as cache_tasks
+
+    class Merging:
+        calls = 0
+
+        def complete(self) -> bool:
+            self.calls += 1
+            return self.calls >= 3
+
+    merging = Merging()
+    cache_tasks._wait_for_merge(merging)
+    assert merging.calls == 3
+
+    class Never:
+        def complete(self) -> bool:
+            return False
+
+    monkeypatch.setattr(cache_tasks, "MERGE_WAIT_S", 0.2)
+    start = time.monotonic()
+    cache_tasks._wait_for_merge(Never())
+    assert 0.2 <= time.monotonic() - start < 2.0

@@ -79,6 +79,19 @@ def test_training_chooses_the_checkpoint_on_carved_validation(tmp_path):
     assert metrics["checkpoint_selected_on"] == CARVED_VAL and metrics["split"] == "test"
 
 
+def test_selection_split_prefers_the_protocol_s_val_then_carves_never_test(tmp_path):
+    from vpn_head.data import selection_split
+
+    spec_classes = (0, 1)
+    with_val = write_tiny_cache(tmp_path / "sh", "smarthome", spec_classes, {"train": 2, "val": 1, "test": 1},
+                                {"train": 1, "val": 1, "test": 1})
+    without_val = write_tiny_cache(tmp_path / "nu", "nucla", spec_classes, {"train": 2, "test": 1},
+                                   {"train": 1, "test": 1})
+    assert selection_split(with_val, "cs", "smarthome") == "val"
+    assert selection_split(without_val, "v3_12", "nucla") == CARVED_VAL
+    assert selection_split(without_val, "v3_12", "nucla", "test") == "test"  # only when asked for
+
+
 def train_and_read(config: TrainConfig) -> dict:
     from vpn_head.train import train
 

@@ -101,6 +101,18 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def selection_split(cache: str | os.PathLike, protocol: str, dataset: str, requested: str = "auto") -> str:
+    """The split that chooses a run's ``best.pt``: ``requested``, or for ``auto`` the protocol's ``val`` split when
+    the cache has one (Smarthome), else ``val_carved`` (training subjects held out; never the test split)."""
+    if requested != "auto":
+        return requested
+    try:
+        CachedClips(cache, protocol, "val", dataset=dataset)  # indexes the split only; loads nothing
+        return "val"
+    except EmptySplitError:
+        return CARVED_VAL
+
+
 class CachedClips(Dataset):
     """The clips of one protocol split of a feature cache.
 

@@ -134,12 +134,11 @@ def moving_joint_cells(spec: DatasetSpec, data_root: Path, skeleton_paths: Mappi
         (N, 2) int64 (row, col), -1 where the skeleton has no position for that joint in the clip.
     """
     cells = np.full((len(sample_ids), 2), -1, dtype=np.int64)
-    loaded: dict[str, pose_lib.SkeletonClip] = {}
+    current, skeleton = None, None  # a video's clips are consecutive rows: one skeleton in memory at a time
     for i, sample_id in enumerate(np.asarray(sample_ids).astype(str)):
-        if sample_id not in loaded:
-            loaded[sample_id] = pose_lib.load_skeleton(spec, data_root / skeleton_paths[sample_id],
-                                                       video_sizes[sample_id])
-        skeleton = loaded[sample_id]
+        if sample_id != current:
+            current = sample_id
+            skeleton = pose_lib.load_skeleton(spec, data_root / skeleton_paths[sample_id], video_sizes[sample_id])
         frames = pose_lib.align_frames(frame_indices[i], num_video_frames[sample_id], skeleton.num_frames)
         cell = joint_cell(skeleton.joints2d[frames, 0, joints[i]], boxes[i], grid)  # (F, 2)
         if cell is not None:

@@ -369,11 +369,13 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     train_config = ckpt["train_config"]
     dataset, protocol = train_config["dataset"], train_config["protocol"]
     cache_path = resolve_cache(cache if cache is not None else train_config["cache"], dataset)
-    clips = CachedClips(cache_path, protocol, split, dataset=dataset, feature_dtype=torch.float16)
+    uses_pose = model.config.variant != "i3d"
+    # pose variants are scored twice (own and shuffled poses): hold the split in RAM when it fits, read it once
+    clips = CachedClips(cache_path, protocol, split, in_memory=uses_pose, dataset=dataset,
+                        feature_dtype=torch.float16)
     torch_device = resolve_device(device)
     model.to(torch_device)
     amp = torch_device.type == "cuda" and train_config.get("amp") is not False
-    uses_pose = model.config.variant != "i3d"
     record: dict[str, np.ndarray] = {}
     probs, labels, rows = score_clips(model, make_loader(clips, batch_size, num_workers, torch_device),
                                       torch_device, amp, record=record if uses_pose else None)
@@ -415,16 +417,15 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
 
 
 def _selected_on(run_dir: Path, checkpoint: str) -> str:
-    """Which split chose ``checkpoint``: the run's ``eval_split`` for ``best``; ``last`` is chosen by nobody."""
+    """Which split chose ``checkpoint``: the run's ``checkpoint_selected_on`` (older runs: ``eval_split``) for
+    ``best``; ``last`` is chosen by nobody."""
     if checkpoint == "last":
         return "none (last epoch)"
     try:
-        return str(json.loads((run_dir / "metrics.json").read_text())["checkpoint_selected_on"])
-    except (OSError, KeyError, json.JSONDecodeError):
-        try:
-            return str(json.loads((run_dir / "metrics.json").read_text())["eval_split"])
-        except (OSError, KeyError, json.JSONDecodeError):
-            return "unknown"
+        summary = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "unknown"
+    return str(summary.get("checkpoint_selected_on", summary.get("eval_split", "unknown")))
 
 
 def main(argv: list[str] | None = None) -> int:

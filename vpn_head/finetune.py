@@ -72,7 +72,7 @@ from pipeline.manifest import read_manifest, read_manifest_root
 from pipeline.poses import align_frames, clip_poses, load_skeleton
 from vpn_head.augment import AugmentConfig, clip_indices, crop_keep_aspect, flip_clip, flip_poses, jitter_box
 from vpn_head.config import VARIANTS, VPNConfig
-from vpn_head.data import CachedClips, EmptySplitError, resolve_cache, video_groups
+from vpn_head.data import CachedClips, resolve_cache, selection_split, video_groups
 from vpn_head.evaluate import (
     CHECKPOINT_NAMES, CheckpointError, amp_dtype, atomic_write_csv, atomic_write_json, autocast, load_checkpoint, load_weights, model_from_checkpoint, resolve_device, score_clips, summarise, video_scores,
     write_eval_reports,
@@ -830,18 +830,6 @@ def _write_logs(run_dir: Path, config: FinetuneConfig, vpn_config: VPNConfig, pr
     return summary
 
 
-def _selection_split(config: FinetuneConfig, cache: Path) -> str:
-    """The split that chooses ``best.pt``, as the head trainer's: ``val``, else ``val_carved`` (never test unless
-    asked)."""
-    if config.eval_split != "auto":
-        return config.eval_split
-    try:
-        CachedClips(cache, config.protocol, "val", dataset=config.dataset)
-        return "val"
-    except EmptySplitError:
-        return CARVED_VAL
-
-
 def _eval_clips(config: FinetuneConfig, cache: Path, paths: Mapping[str, tuple[Path, Path]], split: str
                 ) -> PixelClips:
     return PixelClips(cache, config.protocol, split, config.dataset, paths, config.clip_len, config.crop_size,
@@ -873,7 +861,7 @@ def finetune(config: FinetuneConfig, force_new: bool = False) -> dict[str, Any]:
     amp = config.amp if config.amp is not None else device.type == "cuda"
     cache = find_cache(config.cache, config.dataset)
     paths = sample_paths(config.manifest_path, config.data_root)
-    chooser = _selection_split(config, cache)
+    chooser = selection_split(cache, config.protocol, config.dataset, config.eval_split)
     train_set = PixelClips(cache, config.protocol, "train", config.dataset, paths, config.clip_len, config.crop_size,
                            augment=config.augment, seed=config.seed,
                            carve_fraction=config.val_fraction if chooser == CARVED_VAL else 0.0,

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from pipeline.cache import CacheError
 from pipeline.datasets import get_dataset
 from vpn_head.config import EMBEDDING_LOSSES, VARIANTS, VPNConfig
-from vpn_head.data import CachedClips, EmptySplitError, resolve_cache
+from vpn_head.data import CachedClips, resolve_cache, selection_split
 from vpn_head.splits import CARVED_VAL
 from vpn_head.evaluate import (
     CHECKPOINT_FORMAT, CheckpointError, amp_dtype, atomic_write_bytes, atomic_write_csv, atomic_write_json,
@@ -326,18 +326,6 @@ class _Progress:
     best_epoch: int = 0
 
 
-def selection_split(config: TrainConfig, cache: Path) -> str:
-    """The split that chooses ``best.pt``: ``eval_split``, or for ``auto`` the protocol's ``val`` split when it
-    has one, else ``val_carved``."""
-    if config.eval_split != "auto":
-        return config.eval_split
-    try:
-        _clips(config, cache, "val")
-        return "val"
-    except EmptySplitError:
-        return CARVED_VAL
-
-
 def _clips(config: TrainConfig, cache: Path, split: str, carve: bool = False) -> CachedClips:
     """A split with float16 features: the loop casts them on its device (half the bytes to move). With
     ``carve`` the training split leaves out the subjects of ``val_carved``."""
@@ -463,7 +451,7 @@ def train(config: TrainConfig, force_new: bool = False) -> dict[str, Any]:
     device = resolve_device(config.device)
     amp = config.amp if config.amp is not None else device.type == "cuda"
     cache = resolve_cache(config.cache, config.dataset)
-    chooser = selection_split(config, cache)
+    chooser = selection_split(cache, config.protocol, config.dataset, config.eval_split)
     train_set = _clips(config, cache, "train", carve=chooser == CARVED_VAL)
     eval_set = _clips(config, cache, chooser)
     if chooser == "test":
