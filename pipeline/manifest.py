@@ -345,6 +345,15 @@ def read_manifest_root(path: str | Path) -> Path:
     return Path(json.loads(side.read_text())["data_root"])
 
 
+def resolve_data_root(manifest: str | Path, data_root: str | Path | None = None) -> Path:
+    """The folder ``manifest``'s paths are relative to: ``data_root`` when given, else the manifest's side file.
+
+    Raises:
+        FileNotFoundError: neither is there (pass DATA_ROOT= explicitly).
+    """
+    return Path(data_root) if data_root else read_manifest_root(manifest)
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read and check a manifest against the contract.
 

@@ -132,3 +132,13 @@ def test_cli_fails_with_one_line_reason(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert manifest.main(["--dataset", "kinetics", "--data-root", str(tmp_path)]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_resolve_data_root_prefers_the_argument_then_the_side_file(tmp_path):
+    from pipeline.manifest import resolve_data_root, write_manifest
+    manifest = tmp_path / "m.csv"
+    with pytest.raises(FileNotFoundError, match="DATA_ROOT"):
+        resolve_data_root(manifest)
+    write_manifest(pd.DataFrame({"sample_id": ["a"]}), manifest, data_root=tmp_path / "root")
+    assert resolve_data_root(manifest) == (tmp_path / "root").resolve()
+    assert resolve_data_root(manifest, tmp_path / "other") == tmp_path / "other"
