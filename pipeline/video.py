@@ -45,6 +45,16 @@ FRAME_FOLDER_PATTERN = r"^frame_(\d+)_(?:.*_)?rgb\.(?:jpe?g|png)$"
 FRAME_FOLDER_FPS = 30.0
 """Frame rate reported for image folders, which carry none (N-UCLA was captured at about 30 fps)."""
 
+
+def backends_for(path: str | Path, backend: str = DEFAULT_BACKEND,
+                 fallback: Sequence[str] = DEFAULT_FALLBACK) -> tuple[str, ...]:
+    """The backends to try for ``path``, in order: ``("frames",)`` for a frame folder, else ``backend`` then
+    the ``fallback`` backends that differ from it."""
+    if Path(path).is_dir():
+        return ("frames",)
+    return (backend, *(name for name in fallback if name != backend))
+
+
 T = TypeVar("T")
 
 

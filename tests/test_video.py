@@ -379,3 +379,10 @@ def test_real_ntu_backends_agree_on_a_uniform_sample() -> None:
         frames, used = read_clip(path, indices, backends=(backend,))
         assert used == backend
         assert np.abs(frames.astype(np.int16) - reference).mean() < 1.0, backend
+
+
+def test_backends_for_a_file_and_a_frame_folder(tmp_path):
+    from pipeline.video import backends_for
+    assert backends_for(tmp_path) == ("frames",)
+    assert backends_for(tmp_path / "v.avi", "pyav", ("pyav", "decord")) == ("pyav", "decord")
+    assert backends_for(tmp_path / "v.avi") == ("opencv", "pyav", "decord")
