@@ -65,9 +65,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.datasets import NTU_JOINTS, get_dataset
+from pipeline.datasets import get_dataset
 from pipeline.ntu import (
-    COLOR_FRAME_SIZE, NTU120_CS_TRAIN_SUBJECTS, SAMPLE_ID_RE, BodyRecord,
+    COLOR_FRAME_SIZE, NTU120_CS_TRAIN_SUBJECTS, NTU_JOINTS, SAMPLE_ID_RE, BodyRecord,
     format_sample_id, write_skeleton,
 )
 
