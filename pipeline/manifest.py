@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline import pose_pickle
 from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
-from pipeline.datasets import DatasetSpec, get_dataset
+from pipeline.datasets import DATASETS, DatasetSpec, get_dataset
 from pipeline.fileio import atomic_path, atomic_write_json
 from pipeline.sample_files import SampleFiles, ScanReport, printable, relative
 
@@ -257,7 +257,7 @@ def summarize(df: pd.DataFrame, report: ScanReport | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, help="ntu60 | ntu120 | smarthome | nucla")
+    parser.add_argument("--dataset", required=True, help=" | ".join(DATASETS))
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--out", help="manifest CSV (default manifests/<dataset>.csv)")
     parser.add_argument("--validate", action="store_true", help="fully parse every skeleton")
