@@ -58,6 +58,9 @@ class DatasetSpec:
         extra_columns: manifest columns of this dataset besides the contract's (filled from ``SampleInfo.columns``).
         read_missing_list: reads an official list of samples known to be broken (their rows get a ``problem``);
             ``None`` when the dataset has none.
+
+    Two specs are equal when their facts are (the functions are not compared: a spec sent to another process
+    stays equal to the registry's).
     """
 
     name: str
@@ -70,11 +73,11 @@ class DatasetSpec:
     t_p: int
     metric: str
     frame_size: tuple[int, int]
-    read_skeleton: Callable[[Path, tuple[int, int]], SkeletonClip]
-    parse_sample_id: Callable[[str], SampleInfo]
-    find_samples: Callable[[Path, ScanReport], dict[str, SampleFiles]]
+    read_skeleton: Callable[[Path, tuple[int, int]], SkeletonClip] = field(compare=False)
+    parse_sample_id: Callable[[str], SampleInfo] = field(compare=False)
+    find_samples: Callable[[Path, ScanReport], dict[str, SampleFiles]] = field(compare=False)
     extra_columns: tuple[str, ...] = ()
-    read_missing_list: Callable[[Path], set[str]] | None = None
+    read_missing_list: Callable[[Path], set[str]] | None = field(default=None, compare=False)
 
     @property
     def num_joints(self) -> int:

@@ -3,6 +3,7 @@ needs only its own module and a registry entry (here the module is this file and
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def toy_registered():
 def test_the_registry_holds_the_four_datasets_built_by_their_modules():
     assert list(DATASETS) == ["ntu60", "ntu120", "smarthome", "nucla"]
     assert get_dataset("ntu60").parse_sample_id("S001C002P003R002A013").columns == {"setup": 1}
+    assert all(pickle.loads(pickle.dumps(spec)) == spec for spec in DATASETS.values())  # as sent to a worker
     with pytest.raises(ValueError, match="already registered"):
         register(get_dataset("nucla"))
     with pytest.raises(ValueError, match="unknown dataset 'toy'"):
