@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pipeline import poses
 from pipeline.cache import CacheError, open_cache
+from pipeline.cli import run_cli
 from pipeline.datasets import get_dataset
 from pipeline.fileio import atomic_path
 from pipeline.manifest import read_manifest, resolve_data_root
@@ -165,14 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes reading the skeleton files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def work() -> str:
         data = export(args.manifest, args.out, data_root=args.data_root, cache=args.cache, workers=args.workers)
-    except (ValueError, FileNotFoundError, CacheError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(describe(data))
-    print(f"wrote {args.out}")
-    return 0
+        return f"{describe(data)}\nwrote {args.out}"
+
+    return run_cli(work, (ValueError, FileNotFoundError, CacheError))
 
 
 if __name__ == "__main__":
