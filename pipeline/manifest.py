@@ -15,39 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import pickle
 import stat
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import ntu, nucla, smarthome
-from pipeline.contracts import MANIFEST_COLUMNS, MAX_BODIES, PROBLEM_COLUMN, PROTOCOL_VALUES
-from pipeline.datasets import DatasetSpec, get_dataset
+from pipeline import pose_pickle
+from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
+from pipeline.datasets import DATASETS, DatasetSpec, get_dataset
+from pipeline.fileio import atomic_path, atomic_write_json
+from pipeline.sample_files import SampleFiles, ScanReport, printable, relative
 
 log = logging.getLogger(__name__)
-
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm")
-
-
-@dataclass
-class ScanReport:
-    """What a scan saw besides the samples: unparseable names, files outside the dataset, duplicates, folders
-    it could not read or did not follow, and names in an unexpected case (all as escaped, printable text)."""
-
-    unparsed: list[str] = field(default_factory=list)
-    outside_dataset: int = 0
-    duplicates: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-    not_followed: list[str] = field(default_factory=list)
-    wrong_case: list[str] = field(default_factory=list)
 
 
 def protocol_columns(spec: DatasetSpec) -> list[str]:
@@ -56,58 +41,16 @@ def protocol_columns(spec: DatasetSpec) -> list[str]:
 
 def manifest_columns(spec: DatasetSpec) -> list[str]:
     """Column order of a manifest of ``spec``: the contract columns, the protocols, ``problem``."""
-    extra = ["setup"] if spec.name.startswith("ntu") else []
-    return [*MANIFEST_COLUMNS, *extra, *protocol_columns(spec), PROBLEM_COLUMN]
-
-
-def _walk(root: Path, report: ScanReport):
-    """Every file under ``root`` (sorted), following symlinked folders that stay inside it, each real folder once."""
-    seen: set[tuple[int, int]] = set()
-
-    def unreadable(err: OSError) -> None:
-        report.unreadable.append(f"{_printable(_rel(Path(err.filename), root))} ({err.strerror})")
-
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
-        here = Path(dirpath)
-        try:
-            info = os.stat(here)
-        except OSError:
-            dirnames[:] = []
-            continue
-        if (info.st_dev, info.st_ino) in seen:  # reached again through a symlink: a loop or a second link
-            report.not_followed.append(f"{_printable(_rel(here, root))} (a folder already scanned: symlink loop?)")
-            dirnames[:] = []
-            continue
-        seen.add((info.st_dev, info.st_ino))
-        keep = []
-        for name in sorted(dirnames):
-            sub = here / name
-            if sub.is_symlink() and not sub.resolve().is_relative_to(root):
-                report.not_followed.append(f"{_printable(_rel(sub, root))} -> {_printable(str(sub.resolve()))} "
-                                           "(outside DATA_ROOT)")
-                continue
-            keep.append(name)
-        dirnames[:] = keep
-        for name in sorted(filenames):
-            yield here / name
-
-
-def _printable(text: str) -> str:
-    """``text`` with bytes that are not UTF-8 (as os gives them: surrogate escapes) written as ``\\xNN``."""
-    return os.fsencode(text).decode("utf-8", errors="backslashreplace")
-
-
-def _rel(path: Path | None, root: Path) -> str:
-    return "" if path is None else _printable(path.relative_to(root).as_posix())
+    return [*MANIFEST_COLUMNS, *spec.extra_columns, *protocol_columns(spec), PROBLEM_COLUMN]
 
 
 def _file_problem(path: Path | None, what: str, root: Path) -> str:
     if path is None:
         return f"{what} missing"
-    if _printable(str(path)) != str(path):
+    if printable(str(path)) != str(path):
         return f"{what} path is not valid UTF-8 (written escaped; rename the file)"
     if not path.resolve().is_relative_to(root):
-        return f"{what} resolves to {_printable(str(path.resolve()))}, outside DATA_ROOT"
+        return f"{what} resolves to {printable(str(path.resolve()))}, outside DATA_ROOT"
     try:
         info = path.stat()
     except OSError as err:
@@ -119,130 +62,31 @@ def _file_problem(path: Path | None, what: str, root: Path) -> str:
     return ""
 
 
-def _row(spec: DatasetSpec, sample_id: str, video: Path | None, skeleton: Path | None, root: Path, *,
-         action: str, subject: int, view: int, splits: dict[str, str], problems: list[str], **extra) -> dict:
-    label = spec.classes.index(action) if action in spec.classes else -1
+def _row(spec: DatasetSpec, sample_id: str, files: SampleFiles, root: Path, problems: list[str]) -> dict:
+    """The manifest row of one sample: what its id says, its files' paths and every problem found."""
+    info = spec.parse_sample_id(sample_id)
+    video, skeleton = files.get("video"), files.get("skeleton")
+    label = spec.classes.index(info.action) if info.action in spec.classes else -1
     if label < 0:
-        problems.append(f"action {action!r} is not one of the {len(spec.classes)} {spec.name} classes")
+        problems.append(f"action {info.action!r} is not one of the {len(spec.classes)} {spec.name} classes")
     problems.extend(p for p in (_file_problem(video, "video", root), _file_problem(skeleton, "skeleton", root)) if p)
-    return {"sample_id": sample_id, "dataset": spec.name, "video_path": _rel(video, root),
-            "skeleton_path": _rel(skeleton, root), "label": label, "action": action, "subject": subject,
-            "view": view, **extra, **splits, PROBLEM_COLUMN: "; ".join(problems)}
-
-
-def _pair(found: dict[str, dict[str, Path]], key: str, kind: str, path: Path, report: ScanReport) -> None:
-    slot = found.setdefault(key, {})
-    if kind in slot:
-        report.duplicates.append(_duplicate_note(key, kind, slot[kind], path))
-        return
-    slot[kind] = path
-
-
-def _duplicate_note(key: str, kind: str, kept: Path, dropped: Path) -> str:
-    return f"{key}: second {kind} {dropped} ignored (kept {kept})"
-
-
-def _scan_ntu(spec: DatasetSpec, root: Path, report: ScanReport, missing: set[str]) -> list[dict]:
-    found: dict[str, dict[str, Path]] = {}
-    for path in _walk(root, report):
-        is_video = path.suffix.lower() in VIDEO_SUFFIXES
-        if not is_video and path.suffix.lower() == ".skeleton" and path.suffix != ".skeleton":
-            report.wrong_case.append(_rel(path, root))
-        if not (is_video or path.suffix == ".skeleton"):
-            continue
-        try:
-            sid = ntu.parse_sample_id(path.name)
-        except ValueError:
-            report.unparsed.append(_rel(path, root))
-            continue
-        if not ntu.in_dataset(sid, spec.name):
-            report.outside_dataset += 1
-            continue
-        _pair(found, str(sid), "video" if is_video else "skeleton", path, report)
-    rows = []
-    for key in sorted(found):
-        sid = ntu.parse_sample_id(key)
-        problems = ["listed in the official missing-skeleton list"] if key in missing else []
-        rows.append(_row(spec, key, found[key].get("video"), found[key].get("skeleton"), root,
-                         action=spec.classes[sid.action - 1], subject=sid.subject, view=sid.camera,
-                         splits=ntu.ntu_splits(sid, spec.name), problems=problems, setup=sid.setup))
-    return rows
-
-
-def _scan_smarthome(spec: DatasetSpec, root: Path, report: ScanReport) -> list[dict]:
-    found: dict[str, dict[str, Path]] = {}
-    for path in _walk(root, report):
-        suffix = path.suffix.lower()
-        if suffix not in VIDEO_SUFFIXES and suffix != ".json":
-            continue
-        try:
-            clip = smarthome.parse_clip_name(path.name)
-        except ValueError:
-            report.unparsed.append(_rel(path, root))
-            continue
-        _pair(found, clip.sample_id, "video" if suffix in VIDEO_SUFFIXES else "skeleton", path, report)
-    rows = []
-    for key in sorted(found):
-        clip = smarthome.parse_clip_name(key)
-        rows.append(_row(spec, key, found[key].get("video"), found[key].get("skeleton"), root,
-                         action=clip.activity, subject=clip.subject, view=clip.camera,
-                         splits=smarthome.smarthome_splits(clip), problems=[]))
-    return rows
-
-
-def _scan_nucla(spec: DatasetSpec, root: Path, report: ScanReport) -> list[dict]:
-    found: dict[str, dict[str, Path]] = {}
-    raw_folders: set[Path] = set()
-    for path in _walk(root, report):
-        if path.suffix.lower() == ".json" and path.suffix != ".json":
-            report.wrong_case.append(_rel(path, root))
-        if path.suffix == ".json":
-            try:
-                sample = nucla.parse_sample_name(path.stem)
-            except ValueError:
-                report.unparsed.append(_rel(path, root))
-                continue
-            _pair(found, sample.sample_id, "skeleton", path, report)
-        elif path.name.endswith(("_rgb.jpg", "skeletons.txt")):
-            raw_folders.add(path.parent)
-    for folder in sorted(raw_folders):
-        view_dir = folder.parent.name
-        try:
-            view = int(view_dir.removeprefix("view_")) if view_dir.startswith("view_") else None
-            sample = nucla.parse_sample_name(folder.name, view=view)
-        except ValueError:
-            report.unparsed.append(_rel(folder, root))
-            continue
-        slot = found.setdefault(sample.sample_id, {})
-        if any(folder.glob("*_rgb.jpg")):
-            slot["video"] = folder
-        slot.setdefault("skeleton", folder)
-    rows = []
-    for key in sorted(found):
-        sample = nucla.parse_sample_name(key)
-        rows.append(_row(spec, key, found[key].get("video"), found[key].get("skeleton"), root,
-                         action=spec.classes[sample.label], subject=sample.subject, view=sample.view,
-                         splits=nucla.nucla_splits(sample), problems=[]))
-    return rows
+    return {"sample_id": sample_id, "dataset": spec.name, "video_path": relative(video, root),
+            "skeleton_path": relative(skeleton, root), "label": label, "action": info.action,
+            "subject": info.subject, "view": info.view, **info.columns, **info.splits,
+            PROBLEM_COLUMN: "; ".join(problems)}
 
 
 def validate_skeleton(dataset: str, path: Path) -> str:
-    """Fully parse one skeleton; return '' when usable, otherwise the problem (never raises: any exception of
-    any reader on any file becomes that file's problem)."""
+    """Fully parse one skeleton with the dataset's reader; return '' when usable, otherwise the problem (never
+    raises: any exception of any reader on any file becomes that file's problem)."""
+    spec = get_dataset(dataset)
     try:
-        if dataset.startswith("ntu"):
-            seq = ntu.read_skeleton(path, max_bodies=MAX_BODIES)
-            ok = seq.num_frames > 0 and bool(seq.frames_with_bodies().any())
-        elif dataset == "smarthome":
-            ok = bool(np.isfinite(smarthome.read_lcrnet_json(path).pose2d).any())
-        elif path.is_dir():
-            ok = bool(np.isfinite(nucla.read_raw_sample(path)[0]).any())
-        else:
-            ok = bool(len(nucla.read_sqe_json(path)))
+        clip = spec.read_skeleton(path, spec.frame_size)
+        ok = clip.num_frames > 0 and bool(np.isfinite(clip.joints3d).any())
     except (ValueError, OSError) as err:
         return f"malformed skeleton: {err}"
     except Exception as err:  # a reader bug must cost one row, not the scan
-        log.exception("validating %s", _printable(str(path)))
+        log.exception("validating %s", printable(str(path)))
         return f"unreadable skeleton: {type(err).__name__}: {err}"
     return "" if ok else "skeleton has no body in any frame"
 
@@ -262,10 +106,11 @@ def scan(dataset: str, data_root: str | Path, *, validate: bool = False, missing
     """Scan ``data_root`` recursively and build the manifest of ``dataset``.
 
     Args:
-        dataset: ``ntu60``, ``ntu120``, ``smarthome`` or ``nucla``.
+        dataset: a registry name (``ntu60``, ``ntu120``, ``smarthome``, ``nucla``); its spec's scanner finds the
+            samples and its id parser gives each row's fields and splits.
         data_root: the user's dataset folder; manifest paths are relative to it.
         validate: fully parse every skeleton (slower) and mark malformed or body-less ones.
-        missing_list: an official NTU missing-skeleton list; listed samples get a ``problem``.
+        missing_list: the dataset's official missing-skeleton list (NTU); listed samples get a ``problem``.
         workers: processes used by ``validate``.
 
     Raises:
@@ -276,13 +121,10 @@ def scan(dataset: str, data_root: str | Path, *, validate: bool = False, missing
     if not root.is_dir():
         raise FileNotFoundError(f"DATA_ROOT {data_root} is not a folder")
     report = ScanReport()
-    if dataset.startswith("ntu"):
-        missing = ntu.read_missing_list(missing_list) if missing_list else set()
-        rows = _scan_ntu(spec, root, report, missing)
-    elif dataset == "smarthome":
-        rows = _scan_smarthome(spec, root, report)
-    else:
-        rows = _scan_nucla(spec, root, report)
+    found = spec.find_samples(root, report)
+    missing = spec.read_missing_list(missing_list) if missing_list and spec.read_missing_list else set()
+    listed = ["listed in the official missing-skeleton list"]
+    rows = [_row(spec, key, found[key], root, list(listed) if key in missing else []) for key in sorted(found)]
     df = pd.DataFrame(rows, columns=manifest_columns(spec))
     df["label"] = df["label"].astype("int64")
     if validate and len(df):
@@ -293,22 +135,16 @@ def scan(dataset: str, data_root: str | Path, *, validate: bool = False, missing
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path, data_root: str | Path | None = None) -> None:
-    """Write a manifest CSV atomically (tmp file + rename).
+    """Write a manifest CSV atomically (``fileio.atomic_path``).
 
     With ``data_root``, a side file ``<name>.json`` records the absolute folder the CSV's paths are relative to,
     so later stages need no ``DATA_ROOT``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     if data_root is not None:
-        side = {"data_root": str(Path(data_root).resolve()), "rows": len(df)}
-        path.with_suffix(".json").write_text(json.dumps(side, indent=2) + "\n")
+        atomic_write_json(path.with_suffix(".json"), {"data_root": str(Path(data_root).resolve()), "rows": len(df)})
 
 
 def pose_file_path(manifest: str | Path) -> Path:
@@ -421,7 +257,7 @@ def summarize(df: pd.DataFrame, report: ScanReport | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, help="ntu60 | ntu120 | smarthome | nucla")
+    parser.add_argument("--dataset", required=True, help=" | ".join(DATASETS))
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--out", help="manifest CSV (default manifests/<dataset>.csv)")
     parser.add_argument("--validate", action="store_true", help="fully parse every skeleton")
@@ -435,9 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         df, report = scan(args.dataset, args.data_root, validate=args.validate, missing_list=args.missing_list,
                           workers=args.workers)
         if args.poses:
-            from pipeline import pyskl  # pyskl reads manifests: imported here, not at the top, to avoid a cycle
-
-            df = pyskl.attach_poses(df, args.poses, pose_file_path(args.out or f"manifests/{args.dataset}.csv"))
+            df = pose_pickle.attach_poses(df, args.poses, pose_file_path(args.out or f"manifests/{args.dataset}.csv"))
     except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

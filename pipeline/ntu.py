@@ -1,4 +1,5 @@
-"""NTU RGB+D 60/120: sample ids, the ``.skeleton`` text format (read and write), body selection and protocols.
+"""NTU RGB+D 60/120: classes and skeleton graph, sample ids, the ``.skeleton`` text format (read and write), body
+selection, protocols, which files make a sample, and the two ``DatasetSpec`` (``SPECS``).
 
 The ``.skeleton`` format (DATASETS.md 3.2), CRLF line ends::
 
@@ -16,12 +17,65 @@ video has another size.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonFormatError, read_bounded  # the error: re-exported
+from pipeline.contracts import MAX_BODIES
+from pipeline.dataset_spec import DatasetSpec, SampleInfo, left_right_pairs, zero_based
+from pipeline.sample_files import VIDEO_SUFFIXES, SampleFiles, ScanReport, pair_files
+from pipeline.skeleton_io import (  # the error: re-exported
+    FLOAT32_MAX, MAX_FRAMES, SkeletonClip, SkeletonFormatError, pad_bodies, read_bounded,
+)
+
+NTU_CLASSES: tuple[str, ...] = (
+    "drink water", "eat meal/snack", "brushing teeth", "brushing hair", "drop", "pickup", "throw",
+    "sitting down", "standing up (from sitting position)", "clapping", "reading", "writing",
+    "tear up paper", "wear jacket", "take off jacket", "wear a shoe", "take off a shoe",
+    "wear on glasses", "take off glasses", "put on a hat/cap", "take off a hat/cap", "cheer up",
+    "hand waving", "kicking something", "reach into pocket", "hopping (one foot jumping)", "jump up",
+    "make a phone call/answer phone", "playing with phone/tablet", "typing on a keyboard",
+    "pointing to something with finger", "taking a selfie", "check time (from watch)",
+    "rub two hands together", "nod head/bow", "shake head", "wipe face", "salute",
+    "put the palms together", "cross hands in front (say stop)", "sneeze/cough", "staggering",
+    "falling", "touch head (headache)", "touch chest (stomachache/heart pain)", "touch back (backache)",
+    "touch neck (neckache)", "nausea or vomiting condition", "use a fan (with hand or paper)/feeling warm",
+    "punching/slapping other person", "kicking other person", "pushing other person",
+    "pat on back of other person", "point finger at the other person", "hugging other person",
+    "giving something to other person", "touch other person's pocket", "handshaking",
+    "walking towards each other", "walking apart from each other",
+    "put on headphone", "take off headphone", "shoot at the basket", "bounce ball", "tennis bat swing",
+    "juggling table tennis balls", "hush (quite)", "flick hair", "thumb up", "thumb down",
+    "make ok sign", "make victory sign", "staple book", "counting money", "cutting nails",
+    "cutting paper (using scissors)", "snapping fingers", "open bottle", "sniff (smell)", "squat down",
+    "toss a coin", "fold paper", "ball up paper", "play magic cube", "apply cream on face",
+    "apply cream on hand back", "put on bag", "take off bag", "put something into a bag",
+    "take something out of a bag", "open a box", "move heavy objects", "shake fist", "throw up cap/hat",
+    "hands up (both hands)", "cross arms", "arm circles", "arm swings", "running on the spot",
+    "butt kicks (kick backward)", "cross toe touch", "side kick", "yawn", "stretch oneself",
+    "blow nose", "hit other person with something", "wield knife towards other person",
+    "knock over other person (hit with body)", "grab other person\u2019s stuff", "shoot at other person with a gun",
+    "step on foot", "high-five", "cheers and drink", "carry something with other person",
+    "take a photo of other person", "follow other person", "whisper in other person\u2019s ear",
+    "exchange things with other person", "support somebody with hand",
+    "finger-guessing game (playing rock-paper-scissors)",
+)
+
+NTU_JOINTS: tuple[str, ...] = (
+    "SpineBase", "SpineMid", "Neck", "Head", "ShoulderLeft", "ElbowLeft", "WristLeft", "HandLeft",
+    "ShoulderRight", "ElbowRight", "WristRight", "HandRight", "HipLeft", "KneeLeft", "AnkleLeft", "FootLeft",
+    "HipRight", "KneeRight", "AnkleRight", "FootRight", "SpineShoulder", "HandTipLeft", "ThumbLeft",
+    "HandTipRight", "ThumbRight",
+)
+# 2s-AGCN NTU edges, 1-based as published (DATASETS.md 3.3).
+_NTU_EDGES_1B = (
+    (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7), (9, 21), (10, 9), (11, 10), (12, 11),
+    (13, 1), (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19), (22, 23), (23, 8), (24, 25),
+    (25, 12),
+)
 
 NUM_JOINTS = 25
 JOINT_FIELDS = 12
@@ -79,28 +133,51 @@ def format_sample_id(setup: int, camera: int, subject: int, replication: int, ac
     return f"S{setup:03d}C{camera:03d}P{subject:03d}R{replication:03d}A{action:03d}"
 
 
+def _ntu60_splits(sid: NtuSampleId) -> dict[str, str]:
+    return {"cs": "train" if sid.subject in NTU60_CS_TRAIN_SUBJECTS else "test",
+            "cv": "train" if sid.camera in NTU60_CV_TRAIN_CAMERAS else "test"}
+
+
+def _ntu120_splits(sid: NtuSampleId) -> dict[str, str]:
+    return {"cs1": "train" if sid.subject in NTU120_CS_TRAIN_SUBJECTS else "test",
+            "cs2": "train" if sid.setup % 2 == 0 else "test"}
+
+
+@dataclass(frozen=True)
+class NtuVariant:
+    """What tells NTU-60 and NTU-120 apart: their setups, actions and protocols."""
+
+    setups: range
+    num_actions: int
+    protocols: tuple[str, ...]
+    splits: Callable[[NtuSampleId], dict[str, str]]
+
+    def contains(self, sid: NtuSampleId) -> bool:
+        return sid.setup in self.setups and 1 <= sid.action <= self.num_actions
+
+
+VARIANTS: dict[str, NtuVariant] = {
+    "ntu60": NtuVariant(NTU60_SETUPS, 60, ("cs", "cv"), _ntu60_splits),
+    "ntu120": NtuVariant(NTU120_SETUPS, 120, ("cs1", "cs2"), _ntu120_splits),
+}
+"""NTU-60 is A001-A060 from S001-S017 (protocols ``cs``/``cv``); NTU-120 is A001-A120 from S001-S032
+(``cs1``/``cs2``, i.e. cross-subject and cross-setup: even setups train)."""
+
+
+def _variant(dataset: str) -> NtuVariant:
+    if dataset not in VARIANTS:
+        raise ValueError(f"not an NTU dataset: {dataset!r}")
+    return VARIANTS[dataset]
+
+
 def ntu_splits(sid: NtuSampleId, dataset: str) -> dict[str, str]:
     """Protocol membership of one sample: NTU-60 ``cs``/``cv``, NTU-120 ``cs1``/``cs2`` (``train``/``test``)."""
-    if dataset == "ntu60":
-        return {
-            "cs": "train" if sid.subject in NTU60_CS_TRAIN_SUBJECTS else "test",
-            "cv": "train" if sid.camera in NTU60_CV_TRAIN_CAMERAS else "test",
-        }
-    if dataset == "ntu120":
-        return {
-            "cs1": "train" if sid.subject in NTU120_CS_TRAIN_SUBJECTS else "test",
-            "cs2": "train" if sid.setup % 2 == 0 else "test",
-        }
-    raise ValueError(f"not an NTU dataset: {dataset!r}")
+    return _variant(dataset).splits(sid)
 
 
 def in_dataset(sid: NtuSampleId, dataset: str) -> bool:
     """NTU-60 is A001-A060 from S001-S017; NTU-120 is A001-A120 from S001-S032."""
-    if dataset == "ntu60":
-        return sid.setup in NTU60_SETUPS and 1 <= sid.action <= 60
-    if dataset == "ntu120":
-        return sid.setup in NTU120_SETUPS and 1 <= sid.action <= 120
-    raise ValueError(f"not an NTU dataset: {dataset!r}")
+    return _variant(dataset).contains(sid)
 
 
 def read_missing_list(path: str | Path) -> set[str]:
@@ -355,3 +432,54 @@ def select_bodies(seq: SkeletonSequence, max_bodies: int = 2) -> SkeletonSequenc
         joints[:, :, 11] = seq.tracking[frames, m]
         tracks.append(_Track(int(seq.body_ids[m]), frames.tolist(), list(joints)))
     return _dense(seq.num_frames, _select(seq.num_frames, tracks, max_bodies))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the dataset specs: the reader, id parser and scanner the pipeline calls
+
+
+def load_clip(path: Path, video_size: tuple[int, int]) -> SkeletonClip:
+    """A ``.skeleton`` file as a ``SkeletonClip``: the actors ``select_bodies`` keeps, colour coordinates rescaled
+    from 1920x1080 to ``video_size`` (width, height)."""
+    seq = read_skeleton(path, max_bodies=MAX_BODIES)
+    scale = np.array([video_size[0] / COLOR_FRAME_SIZE[0], video_size[1] / COLOR_FRAME_SIZE[1]], dtype=np.float32)
+    return SkeletonClip(pad_bodies(seq.joints), pad_bodies(seq.color_xy * scale))
+
+
+def sample_info(variant: NtuVariant, sample_id: str) -> SampleInfo:
+    """What an NTU id says: action, performer, camera (the manifest's ``view``), setup and the protocol splits."""
+    sid = parse_sample_id(sample_id)
+    action = NTU_CLASSES[sid.action - 1] if 1 <= sid.action <= len(NTU_CLASSES) else f"A{sid.action:03d}"
+    return SampleInfo(action, sid.subject, sid.camera, variant.splits(sid), {"setup": sid.setup})
+
+
+def _file_kind(path: Path) -> str | None:
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return "video"
+    if path.suffix == ".skeleton":
+        return "skeleton"
+    return "wrong_case" if path.suffix.lower() == ".skeleton" else None
+
+
+def find_samples(variant: NtuVariant, root: Path, report: ScanReport) -> dict[str, SampleFiles]:
+    """Pair ``*_rgb.avi`` (any video suffix) with ``.skeleton`` files by the id in their names, anywhere under
+    ``root``; ids of the other NTU (setup or action out of range) are counted as outside the dataset."""
+
+    def sample_of(path: Path) -> str | None:
+        sid = parse_sample_id(path.name)
+        return str(sid) if variant.contains(sid) else None
+
+    return pair_files(root, report, _file_kind, sample_of)
+
+
+def _spec(name: str) -> DatasetSpec:
+    variant = VARIANTS[name]
+    classes = NTU_CLASSES[:variant.num_actions]
+    return DatasetSpec(
+        name, classes, {protocol: classes for protocol in variant.protocols}, NTU_JOINTS, zero_based(_NTU_EDGES_1B),
+        centre_joint=1, left_right=left_right_pairs(NTU_JOINTS), t_p=20, metric="top1", frame_size=COLOR_FRAME_SIZE,
+        read_skeleton=load_clip, parse_sample_id=partial(sample_info, variant),
+        find_samples=partial(find_samples, variant), extra_columns=("setup",), read_missing_list=read_missing_list)
+
+
+SPECS: tuple[DatasetSpec, ...] = tuple(_spec(name) for name in VARIANTS)

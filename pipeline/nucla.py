@@ -1,4 +1,5 @@
-"""Northwestern-UCLA Multiview Action3D: sample names, raw per-frame skeleton text, all_sqe JSON, protocol.
+"""Northwestern-UCLA Multiview Action3D: classes and skeleton graph, sample names, raw per-frame skeleton text,
+all_sqe JSON, the protocol, which files make a sample, and its ``DatasetSpec`` (``SPEC``).
 
 Two skeleton sources are read:
 
@@ -9,7 +10,7 @@ Two skeleton sources are read:
   "label": 1..10}`` (label is 1-based over the 10 classes, *not* ``int(aXX) - 1``).
 
 Sample ids are ``aXX_sYY_eZZ_vVV`` (action, subject, episode, view). Labels index
-``datasets.NUCLA_ACTION_IDS`` = a01..a06, a08, a09, a11, a12.
+``NUCLA_ACTION_IDS`` = a01..a06, a08, a09, a11, a12.
 """
 
 from __future__ import annotations
@@ -20,8 +21,27 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import NUCLA_ACTION_IDS
-from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonFormatError, load_json, read_bounded
+from pipeline.dataset_spec import DatasetSpec, SampleInfo, left_right_pairs, zero_based
+from pipeline.sample_files import SampleFiles, ScanReport, pair_files, relative
+from pipeline.skeleton_io import (
+    FLOAT32_MAX, MAX_FRAMES, SkeletonClip, SkeletonFormatError, load_json, pad_bodies, read_bounded,
+)
+
+NUCLA_ACTION_IDS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 9, 11, 12)
+NUCLA_CLASSES: tuple[str, ...] = (
+    "pick up with one hand", "pick up with two hands", "drop trash", "walk around", "sit down", "stand up",
+    "donning", "doffing", "throw", "carry",
+)
+NUCLA_JOINTS: tuple[str, ...] = (
+    "HipCenter", "Spine", "ShoulderCenter", "Head", "ShoulderLeft", "ElbowLeft", "WristLeft", "HandLeft",
+    "ShoulderRight", "ElbowRight", "WristRight", "HandRight", "HipLeft", "KneeLeft", "AnkleLeft", "FootLeft",
+    "HipRight", "KneeRight", "AnkleRight", "FootRight",
+)
+# CTR-GCN ucla.py inward edges, 1-based (DATASETS.md 2.4).
+_NUCLA_EDGES_1B = (
+    (1, 2), (2, 3), (4, 3), (5, 3), (6, 5), (7, 6), (8, 7), (9, 3), (10, 9), (11, 10), (12, 11), (13, 1),
+    (14, 13), (15, 14), (16, 15), (17, 1), (18, 17), (19, 18), (20, 19),
+)
 
 NUM_JOINTS = 20
 FRAME_SIZE = (640, 480)
@@ -181,3 +201,57 @@ def project_kinect_v1(joints: np.ndarray) -> np.ndarray:
     out = np.stack([u, v], axis=-1).astype(np.float32)
     out[~(z > 0)] = np.nan
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the dataset spec: the reader, id parser and scanner the pipeline calls
+
+
+def load_clip(path: Path, video_size: tuple[int, int]) -> SkeletonClip:
+    """An all_sqe JSON or a raw sample folder as a ``SkeletonClip`` (one body), image coordinates projected with
+    ``project_kinect_v1`` and rescaled from 640x480 to ``video_size`` (width, height)."""
+    joints = read_raw_sample(path)[0] if path.is_dir() else read_sqe_json(path)
+    scale = np.array([video_size[0] / FRAME_SIZE[0], video_size[1] / FRAME_SIZE[1]], dtype=np.float32)
+    return SkeletonClip(pad_bodies(joints), pad_bodies(project_kinect_v1(joints) * scale))
+
+
+def sample_info(sample_id: str) -> SampleInfo:
+    """What ``aXX_sYY_eZZ_vVV`` says: action, subject, view and the protocol split."""
+    sample = parse_sample_name(sample_id)
+    return SampleInfo(NUCLA_CLASSES[sample.label], sample.subject, sample.view, nucla_splits(sample))
+
+
+def find_samples(root: Path, report: ScanReport) -> dict[str, SampleFiles]:
+    """The samples under ``root``: all_sqe JSONs (skeleton only) and raw ``view_V/aXX_sYY_eZZ/`` folders (the
+    folder is the video when it holds ``*_rgb.jpg`` frames, and the skeleton unless a JSON of the sample exists)."""
+    raw_folders: set[Path] = set()
+
+    def kind_of(path: Path) -> str | None:
+        if path.suffix == ".json":
+            return "skeleton"
+        if path.suffix.lower() == ".json":
+            return "wrong_case"
+        if path.name.endswith(("_rgb.jpg", "skeletons.txt")):
+            raw_folders.add(path.parent)  # collected while walking; read below
+        return None
+
+    found = pair_files(root, report, kind_of, lambda path: parse_sample_name(path.stem).sample_id)
+    for folder in sorted(raw_folders):
+        view_dir = folder.parent.name
+        try:
+            view = int(view_dir.removeprefix("view_")) if view_dir.startswith("view_") else None
+            sample = parse_sample_name(folder.name, view=view)
+        except ValueError:
+            report.unparsed.append(relative(folder, root))
+            continue
+        slot = found.setdefault(sample.sample_id, {})
+        if any(folder.glob("*_rgb.jpg")):
+            slot["video"] = folder
+        slot.setdefault("skeleton", folder)
+    return found
+
+
+SPEC = DatasetSpec(
+    "nucla", NUCLA_CLASSES, {"v3_12": NUCLA_CLASSES}, joints=NUCLA_JOINTS, edges=zero_based(_NUCLA_EDGES_1B),
+    centre_joint=0, left_right=left_right_pairs(NUCLA_JOINTS), t_p=5, metric="top1", frame_size=FRAME_SIZE,
+    read_skeleton=load_clip, parse_sample_id=sample_info, find_samples=find_samples)

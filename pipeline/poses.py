@@ -1,7 +1,8 @@
 """Skeletons of any dataset as one array layout, aligned to video frames, and the VPN pose input.
 
-``load_skeleton`` turns a dataset's skeleton file into a ``SkeletonClip``: 3D joints for the pose network and the
-joints' image coordinates in the *video's* pixel frame for the person crop. ``clip_poses`` subsamples ``t_p``
+``load_skeleton`` turns a dataset's skeleton file into a ``SkeletonClip`` with the dataset's own reader
+(``DatasetSpec.read_skeleton``): 3D joints for the pose network and the joints' image coordinates in the *video's*
+pixel frame for the person crop. ``clip_poses`` subsamples ``t_p``
 poses from a clip's 64 sampled frames and normalises them.
 
 Normalisation (documented contract of the cache's ``poses``):
@@ -17,38 +18,12 @@ Normalisation (documented contract of the cache's ``poses``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import ntu, nucla, smarthome
-from pipeline.contracts import MAX_BODIES
-from pipeline.datasets import DatasetSpec
-
-
-@dataclass(frozen=True)
-class SkeletonClip:
-    """A sample's skeleton, bodies in stable slots.
-
-    Attributes:
-        joints3d: (T_s, 2, J, 3) float32, NaN where a body is absent.
-        joints2d: (T_s, 2, J, 2) float32 pixel coordinates in the video frame, NaN where absent.
-    """
-
-    joints3d: np.ndarray
-    joints2d: np.ndarray
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.joints3d)
-
-
-def _pad_bodies(a: np.ndarray) -> np.ndarray:
-    """(T, M, J, C) -> (T, 2, J, C), NaN-padded or truncated to ``MAX_BODIES``."""
-    out = np.full((a.shape[0], MAX_BODIES) + a.shape[2:], np.nan, dtype=np.float32)
-    out[:, : min(MAX_BODIES, a.shape[1])] = a[:, :MAX_BODIES]
-    return out
+from pipeline.dataset_spec import DatasetSpec
+from pipeline.skeleton_io import SkeletonClip
 
 
 def load_skeleton(spec: DatasetSpec, path: str | Path, video_size: tuple[int, int]) -> SkeletonClip:
@@ -63,21 +38,7 @@ def load_skeleton(spec: DatasetSpec, path: str | Path, video_size: tuple[int, in
     Raises:
         SkeletonFormatError: malformed file (message names the file and line).
     """
-    path = Path(path)
-    width, height = video_size
-    if spec.name.startswith("ntu"):
-        seq = ntu.read_skeleton(path, max_bodies=MAX_BODIES)
-        scale = np.array([width / ntu.COLOR_FRAME_SIZE[0], height / ntu.COLOR_FRAME_SIZE[1]], dtype=np.float32)
-        return SkeletonClip(_pad_bodies(seq.joints), _pad_bodies(seq.color_xy * scale))
-    if spec.name == "smarthome":
-        skel = smarthome.read_lcrnet_json(path, MAX_BODIES)
-        scale = np.array([width / smarthome.FRAME_SIZE[0], height / smarthome.FRAME_SIZE[1]], dtype=np.float32)
-        return SkeletonClip(skel.pose3d, skel.pose2d * scale)
-    if spec.name == "nucla":
-        joints = nucla.read_raw_sample(path)[0] if path.is_dir() else nucla.read_sqe_json(path)
-        scale = np.array([width / nucla.FRAME_SIZE[0], height / nucla.FRAME_SIZE[1]], dtype=np.float32)
-        return SkeletonClip(_pad_bodies(joints), _pad_bodies(nucla.project_kinect_v1(joints) * scale))
-    raise ValueError(f"no skeleton reader for dataset {spec.name!r}")
+    return spec.read_skeleton(Path(path), video_size)
 
 
 def align_frames(video_indices: np.ndarray, num_video_frames: int, num_skeleton_frames: int) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""Opening skeleton files safely: regular files only, a size bound, and the one error type every reader raises.
+"""Skeleton files in and out: opened safely, read into the one structure every dataset's reader returns.
+
+``SkeletonClip`` is what a dataset's skeleton reader (``DatasetSpec.read_skeleton``) gives back, whatever the file
+format: 3D joints for the pose network and image coordinates for the person crop, bodies in stable slots.
 
 A skeleton reader is handed whatever sits under a dataset folder: a named pipe (opening it would block forever),
 a symlink to ``/dev/zero`` (reading it never ends), a file far larger than any real skeleton. ``read_bounded``
@@ -12,7 +15,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+
+from pipeline.contracts import MAX_BODIES
 
 MAX_SKELETON_BYTES = int(float(os.environ.get("VPN_MAX_SKELETON_MB", "64")) * 2**20)
 """Largest skeleton file read (real ones: NTU <= ~2 MB, N-UCLA JSON < 100 KB, Smarthome JSON a few MB)."""
@@ -26,6 +34,30 @@ _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character de
 
 class SkeletonFormatError(ValueError):
     """A skeleton file that does not follow its format; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class SkeletonClip:
+    """A sample's skeleton, bodies in stable slots.
+
+    Attributes:
+        joints3d: (T_s, 2, J, 3) float32, NaN where a body is absent.
+        joints2d: (T_s, 2, J, 2) float32 pixel coordinates in the video frame, NaN where absent.
+    """
+
+    joints3d: np.ndarray
+    joints2d: np.ndarray
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.joints3d)
+
+
+def pad_bodies(a: np.ndarray) -> np.ndarray:
+    """(T, M, J, C) -> (T, 2, J, C), NaN-padded or truncated to ``MAX_BODIES``."""
+    out = np.full((a.shape[0], MAX_BODIES) + a.shape[2:], np.nan, dtype=np.float32)
+    out[:, : min(MAX_BODIES, a.shape[1])] = a[:, :MAX_BODIES]
+    return out
 
 
 def read_bounded(path: str | Path, max_bytes: int | None = None) -> bytes:

@@ -1,4 +1,5 @@
-"""Toyota Smarthome (trimmed): clip names, LCR-Net skeleton JSON and the CS / CV1 / CV2 protocols.
+"""Toyota Smarthome (trimmed): classes and skeleton graph, clip names, LCR-Net skeleton JSON, the CS / CV1 / CV2
+protocols, which files make a sample, and its ``DatasetSpec`` (``SPEC``).
 
 Clips are ``<Activity>_pPP_rRR_vVV_cCC.mp4`` (640x480); the skeleton of a clip is the JSON of the same stem,
 ``{"K": .., "njts": 13, "frames": [[{"pose2d": [26], "pose3d": [39], "cumscore": s}, ...], ...]}`` with one
@@ -17,8 +18,36 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import SMARTHOME_CLASSES, SMARTHOME_CV_CLASSES
-from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonFormatError, load_json
+from pipeline.contracts import MAX_BODIES
+from pipeline.dataset_spec import DatasetSpec, SampleInfo, left_right_pairs
+from pipeline.sample_files import VIDEO_SUFFIXES, SampleFiles, ScanReport, pair_files
+from pipeline.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonClip, SkeletonFormatError, load_json
+
+SMARTHOME_CLASSES: tuple[str, ...] = (
+    "Cook.Cleandishes", "Cook.Cleanup", "Cook.Cut", "Cook.Stir", "Cook.Usestove", "Cutbread",
+    "Drink.Frombottle", "Drink.Fromcan", "Drink.Fromcup", "Drink.Fromglass", "Eat.Attable", "Eat.Snack",
+    "Enter", "Getup", "Laydown", "Leave", "Makecoffee.Pourgrains", "Makecoffee.Pourwater",
+    "Maketea.Boilwater", "Maketea.Insertteabag", "Pour.Frombottle", "Pour.Fromcan", "Pour.Fromkettle",
+    "Readbook", "Sitdown", "Takepills", "Uselaptop", "Usetelephone", "Usetablet", "Walk", "WatchTV",
+)
+"""31 cross-subject classes in the order of the official skeleton baseline (2s-AGCN-For-Daily-Living)."""
+
+SMARTHOME_CV_CLASSES: tuple[str, ...] = (
+    "Cutbread", "Drink.Frombottle", "Drink.Fromcan", "Drink.Fromcup", "Drink.Fromglass", "Eat.Attable",
+    "Eat.Snack", "Enter", "Getup", "Leave", "Pour.Frombottle", "Pour.Fromcan", "Readbook", "Sitdown",
+    "Takepills", "Uselaptop", "Usetablet", "Usetelephone", "Walk",
+)
+"""19 cross-view classes (alphabetical, as every official CV list orders them)."""
+
+SMARTHOME_JOINTS: tuple[str, ...] = (
+    "R_ankle", "L_ankle", "R_knee", "L_knee", "R_hip", "L_hip", "R_wrist", "L_wrist", "R_elbow", "L_elbow",
+    "R_shoulder", "L_shoulder", "head",
+)
+# LCR-Net 13-joint bones, 0-based (TOQ-Nets list, DATASETS.md 1.5).
+_SMARTHOME_EDGES_0B = (
+    (0, 2), (2, 4), (1, 3), (3, 5), (6, 8), (8, 10), (7, 9), (9, 11), (4, 5), (4, 10), (5, 11), (10, 11),
+    (11, 12), (10, 12),
+)
 
 NUM_JOINTS = 13
 FRAME_SIZE = (640, 480)
@@ -170,3 +199,40 @@ def read_lcrnet_json(path: str | Path, max_bodies: int = 2) -> LcrSkeleton:
             pose2d[t, slot], pose3d[t, slot], score[t, slot] = p2, p3, det_score
             last_centre[slot] = centre
     return LcrSkeleton(num_frames, pose2d, pose3d, score)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the dataset spec: the reader, id parser and scanner the pipeline calls
+
+
+def load_clip(path: Path, video_size: tuple[int, int]) -> SkeletonClip:
+    """An LCR-Net JSON as a ``SkeletonClip``: the best two detections per frame in stable slots, ``pose2d``
+    rescaled from 640x480 to ``video_size`` (width, height)."""
+    skel = read_lcrnet_json(path, MAX_BODIES)
+    scale = np.array([video_size[0] / FRAME_SIZE[0], video_size[1] / FRAME_SIZE[1]], dtype=np.float32)
+    return SkeletonClip(skel.pose3d, skel.pose2d * scale)
+
+
+def sample_info(sample_id: str) -> SampleInfo:
+    """What a clip name says: activity, subject, camera (the manifest's ``view``) and the protocol splits."""
+    clip = parse_clip_name(sample_id)
+    return SampleInfo(clip.activity, clip.subject, clip.camera, smarthome_splits(clip))
+
+
+def _file_kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    return "skeleton" if suffix == ".json" else None
+
+
+def find_samples(root: Path, report: ScanReport) -> dict[str, SampleFiles]:
+    """Pair each ``<clip>.mp4`` with its ``<clip>.json`` by the clip name, anywhere under ``root``."""
+    return pair_files(root, report, _file_kind, lambda path: parse_clip_name(path.name).sample_id)
+
+
+SPEC = DatasetSpec(
+    "smarthome", SMARTHOME_CLASSES, {"cs": SMARTHOME_CLASSES, "cv1": SMARTHOME_CV_CLASSES, "cv2": SMARTHOME_CV_CLASSES},
+    joints=SMARTHOME_JOINTS, edges=_SMARTHOME_EDGES_0B, centre_joint=4, left_right=left_right_pairs(SMARTHOME_JOINTS),
+    t_p=30, metric="mean_class", frame_size=FRAME_SIZE, read_skeleton=load_clip, parse_sample_id=sample_info,
+    find_samples=find_samples)

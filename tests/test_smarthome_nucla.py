@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline import nucla, smarthome
-from pipeline.datasets import SMARTHOME_CLASSES, SMARTHOME_CV_CLASSES, get_dataset
+from pipeline.datasets import get_dataset
+from pipeline.smarthome import SMARTHOME_CLASSES, SMARTHOME_CV_CLASSES
 from pipeline.ntu import SkeletonFormatError
 from tests.conftest import shared_path
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline import ntu, synthetic
-from pipeline.datasets import NTU_JOINTS
+from pipeline.ntu import NTU_JOINTS
 from pipeline.synthetic import SyntheticConfig
 
 SMALL = SyntheticConfig(n=24, seed=3, frame_size=(192, 108), min_frames=20, max_frames=40,

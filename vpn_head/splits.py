@@ -7,8 +7,8 @@ a held-out subject is validation, every other training clip is used to fit, so n
 are chosen on that set and the test split is scored once, at the end. Smarthome keeps its official validation
 split.
 
-The subject of a clip comes from its sample id, through each dataset's own id parser (the same one the manifest
-uses): NTU ``P###``, Smarthome ``_pNN_``, N-UCLA ``_sNN_``.
+The subject of a clip comes from its sample id, through the dataset's own id parser
+(``DatasetSpec.parse_sample_id``, the same one the manifest uses): NTU ``P###``, Smarthome ``_pNN_``, N-UCLA ``_sNN_``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from pipeline import ntu, nucla, smarthome
+from pipeline.datasets import get_dataset
 
 CARVED_VAL = "val_carved"
 """Split name reported for a validation set carved from the training split."""
@@ -27,15 +27,9 @@ def sample_subject(dataset: str, sample_id: str) -> int:
     """The performer of ``sample_id`` in ``dataset``.
 
     Raises:
-        ValueError: an id the dataset's parser does not accept.
+        ValueError: an unknown dataset, or an id the dataset's parser does not accept.
     """
-    if dataset in ("ntu60", "ntu120"):
-        return ntu.parse_sample_id(sample_id).subject
-    if dataset == "smarthome":
-        return smarthome.parse_clip_name(sample_id).subject
-    if dataset == "nucla":
-        return nucla.parse_sample_name(sample_id).subject
-    raise ValueError(f"no subject parser for dataset {dataset!r}")
+    return get_dataset(dataset).parse_sample_id(sample_id).subject
 
 
 def held_out_subjects(subjects: np.ndarray, fraction: float, seed: int) -> np.ndarray:
