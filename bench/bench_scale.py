@@ -377,7 +377,8 @@ def write_read_caches(folder: Path, clips: int, shard_counts: tuple[int, ...], s
         features = np.maximum(rng.standard_normal(FEATURE_SHAPE, dtype=np.float32) - ZERO_FRACTION_SHIFT, 0)
         action = spec.classes[i % len(spec.classes)]
         rows.append(dict(features=features.astype(np.float16),
-                         poses=rng.normal(size=(2, 3, spec.num_joints, spec.t_p)), sample_id=f"read{i:06d}", label=spec.classes.index(action), action=action, clip_index=0,
+                         poses=rng.normal(size=(2, 3, spec.num_joints, spec.t_p)), sample_id=f"read{i:06d}",
+                         label=spec.classes.index(action), action=action, clip_index=0,
                          frame_indices=np.arange(CLIP_FRAMES), box=np.array([0, 0, 224, 224]),
                          splits={p: "train" for p in spec.protocols}))
     paths = {}

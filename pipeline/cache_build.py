@@ -28,8 +28,8 @@ from pipeline.failures import read_failures
 from pipeline.fileio import file_sha256
 from pipeline.integrity import check_integrity
 from pipeline.layout import (
-    FAILURES_NAME, LOCK_NAME, MERGED_NAME, CacheError, append_run_log, integrity_path, num_shards, shard_path,
-    shards_done, write_latest,
+    FAILURES_NAME, LOCK_NAME, LUIGI_TEMP_GLOB, MERGED_NAME, CacheError, append_run_log, integrity_path, num_shards,
+    shard_path, shards_done, write_latest,
 )
 from pipeline.manifest import read_manifest
 from pipeline.provenance import make_attrs, utc_now
@@ -163,7 +163,7 @@ def merge_build(config: CacheConfig, cache_root: str | Path, manifest: str) -> N
     it holds a clip, and log the merge."""
     folder = config.cache_dir(cache_root)
     merge_shards(shard_paths(config, cache_root, manifest), folder / MERGED_NAME)
-    for stale in folder.glob("shard_*.h5-luigi-tmp-*"):  # left by killed runs; every shard is done now
+    for stale in folder.glob(LUIGI_TEMP_GLOB):  # left by killed runs; every shard is done now
         stale.unlink(missing_ok=True)
     with open_cache(folder) as merged:
         clips = len(merged)

@@ -2,8 +2,8 @@
 
 Per sample (``prepare_sample``, runs in a worker):
 
-1. ``decode``: sample ``clips_per_video`` x ``clip_len`` frame indices over the video (``video.read_sampled_clips``, with
-   the backend fallback; a wrong frame count in the metadata is re-sampled over the frames that decode);
+1. ``decode``: sample ``clips_per_video`` x ``clip_len`` frame indices over the video (``video.read_sampled_clips``,
+   with the backend fallback; a wrong frame count in the metadata is re-sampled over the frames that decode);
 2. ``skeleton``: read the skeleton (``poses.load_skeleton``) and map the sampled video frames to skeleton frames
    (``poses.align_frames``, proportional when the two frame counts differ);
 3. ``crop``: one square box per clip around the (<= 2) bodies' joints over the clip's frames

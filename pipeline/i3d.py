@@ -157,8 +157,9 @@ class MaxPool3dSame(nn.Module):
     """Max-pool with TF SAME padding (pads with -inf, so padding never wins the max).
 
     A box max is separable, so it is computed one dimension at a time as an elementwise maximum of ``k``
-    shifted (strided) views. On CPU this is ~15x faster than ``F.max_pool3d`` on contiguous tensors (which
-    also computes argmax indices) and gives identical values. Gradients at ties are split evenly.
+    shifted (strided) views. On CPU this is much faster than ``F.max_pool3d`` on contiguous tensors (which
+    also computes argmax indices; README "Measured performance") and gives identical values. Gradients at ties are
+    split evenly.
     """
 
     def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> None:
@@ -277,7 +278,8 @@ class InceptionI3d(nn.Module):
         """
         if self.cfg.final_endpoint != "Logits":
             raise RuntimeError("this InceptionI3d has no logits head (build it with final_endpoint='Logits')")
-        if feat.ndim != 5 or feat.shape[1] != FEATURE_CHANNELS or feat.shape[-2:] != FEATURE_SHAPE[2:] or feat.shape[2] < 2:
+        if (feat.ndim != 5 or feat.shape[1] != FEATURE_CHANNELS or feat.shape[-2:] != FEATURE_SHAPE[2:]
+                or feat.shape[2] < 2):
             raise ValueError(
                 f"the logits head needs Mixed_5c of shape (N, 1024, T'>=2, 7, 7) (input 224x224 with >= 9 frames), "
                 f"got {tuple(feat.shape)}"
@@ -373,8 +375,8 @@ def load_i3d(weights: str | Path | None, *, with_logits: bool = False, device: s
         device: Where to put the model.
         seed: Seed of the random init (used only without weights; the global RNG is left untouched).
         channels_last: Store conv weights channels-last-3d, so convs run (and return) NDHWC; inputs need no
-            conversion. On 2 CPU cores this cut a (1, 3, 64, 224, 224) forward by ~5-10%; values change by
-            float rounding only (<= 4e-5 on Mixed_5c).
+            conversion. It made the CPU forward of a paper clip faster (README "Measured performance"); values
+            change by float rounding only (<= 4e-5 on Mixed_5c).
 
     Returns:
         The model, in eval mode, on ``device``.

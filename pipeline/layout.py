@@ -38,7 +38,9 @@ SHARD_NAME = "shard_{:05d}.h5"
 SHARD_GLOB = "shard_*.h5"
 INTEGRITY_SUFFIX = ".integrity.json"
 """Beside every finished cache file: its byte size and sha256 when it was written."""
-STALE_TEMP_GLOBS = ("shard_*.h5-luigi-tmp-*", ".*.tmp-*")
+LUIGI_TEMP_GLOB = "shard_*.h5-luigi-tmp-*"
+"""A shard being written through Luigi's ``temporary_path()``."""
+STALE_TEMP_GLOBS = (LUIGI_TEMP_GLOB, ".*.tmp-*")
 """Temporary files a killed run can leave: Luigi's ``temporary_path()`` and ``pipeline.fileio.temp_path``."""
 
 

@@ -15,8 +15,8 @@
 * The work is ``pipeline.cache_build``'s (each ``run()`` calls it); the folder layout is ``pipeline.layout``'s.
 * Before any task runs: DATA_ROOT must exist and hold the first samples' files, and the I3D weights must load
   (else one line, exit 2); finished shards are re-checked against their integrity records
-  (``pipeline.integrity.check_integrity``) and rebuilt when bad or when they hold environment failures (``--retry-failed``:
-  any failure), with the merged view.
+  (``pipeline.integrity.check_integrity``) and rebuilt when bad or when they hold environment failures
+  (``--retry-failed``: any failure), with the merged view.
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def test_a_cache_shard_runs_on_its_assigned_device(tmp_path, monkeypatch, reques
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(devices, "default_lock_dir", lambda: tmp_path / "locks")
     monkeypatch.setattr(cache_build, "manifest_rows", lambda manifest, protocol: ({"sample_id": "a"},) * 12)
-    monkeypatch.setattr(cache_build, "load_extractor", lambda extractor, weights, device: seen.setdefault("model", device))
+    monkeypatch.setattr(cache_build, "load_extractor",
+                        lambda extractor, weights, device: seen.setdefault("model", device))
 
     def fake_extract(rows, data_root, config, model, out_path, *, device, **kwargs):
         seen["extract"] = device
