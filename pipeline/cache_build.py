@@ -174,7 +174,7 @@ def merge_build(config: CacheConfig, cache_root: str | Path, manifest: str) -> N
     append_run_log(folder, {"merged": MERGED_NAME, "host": socket.gethostname(), "at": utc_now()})
 
 
-def unreachable_failures(folder: str | Path) -> tuple[int, int]:
+def failure_counts(folder: str | Path) -> tuple[int, int]:
     """``(skipped samples, of which unreachable)`` from a cache folder's failures.csv ((0, 0) when absent)."""
     path = Path(folder) / FAILURES_NAME
     if not path.exists():

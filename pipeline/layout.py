@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.fileio import atomic_write_json, atomic_write_text
+
 MERGED_NAME = "cache.h5"
 FAILURES_NAME = "failures.csv"
 CONFIG_NAME = "config.json"
@@ -91,14 +93,14 @@ def cache_folders(path: str | Path) -> list[Path]:
 
 
 def write_latest(folder: str | Path) -> None:
-    """Point ``LATEST`` of the folder's dataset folder at this cache (the build that completed last)."""
+    """Point ``LATEST`` of the folder's dataset folder at this cache (the build that completed last), atomically."""
     folder = Path(folder)
-    (folder.parent / LATEST).write_text(folder.name + "\n")
+    atomic_write_text(folder.parent / LATEST, folder.name + "\n")
 
 
 def write_config(folder: str | Path, config: dict[str, Any]) -> None:
-    """Write ``config.json`` (indented, sorted keys) into a cache folder."""
-    (Path(folder) / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    """Write ``config.json`` (indented, sorted keys) into a cache folder, atomically."""
+    atomic_write_json(Path(folder) / CONFIG_NAME, config)
 
 
 def append_run_log(folder: str | Path, entry: dict[str, Any]) -> None:

@@ -188,8 +188,8 @@ def _build(args: argparse.Namespace, config: CacheConfig, data_root: str, cache_
                       batch_size=args.batch_size, device=args.device)
     scheduler = {"local_scheduler": True}
     if not luigi.configuration.get_config().has_option("resources", "gpu"):  # a luigi.cfg setting wins
-        luigi.configuration.get_config().set("resources", "gpu", str(cache_build.gpu_slots(args.device, args.workers,
-                                                                              torch.cuda.device_count())))
+        slots = cache_build.gpu_slots(args.device, args.workers, torch.cuda.device_count())
+        luigi.configuration.get_config().set("resources", "gpu", str(slots))
     if args.scheduler:
         host, _, port = args.scheduler.partition(":")
         scheduler = {"scheduler_host": host, "scheduler_port": int(port or 8082)}
@@ -203,7 +203,7 @@ def _build(args: argparse.Namespace, config: CacheConfig, data_root: str, cache_
         _wait_for_merge(task)
     print(result.summary_text)
     print(cache_build.status(config, args.cache_dir, args.manifest) + f" ({time.perf_counter() - start:.1f} s)")
-    skipped, unreachable = cache_build.unreachable_failures(cache_dir)
+    skipped, unreachable = cache_build.failure_counts(cache_dir)
     failures = cache_dir / FAILURES_NAME
     if failures.exists():
         print(f"{skipped} samples skipped, listed in {failures}")
