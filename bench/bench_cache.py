@@ -1,6 +1,6 @@
 """Benchmark the cache's feature compression: bytes per clip, write speed and random-access read speed.
 
-For every compression name, writes ``--clips`` clips as 4 shards with ``pipeline.cache.write_shard``, merges
+For every compression name, writes ``--clips`` clips as 4 shards with ``pipeline.cache_writer.ShardWriter``, merges
 them into a virtual-dataset view, then reads every clip once in random order, one clip at a time, through
 ``CacheReader.read_features`` after reopening the file (HDF5 chunk cache cold; the OS page cache is warm, so
 this measures decompression and HDF5 overhead, not the disk): from one shard directly and through the merged
@@ -43,8 +43,12 @@ import h5py
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from pipeline import cache
-from pipeline.contracts import CLIP_FRAMES, FEATURE_SHAPE
+from pipeline import cache, cache_format, cache_merge, cache_writer
+from pipeline.cache_writer import write_rows
+from pipeline.fileio import file_sha256
+from pipeline.i3d_spec import CLIP_FRAMES, FEATURE_SHAPE
+from pipeline.integrity import check_integrity
+from pipeline.provenance import library_versions, make_attrs
 
 log = logging.getLogger("bench_cache")
 
@@ -85,15 +89,12 @@ def simulated_features(n_distinct: int, zero_fraction: float = 0.73, mean: float
     return field * (mean / field.mean())
 
 
-def make_records(features: np.ndarray, first: int, n: int, rng: np.random.Generator) -> cache.ShardRecords:
-    """n clips cycling through ``features``, with plausible poses and metadata."""
-    records = cache.ShardRecords(num_joints=J, t_p=T_P, protocols=("cs", "cv"))
-    for i in range(first, first + n):
-        records.add_clip(features=features[i % len(features)].astype(np.float16),
-                         poses=rng.normal(size=(2, 3, J, T_P)).astype(np.float32), sample_id=f"S001A{i:03d}",
-                         label=i % 60, action="drink water", clip_index=0, frame_indices=np.arange(CLIP_FRAMES),
-                         box=(0, 0, 224, 224), splits={"cs": "train", "cv": "test"})
-    return records
+def make_rows(features: np.ndarray, first: int, n: int, rng: np.random.Generator) -> list[dict]:
+    """n clips cycling through ``features``, with plausible poses and metadata (``ShardWriter.append`` kwargs)."""
+    return [dict(features=features[i % len(features)].astype(np.float16),
+                 poses=rng.normal(size=(2, 3, J, T_P)).astype(np.float32), sample_id=f"S001A{i:03d}",
+                 label=i % 60, action="drink water", clip_index=0, frame_indices=np.arange(CLIP_FRAMES),
+                 box=(0, 0, 224, 224), splits={"cs": "train", "cv": "test"}) for i in range(first, first + n)]
 
 
 def read_pass(path: Path, order: np.ndarray, dtype: type) -> tuple[float, float]:
@@ -110,13 +111,18 @@ def read_pass(path: Path, order: np.ndarray, dtype: type) -> tuple[float, float]
 @contextlib.contextmanager
 def integrity_checks(enabled: bool):
     """Write with the cache's checksums (the default), or without any: no Fletcher-32, no sha256 record."""
-    saved = cache.CHECKSUM, cache.record_integrity
+    patched = [(cache_format, "CHECKSUM", {}), (cache_writer, "CHECKSUM", {}),
+               (cache_writer, "record_integrity", lambda written, final: None),
+               (cache_merge, "record_integrity", lambda written, final: None)]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patched]
     if not enabled:
-        cache.CHECKSUM, cache.record_integrity = {}, lambda written, final: None
+        for module, name, value in patched:
+            setattr(module, name, value)
     try:
         yield
     finally:
-        cache.CHECKSUM, cache.record_integrity = saved
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 def integrity_timings(folder: Path, n_clips: int) -> dict:
@@ -125,10 +131,10 @@ def integrity_timings(folder: Path, n_clips: int) -> dict:
     size = sum(p.stat().st_size for p in shards)
     start = time.perf_counter()
     for path in shards:
-        cache.file_sha256(path)
+        file_sha256(path)
     sha_s = time.perf_counter() - start
     start = time.perf_counter()
-    assert all(cache.check_integrity(path) == "" for path in shards)
+    assert all(check_integrity(path) == "" for path in shards)
     cheap_s = time.perf_counter() - start
     start = time.perf_counter()
     assert cache.verify_folder(folder) == {}
@@ -140,17 +146,18 @@ def integrity_timings(folder: Path, n_clips: int) -> dict:
 def write_cache(name: str, features: np.ndarray, n_clips: int, folder: Path) -> dict:
     """Write ``n_clips`` clips with compression ``name`` as 4 shards, merge them; sizes and write speed."""
     rng = np.random.default_rng(0)
-    attrs = cache.make_attrs({"bench": True}, "")
+    attrs = make_attrs({"bench": True}, "")
     per_shard = n_clips // NUM_SHARDS
     folder.mkdir()
     shards = [folder / f"shard_{k:05d}.h5" for k in range(NUM_SHARDS)]
     wall = cpu = 0.0
     for k, path in enumerate(shards):
-        records = make_records(features, k * per_shard, per_shard, rng)
+        rows = make_rows(features, k * per_shard, per_shard, rng)
         w, c = time.perf_counter(), time.process_time()
-        cache.write_shard_atomic(path, records, attrs=attrs, compression=name)
+        write_rows(path, rows, num_joints=J, t_p=T_P, attrs=attrs, protocols=("cs", "cv"), compression=name,
+                   atomic=True)
         wall, cpu = wall + time.perf_counter() - w, cpu + time.process_time() - c
-    cache.merge_shards(shards, folder / cache.MERGED_NAME)
+    cache_merge.merge_shards(shards, folder / cache.MERGED_NAME)
     n = per_shard * NUM_SHARDS
     feature_bytes = sum(_feature_bytes(p) for p in shards)
     return {"compression": name, "kib_per_clip": feature_bytes / n / 1024,
@@ -182,7 +189,8 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: system temp)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("pipeline.cache").setLevel(logging.WARNING)
+    for name in ("pipeline.cache_writer", "pipeline.cache_merge"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     have_i3d = (SHARED_I3D / "rgb_scratch.pt").is_file() and (SHARED_I3D / "cricketshot_rgb_u8.npz").is_file()
     if args.source == "i3d" and not have_i3d:
@@ -234,7 +242,7 @@ def main() -> None:
                      r["sha256_mib_per_s"], r["recheck_ms_per_shard"], r["verify_clips_per_s"])
     report = {"source": source, "feature_stats": stats, "clips": args.clips, "distinct_clips": args.distinct,
               "cpu_count": os.cpu_count(), "machine": platform.platform(),
-              "versions": cache.library_versions(),
+              "versions": library_versions(),
               "results": list(results.values())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

@@ -1,4 +1,4 @@
-"""Decode and crop benchmark on the real 1080p NTU samples; chooses ``pipeline.video.DEFAULT_BACKEND``.
+"""Decode and crop benchmark on the real 1080p NTU samples; chooses ``pipeline.defaults.DEFAULT_BACKEND``.
 
 For every NTU ``.avi`` and every backend, one thread each, it times reading a 64-frame uniform sample
 (``sample_frame_indices``; open + decode + RGB), best of ``--repeats``. ``opencv_read`` is the OpenCV reader with
@@ -26,11 +26,11 @@ import decord
 import numpy as np
 
 from pipeline.crop import crop_and_resize, to_uint8_crops
+from pipeline.i3d_spec import CLIP_FRAMES
 from pipeline.video import BACKENDS, FrameCountError, OpenCVReader, sample_frame_indices
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLES = REPO.parent / "shared" / "samples" / "ntu"
-CLIP_LEN = 64
 SPARSE_CLIP_LEN = 16
 CROP_SIDES = (180, 700, 1080)
 """Crop box sides benchmarked: a small box (grows: INTER_LINEAR), a one-person box and a two-person box."""
@@ -64,7 +64,7 @@ def best_of(repeats: int, fn: Callable[[], object]) -> tuple[float, float]:
     return min(wall), min(cpu)
 
 
-def read_uniform_clip(factory: Callable[..., object], path: Path, clip_len: int = CLIP_LEN) -> np.ndarray:
+def read_uniform_clip(factory: Callable[..., object], path: Path, clip_len: int = CLIP_FRAMES) -> np.ndarray:
     """Open ``path``, read a ``clip_len``-frame uniform sample, close; what one video costs the cache pipeline."""
     with factory(path, threads=1) as reader:
         indices = sample_frame_indices(reader.num_frames, clip_len)[0]
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     cv2.setNumThreads(1)
     factories = {name: BACKENDS[name] for name in ("opencv", "pyav", "decord")}
     opencv_variants = {"opencv": BACKENDS["opencv"], "opencv_read": OpenCVReadAllReader}
-    decode = bench_decode(videos, args.repeats, {**factories, "opencv_read": OpenCVReadAllReader}, CLIP_LEN)
+    decode = bench_decode(videos, args.repeats, {**factories, "opencv_read": OpenCVReadAllReader}, CLIP_FRAMES)
     sparse = bench_decode(videos, args.repeats, opencv_variants, args.sparse_clip_len)
     crop = bench_crop(read_uniform_clip(BACKENDS["opencv"], videos[0]), args.repeats)
     results = {

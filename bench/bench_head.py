@@ -39,8 +39,11 @@ import torch
 from torch.utils.data import Subset
 
 from pipeline import cache as cache_lib
+from pipeline.cache_merge import merge_shards
+from pipeline.cache_writer import ShardWriter
 from pipeline.contracts import CLIP_FRAMES, FEATURE_SHAPE
 from pipeline.datasets import get_dataset
+from pipeline.provenance import make_attrs
 from vpn_head.config import VPNConfig
 from vpn_head.data import CachedClips
 from vpn_head.evaluate import make_loader
@@ -58,11 +61,11 @@ def write_synthetic_cache(folder: Path, clips: int, dataset: str, protocol: str,
     spec = get_dataset(dataset)
     rng = np.random.default_rng(seed)
     shard = folder / "shard_00000.h5"
-    attrs = cache_lib.make_attrs({"dataset": dataset, "t_p": spec.t_p, "bench": True}, "")
+    attrs = make_attrs({"dataset": dataset, "t_p": spec.t_p, "bench": True}, "")
     protocols = tuple(spec.protocols)
     classes = spec.protocol_classes(protocol)
-    with cache_lib.ShardWriter(shard, n_rows_max=clips, num_joints=spec.num_joints, t_p=spec.t_p, attrs=attrs,
-                               protocols=protocols) as writer:
+    with ShardWriter(shard, n_rows_max=clips, num_joints=spec.num_joints, t_p=spec.t_p, attrs=attrs,
+                     protocols=protocols) as writer:
         for i in range(clips):
             features = np.maximum(rng.standard_normal(FEATURE_SHAPE, dtype=np.float32) - ZERO_FRACTION_SHIFT, 0)
             action = classes[i % len(classes)]
@@ -70,7 +73,7 @@ def write_synthetic_cache(folder: Path, clips: int, dataset: str, protocol: str,
                           sample_id=f"bench{i:05d}", label=spec.classes.index(action), action=action,
                           clip_index=0, frame_indices=np.arange(CLIP_FRAMES), box=np.array([0, 0, 224, 224]),
                           splits={p: "train" for p in protocols})
-    cache_lib.merge_shards([shard], folder / cache_lib.MERGED_NAME)
+    merge_shards([shard], folder / cache_lib.MERGED_NAME)
     return folder
 
 
@@ -122,7 +125,8 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: system temp)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("pipeline.cache").setLevel(logging.WARNING)
+    for name in ("pipeline.cache_writer", "pipeline.cache_merge"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
 

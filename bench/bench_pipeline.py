@@ -25,9 +25,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline import cache, extract, manifest
-from pipeline.config import CacheConfig, file_sha256
+from pipeline import extract, manifest
+from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
+from pipeline.fileio import file_sha256
+from pipeline.provenance import make_attrs
 from pipeline.synthetic import SyntheticConfig, generate
 
 
@@ -65,7 +67,7 @@ def run(out: Path, weights: str | None, videos: int, frame_size: tuple[int, int]
                 extract.extract_features(model, clips, batch_size=batch_size, device=device, amp_bf16=True)
             i3d_bf16 = repeats * len(clips) / (time.perf_counter() - start)
 
-        attrs = cache.make_attrs(config, config.i3d_weights_sha256)
+        attrs = make_attrs(config, config.i3d_weights_sha256)
         pipeline_rates = {}
         for n_workers in sorted({0, workers}):
             stats = extract.extract_shard(rows, root, config, model, Path(tmp) / f"shard{n_workers}.h5",

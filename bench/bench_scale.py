@@ -10,15 +10,16 @@ Each stage is measured on its own, with cheap stand-ins where the real work does
   and writes the shard's real ids, labels and splits into it. Reported: wall time of the whole build, time before
   the first shard starts, per-task overhead ((wall - stand-in work - merge) / shards), and the time to find
   everything complete on a second run (``resume``). Local scheduler, and ``luigid`` on 127.0.0.1.
-- ``merge`` / ``open``: ``pipeline.cache.merge_shards`` of those shards into ``cache.h5``; ``open_cache`` of it.
+- ``merge`` / ``open``: ``pipeline.cache_merge.merge_shards`` of those shards into ``cache.h5``; ``open_cache`` of it.
 - ``read_*``: head-training reads (``vpn_head.data.CachedClips`` through the trainer's ``make_loader``, batch 16,
   random order, two epochs with persistent workers) of the same clips (ReLU-noise features like real Mixed_5c)
   stored in one shard file vs merged views over 50 and 573 shards, with 0/2/4 DataLoader workers: steady
   samples/s (second epoch), the first epoch's seconds (every process opens the cache), and the open file
   handles of the main process and of one worker.
 - ``failures_*``, ``run_log_*``, ``latest``: ``failures.csv`` appended per shard, rewritten and read with N rows;
-  ``run_log.jsonl`` with one line per shard, appended and parsed; ``tasks.cache.status`` over the shard files;
-  ``vpn_head.finetune.find_cache`` with a ``LATEST`` pointer among 10..1000 cache folders.
+  ``run_log.jsonl`` with one line per shard, appended and parsed; ``pipeline.cache_build.status`` over the shard files;
+  ``pipeline.layout.resolve`` (what ``vpn_head.data.resolve_cache`` runs) with a ``LATEST`` pointer among 10..1000
+  cache folders.
 
 Every cost is fitted as ``seconds = a * N ** slope`` over the measured sizes (least squares in log-log); a stage
 not measured at 114,480 is extrapolated with its slope and marked so. Writes ``--out`` (JSON), and beside it
@@ -54,16 +55,21 @@ import torch
 from torch.utils.data import RandomSampler
 
 import tasks.cache as cache_tasks
-from pipeline import cache
+from pipeline import cache, cache_build, cache_format, layout
+from pipeline.cache_merge import merge_shards
+from pipeline.cache_writer import ShardWriter, write_rows
 from pipeline.config import CacheConfig
-from pipeline.contracts import CLIP_FRAMES, FEATURE_SHAPE
 from pipeline.datasets import get_dataset
+from pipeline.defaults import DEFAULT_COMPRESSION
 from pipeline.extract import ShardStats
+from pipeline.failures import append_failures, read_failures, write_failures
+from pipeline.i3d_spec import CLIP_FRAMES, FEATURE_SHAPE
+from pipeline.integrity import record_integrity
 from pipeline.manifest import read_manifest, read_manifest_root, scan, write_manifest
 from pipeline.ntu import format_sample_id, parse_sample_id, read_missing_list
-from vpn_head.data import CachedClips
+from pipeline.provenance import make_attrs
+from vpn_head.data import CachedClips, resolve_cache
 from vpn_head.evaluate import make_loader
-from vpn_head.finetune import find_cache
 
 log = logging.getLogger("bench_scale")
 
@@ -174,8 +180,8 @@ class StandInExtractor:
         if n not in self.templates:
             spec = get_dataset(config.dataset)
             path = self.folder / f"template_{n}.h5"
-            with cache.ShardWriter(path, n_rows_max=n, num_joints=spec.num_joints, t_p=config.t_p, attrs=attrs,
-                                   protocols=tuple(spec.protocols), compression=config.compression) as writer:
+            with ShardWriter(path, n_rows_max=n, num_joints=spec.num_joints, t_p=config.t_p, attrs=attrs,
+                             protocols=tuple(spec.protocols), compression=config.compression) as writer:
                 # strings are stored fixed-length: the template's must be as wide as any real value
                 widest_action = max(spec.classes, key=lambda name: len(name.encode()))
                 for i in range(n):
@@ -195,10 +201,10 @@ class StandInExtractor:
         with h5py.File(out_path, "r+") as f:
             f["sample_ids"][:] = np.array([r["sample_id"] for r in rows], dtype=object)
             f["labels"][:] = np.array([int(r["label"]) for r in rows])
-            f[cache.ACTIONS][:] = np.array([r["action"] for r in rows], dtype=object)
-            for protocol, ds in f[cache.SPLITS_GROUP].items():
+            f[cache_format.ACTIONS][:] = np.array([r["action"] for r in rows], dtype=object)
+            for protocol, ds in f[cache_format.SPLITS_GROUP].items():
                 ds[:] = np.array([r[protocol] for r in rows], dtype=object)
-        cache.record_integrity(out_path, record_as if record_as is not None else out_path)  # as extract_shard does
+        record_integrity(out_path, record_as if record_as is not None else out_path)  # as extract_shard does
         seconds = time.perf_counter() - start
         self.seconds += seconds
         return ShardStats(samples=len(rows), clips=len(rows), seconds=seconds)
@@ -208,8 +214,8 @@ def cache_config(manifest: Path, shard_size: int) -> CacheConfig:
     """The ``pixels``-extractor NTU-120 config of ``manifest`` (as ``make cache`` would build it)."""
     args = argparse.Namespace(dataset="ntu120", protocol="", extractor="pixels", i3d_weights="", manifest=manifest,
                               clips_per_video=1, t_p=0, crop_pad=0.15, backend="opencv", precision="fp32",
-                              compression=cache.DEFAULT_COMPRESSION, shard_size=shard_size)
-    return cache_tasks.build_config(args)
+                              compression=DEFAULT_COMPRESSION, shard_size=shard_size)
+    return cache_build.build_config(args)
 
 
 @contextlib.contextmanager
@@ -260,7 +266,7 @@ def run_build(manifest: Path, cache_root: Path, shard_size: int,
     config = cache_config(manifest, shard_size)
     extractor = StandInExtractor(cache_root.parent)
     merge_seconds = []
-    real_merge = cache.merge_shards
+    real_merge = merge_shards
 
     def timed_merge(*args, **kwargs) -> None:
         t0 = time.perf_counter()
@@ -274,10 +280,10 @@ def run_build(manifest: Path, cache_root: Path, shard_size: int,
                                       device="cpu")
 
     build = {"workers": 1, "detailed_summary": True, "log_level": "WARNING"}
-    cache_tasks._manifest_rows.cache_clear()  # every build reads its manifest, as a fresh process would
-    with mock.patch.object(cache_tasks.extract, "extract_shard", extractor), \
-            mock.patch.object(cache_tasks.cache, "merge_shards", timed_merge), \
-            mock.patch.object(cache_tasks, "_SHARD_SECONDS", []):
+    cache_build.manifest_rows.cache_clear()  # every build reads its manifest, as a fresh process would
+    with mock.patch.object(cache_build.extract, "extract_shard", extractor), \
+            mock.patch.object(cache_build, "merge_shards", timed_merge), \
+            mock.patch.object(cache_build, "_SHARD_SECONDS", []):
         with scheduler() as where:
             start = time.perf_counter()
             result = luigi.build([task()], **build, **where)
@@ -321,7 +327,7 @@ def bench_merge(cache_dir: Path) -> dict:
     shards = sorted(cache_dir.glob("shard_*.h5"))
     out = cache_dir / "bench_merged.h5"
     t0 = time.perf_counter()
-    cache.merge_shards(shards, out)
+    merge_shards(shards, out)
     merged = time.perf_counter() - t0
     fds_before = open_fds()
     t0 = time.perf_counter()
@@ -365,32 +371,29 @@ def write_read_caches(folder: Path, clips: int, shard_counts: tuple[int, ...], s
     """The same ``clips`` noise-feature clips as one shard, and as merged views over each of ``shard_counts``."""
     spec = get_dataset("ntu120")
     rng = np.random.default_rng(seed)
-    attrs = cache.make_attrs({"dataset": spec.name, "t_p": spec.t_p, "bench": "scale"}, "")
-    records = cache.ShardRecords(num_joints=spec.num_joints, t_p=spec.t_p, protocols=tuple(spec.protocols))
+    attrs = make_attrs({"dataset": spec.name, "t_p": spec.t_p, "bench": "scale"}, "")
+    rows = []
     for i in range(clips):
         features = np.maximum(rng.standard_normal(FEATURE_SHAPE, dtype=np.float32) - ZERO_FRACTION_SHIFT, 0)
         action = spec.classes[i % len(spec.classes)]
-        records.add_clip(features=features.astype(np.float16), poses=rng.normal(size=(2, 3, spec.num_joints, spec.t_p)),
-                         sample_id=f"read{i:06d}", label=spec.classes.index(action), action=action, clip_index=0,
+        rows.append(dict(features=features.astype(np.float16),
+                         poses=rng.normal(size=(2, 3, spec.num_joints, spec.t_p)), sample_id=f"read{i:06d}",
+                         label=spec.classes.index(action), action=action, clip_index=0,
                          frame_indices=np.arange(CLIP_FRAMES), box=np.array([0, 0, 224, 224]),
-                         splits={p: "train" for p in spec.protocols})
+                         splits={p: "train" for p in spec.protocols}))
     paths = {}
     for count in shard_counts:
         sub = folder / f"shards_{count}"
         bounds = np.linspace(0, clips, count + 1).astype(int)
         shard_paths = []
         for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-            part = cache.ShardRecords(num_joints=records.num_joints, t_p=records.t_p, protocols=records.protocols)
-            for name in ("features", "poses", "sample_ids", "labels", "actions", "clip_index", "frame_indices",
-                         "boxes"):
-                setattr(part, name, getattr(records, name)[lo:hi])
-            part.splits = {p: v[lo:hi] for p, v in records.splits.items()}
             shard_paths.append(sub / f"shard_{k:05d}.h5")
-            cache.write_shard(shard_paths[-1], part, attrs=attrs)
+            write_rows(shard_paths[-1], rows[lo:hi], num_joints=spec.num_joints, t_p=spec.t_p, attrs=attrs,
+                       protocols=tuple(spec.protocols))
         if count == 1:
             paths[count] = shard_paths[0]
         else:
-            cache.merge_shards(shard_paths, sub / cache.MERGED_NAME)
+            merge_shards(shard_paths, sub / cache.MERGED_NAME)
             paths[count] = sub / cache.MERGED_NAME
     return paths
 
@@ -445,51 +448,51 @@ def bench_logs(folder: Path, sizes: list[int], shard_size: int) -> list[dict]:
     for n in sizes:
         sub = folder / f"logs_{n}"
         sub.mkdir(parents=True)
-        shards = cache_tasks.num_shards(n, shard_size)
+        shards = layout.num_shards(n, shard_size)
         failures = [(f"S{i:019d}", "decode", "video is an empty file") for i in range(n)]
         per_shard = np.array_split(np.arange(n), shards)
 
         def append_all() -> None:
             for idx in per_shard:
-                cache.append_failures(sub / "appended.csv", [failures[i] for i in idx])
+                append_failures(sub / "appended.csv", [failures[i] for i in idx])
 
         def run_log() -> None:
             for k in range(shards):
-                cache_tasks._append_log(sub, {"shard": k, "videos": shard_size, "seconds": 1.0, "host": "bench"})
+                layout.append_run_log(sub, {"shard": k, "videos": shard_size, "seconds": 1.0, "host": "bench"})
 
         row = {"n": n, "shards": shards,
                "failures_append_s": timed(append_all),
-               "failures_write_s": timed(lambda: cache.write_failures(sub / cache.FAILURES_NAME, failures)),
-               "failures_read_s": timed(lambda: cache.read_failures(sub / cache.FAILURES_NAME)),
+               "failures_write_s": timed(lambda: write_failures(sub / layout.FAILURES_NAME, failures)),
+               "failures_read_s": timed(lambda: read_failures(sub / layout.FAILURES_NAME)),
                "run_log_append_s": timed(run_log),
                "run_log_parse_s": timed(lambda: [json.loads(line) for line in
-                                                 (sub / cache_tasks.RUN_LOG).read_text().splitlines()])}
+                                                 (sub / layout.RUN_LOG).read_text().splitlines()])}
         rows.append(row)
         log.info("logs n=%d: %s", n, row)
     return rows
 
 
 def bench_status(manifests: dict[int, Path], work: Path, shard_size: int) -> list[dict]:
-    """``tasks.cache.status`` (what ``make resume`` prints first) over each finished local build."""
+    """``cache_build.status`` (what ``make resume`` prints first) over each finished local build."""
     rows = []
     for n, manifest in manifests.items():
         config = cache_config(manifest, shard_size)
         root = str(work / f"cache_local_{n}")
-        cache_tasks._manifest_rows.cache_clear()
-        rows.append({"n": n, "status_s": timed(lambda: cache_tasks.status(config, root, str(manifest)))})
+        cache_build.manifest_rows.cache_clear()
+        rows.append({"n": n, "status_s": timed(lambda: cache_build.status(config, root, str(manifest)))})
     return rows
 
 
 def bench_latest(folder: Path, counts: tuple[int, ...]) -> list[dict]:
-    """``find_cache`` through ``LATEST`` among k cache folders (the newest of them holds a cache.h5)."""
+    """``resolve_cache`` through ``LATEST`` among k cache folders (the newest of them holds a cache.h5)."""
     rows = []
     for k in counts:
         root = folder / f"latest_{k}"
         for i in range(k):
             (root / "ntu120" / f"{i:012x}").mkdir(parents=True)
             (root / "ntu120" / f"{i:012x}" / cache.MERGED_NAME).touch()
-        (root / "ntu120" / cache_tasks.LATEST).write_text(f"{k - 1:012x}\n")
-        rows.append({"caches": k, "find_cache_s": timed(lambda: find_cache(root, "ntu120"))})
+        (root / "ntu120" / layout.LATEST).write_text(f"{k - 1:012x}\n")
+        rows.append({"caches": k, "resolve_cache_s": timed(lambda: resolve_cache(root, "ntu120"))})
     return rows
 
 
@@ -577,8 +580,8 @@ def markdown(results: dict) -> str:
             name = "one shard file" if count == 1 else f"cache.h5 over {count} shards"
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if results.get("latest"):
-        lines += ["", "`find_cache` via LATEST: " + ", ".join(
-            f"{r['caches']} caches {_fmt_s(r['find_cache_s'])}" for r in results["latest"])]
+        lines += ["", "`resolve_cache` via LATEST: " + ", ".join(
+            f"{r['caches']} caches {_fmt_s(r['resolve_cache_s'])}" for r in results["latest"])]
     return "\n".join(lines) + "\n"
 
 

@@ -52,9 +52,11 @@ from torch.nn.parallel import DistributedDataParallel
 from bench.bench_finetune import build as build_finetune_model
 from bench.bench_finetune import timed_pass
 from bench.bench_head import write_synthetic_cache
-from pipeline import cache, extract, manifest
-from pipeline.config import CacheConfig, file_sha256
+from pipeline import extract, manifest
+from pipeline.config import CacheConfig
+from pipeline.fileio import file_sha256
 from pipeline.i3d import load_i3d
+from pipeline.provenance import make_attrs
 from pipeline.synthetic import SyntheticConfig, generate
 from vpn_head import finetune as ft
 from vpn_head.config import VPNConfig
@@ -195,7 +197,7 @@ def check_pipeline(size: dict, device: torch.device, weights: str | None, folder
     precision = "bf16" if device.type == "cuda" else "fp32"
     config = CacheConfig(dataset="ntu60", extractor=size["extractor"], precision=precision,
                          i3d_weights_sha256=file_sha256(weights) if weights else "random-init")
-    attrs = cache.make_attrs(config, config.i3d_weights_sha256)
+    attrs = make_attrs(config, config.i3d_weights_sha256)
     model = extract.make_extractor(size["extractor"], weights, str(device))
     pixels = extract.make_extractor("pixels", None, str(device))
     batch = 8 if device.type == "cuda" else 2

@@ -1,4 +1,7 @@
-"""The cache configuration: every value that changes a cache's content, and the hash that names its folder."""
+"""The cache configuration: every value that changes a cache's content, and the hash that names its folder.
+
+Light on purpose: it imports only the defaults, the I3D spec and the layout, never h5py, torch or a video library.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.cache import DEFAULT_COMPRESSION, file_sha256  # noqa: F401  (re-exported: one hash function)
-from pipeline.contracts import CLIP_FRAMES, CROP_SIZE
-from pipeline.video import DEFAULT_BACKEND, DEFAULT_FALLBACK
+from pipeline.defaults import (
+    DEFAULT_BACKEND, DEFAULT_COMPRESSION, DEFAULT_CROP_PAD, DEFAULT_FALLBACK, DEFAULT_SHARD_SIZE,
+)
+from pipeline.fileio import file_sha256  # noqa: F401  (re-exported for pyskl and gpu_check: use pipeline.fileio)
+from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE
+from pipeline.layout import cache_dir
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,8 @@ class CacheConfig:
         manifest_sha256: content hash of the manifest (adding samples makes a new cache).
         i3d_weights_sha256: hash of the I3D weights, or ``random-init``.
         extractor: ``i3d`` (the paper's Mixed_5c) or ``pixels`` (a fast stand-in for smoke tests).
-        clip_len: frames per clip (paper: 64).
+        clip_len: frames per clip (paper: 64); the cached features are ``i3d_spec.feature_shape(clip_len,
+            crop_size)``.
         clips_per_video: K clips per video (1 = uniform over the whole video).
         t_p: poses kept per clip (paper: 20 NTU, 30 Smarthome, 5 N-UCLA).
         crop_size: side of the I3D input (224).
@@ -44,12 +51,12 @@ class CacheConfig:
     clips_per_video: int = 1
     t_p: int = 20
     crop_size: int = CROP_SIZE
-    crop_pad: float = 0.15
+    crop_pad: float = DEFAULT_CROP_PAD
     backend: str = DEFAULT_BACKEND
     fallback: tuple[str, ...] = DEFAULT_FALLBACK
     precision: str = "fp32"
     compression: str = DEFAULT_COMPRESSION
-    shard_size: int = 200
+    shard_size: int = DEFAULT_SHARD_SIZE
 
     def __post_init__(self) -> None:
         if self.clip_len <= 0 or self.clips_per_video <= 0 or self.t_p <= 0 or self.shard_size <= 0:
@@ -79,4 +86,4 @@ class CacheConfig:
 
     def cache_dir(self, cache_root: str | Path) -> Path:
         """``<cache_root>/<dataset>/<digest>/``."""
-        return Path(cache_root) / self.dataset / self.digest()
+        return cache_dir(cache_root, self.dataset, self.digest())

@@ -9,6 +9,7 @@ Manifest CSV
 
 HDF5 cache (one file per shard, plus a merged virtual-dataset view ``cache.h5``)
     One row per clip (a video gives ``clips_per_video`` rows, in clip order, consecutive).
+    The I3D input and feature shapes come from ``pipeline.i3d_spec`` (re-exported here).
     ``CACHE_DATASETS`` lists every dataset with its dtype and per-row shape (``J`` joints, ``t_p`` poses).
     Every file carries the attrs in ``CACHE_ATTRS``.
 
@@ -18,27 +19,24 @@ failures.csv
 
 from __future__ import annotations
 
+from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE, FEATURE_SHAPE  # noqa: F401  (the I3D spec, re-exported)
+
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "sample_id", "dataset", "video_path", "skeleton_path", "label", "action", "subject", "view",
 )
 PROTOCOL_VALUES: tuple[str, ...] = ("train", "val", "test", "")
 PROBLEM_COLUMN = "problem"
 
-CLIP_FRAMES = 64
-"""Frames per I3D clip (paper: 64 x 224 x 224)."""
-CROP_SIZE = 224
-FEATURE_SHAPE: tuple[int, int, int, int] = (1024, 8, 7, 7)
-"""Mixed_5c output per clip: (C, T, H, W)."""
 MAX_BODIES = 2
 
 CACHE_DATASETS: dict[str, tuple[str, str]] = {
     # name: (dtype, per-row shape as a description)
-    "features": ("float16", "(1024, 8, 7, 7)"),
+    "features": ("float16", f"{FEATURE_SHAPE} for the paper's clip; i3d_spec.feature_shape(clip_len, crop_size)"),
     "poses": ("float32", "(2, 3, J, t_p)"),
     "sample_ids": ("utf-8 str", "()"),
     "labels": ("int64", "()"),
     "clip_index": ("int32", "()"),
-    "frame_indices": ("int32", "(64,)"),
+    "frame_indices": ("int32", f"({CLIP_FRAMES},) for the paper's clip; (clip_len,)"),
     "boxes": ("float32", "(4,) x0, y0, x1, y1 in source-frame pixels"),
 }
 CACHE_ATTRS: tuple[str, ...] = (

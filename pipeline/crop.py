@@ -1,4 +1,5 @@
-"""Person crops for I3D: one square box per clip from the skeleton joints, then crop + resize to 224 x 224.
+"""Person crops for I3D: one square box per clip from the skeleton joints, then crop + resize to the I3D input
+(``pipeline.i3d_spec.CROP_SIZE``, 224 x 224).
 
 Box convention: ``(x0, y0, x1, y1)`` in continuous source-frame pixel coordinates; the frame spans
 ``[0, width] x [0, height]`` and pixel ``(i, j)`` covers ``[j, j + 1) x [i, i + 1)``.
@@ -11,10 +12,9 @@ import math
 import cv2
 import numpy as np
 
-from pipeline.contracts import CROP_SIZE
+from pipeline.defaults import DEFAULT_CROP_PAD
+from pipeline.i3d_spec import CROP_SIZE
 
-DEFAULT_PAD = 0.15
-"""Padding on each side of the joints' box, as a fraction of its longer side."""
 DEFAULT_MIN_SIZE = 64.0
 """Smallest box side in source pixels (guards against a box around a single joint)."""
 
@@ -23,7 +23,7 @@ def clip_box(
     joints_xy: np.ndarray,
     frame_w: int,
     frame_h: int,
-    pad: float = DEFAULT_PAD,
+    pad: float = DEFAULT_CROP_PAD,
     min_size: float = DEFAULT_MIN_SIZE,
 ) -> np.ndarray:
     """One square crop box that holds every person of a clip.

@@ -2,13 +2,13 @@
 
 Per sample (``prepare_sample``, runs in a worker):
 
-1. ``decode``: sample ``clips_per_video`` x 64 frame indices over the video (``video.read_sampled_clips``, with
-   the backend fallback; a wrong frame count in the metadata is re-sampled over the frames that decode);
+1. ``decode``: sample ``clips_per_video`` x ``clip_len`` frame indices over the video (``video.read_sampled_clips``,
+   with the backend fallback; a wrong frame count in the metadata is re-sampled over the frames that decode);
 2. ``skeleton``: read the skeleton (``poses.load_skeleton``) and map the sampled video frames to skeleton frames
    (``poses.align_frames``, proportional when the two frame counts differ);
 3. ``crop``: one square box per clip around the (<= 2) bodies' joints over the clip's frames
    (``crop.clip_box``); frames without a body use the clip's box; a clip none of whose frames has a body uses the
-   box over the whole skeleton; crop and resize to 224x224, RGB in [-1, 1];
+   box over the whole skeleton; crop and resize to ``crop_size`` squared, RGB in [-1, 1];
 4. ``poses``: ``poses.clip_poses`` subsamples ``t_p`` poses from the clip's frames.
 
 A sample that fails any stage becomes a ``(sample_id, stage, reason)`` failure row and the shard goes on.
@@ -35,11 +35,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline import cache, crop, manifest, poses, pyskl, video
+from pipeline import crop, manifest, poses, pyskl, video
+from pipeline.cache_writer import ShardWriter
 from pipeline.config import CacheConfig
-from pipeline.contracts import FEATURE_SHAPE, PROBLEM_COLUMN
+from pipeline.contracts import PROBLEM_COLUMN
 from pipeline.datasets import DatasetSpec, get_dataset
+from pipeline.failures import read_shard_failures
 from pipeline.i3d import extract_features, load_i3d
+from pipeline.i3d_spec import FEATURE_CHANNELS, SPATIAL_STRIDE, TEMPORAL_STRIDE
+from pipeline.integrity import check_integrity
+from pipeline.layout import CacheError
 from pipeline.ntu import SkeletonFormatError
 
 log = logging.getLogger(__name__)
@@ -48,19 +53,22 @@ log = logging.getLogger(__name__)
 class PixelFeatures(torch.nn.Module):
     """A fast stand-in for I3D with the same output shape, for smoke tests and plumbing checks (``extractor=pixels``).
 
-    Mixed_5c-shaped features from the crop itself: adaptive average pooling of the clip to (8, 7, 7) followed by a
-    fixed random 1x1x1 projection 3 -> 1024 and a ReLU. No learning, deterministic (seed 0). It keeps where things
+    Mixed_5c-shaped features from the crop itself: adaptive average pooling of the clip to I3D's output grid
+    (``pipeline.i3d_spec``: (8, 7, 7) for the paper's clip) followed by a fixed random 1x1x1 projection 3 -> 1024
+    and a ReLU. No learning, deterministic (seed 0). It keeps where things
     are in the crop, so a head can still learn spatial cues from it, but it is no video model.
     """
 
-    def __init__(self, channels: int = FEATURE_SHAPE[0]):
+    def __init__(self, channels: int = FEATURE_CHANNELS):
         super().__init__()
         generator = torch.Generator().manual_seed(0)
         self.register_buffer("projection", torch.randn(channels, 3, generator=generator))
         self.eval()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.nn.functional.adaptive_avg_pool3d(x, FEATURE_SHAPE[1:])  # (N, 3, 8, 7, 7)
+        t, h, w = x.shape[2:]
+        grid = (-(-t // TEMPORAL_STRIDE), -(-h // SPATIAL_STRIDE), -(-w // SPATIAL_STRIDE))
+        pooled = torch.nn.functional.adaptive_avg_pool3d(x, grid)  # (N, 3, 8, 7, 7)
         return torch.relu(torch.einsum("ck,nkthw->ncthw", self.projection, pooled))  # (N, 1024, 8, 7, 7)
 
 
@@ -161,7 +169,7 @@ def check_data_root(rows: Sequence[Mapping[str, str]], data_root: str | Path) ->
 def shards_to_rebuild(paths: Sequence[Path], *, retry_failed: bool = False) -> dict[Path, str]:
     """Finished shards that must be computed again, with why.
 
-    A shard is rebuilt when it fails ``cache.check_integrity`` (the cheap check), when it holds environment
+    A shard is rebuilt when it fails ``integrity.check_integrity`` (the cheap check), when it holds environment
     failures (their samples are retried), or, with ``retry_failed``, when it holds any failure other than a
     manifest problem.
     """
@@ -169,13 +177,13 @@ def shards_to_rebuild(paths: Sequence[Path], *, retry_failed: bool = False) -> d
     for path in paths:
         if not path.exists():
             continue
-        problem = cache.check_integrity(path, adopt_legacy=True)
+        problem = check_integrity(path, adopt_legacy=True)
         if problem:
             redo[path] = problem
             continue
         try:
-            stages = cache.read_shard_failures(path)["stage"]
-        except (cache.CacheError, OSError) as err:
+            stages = read_shard_failures(path)["stage"]
+        except (CacheError, OSError) as err:
             redo[path] = f"unreadable failures ({err})"
             continue
         retried = stages[stages == ENVIRONMENT_STAGE] if not retry_failed else stages[stages != "manifest"]
@@ -183,12 +191,6 @@ def shards_to_rebuild(paths: Sequence[Path], *, retry_failed: bool = False) -> d
             kind = "environment" if not retry_failed else "recorded"
             redo[path] = f"{len(retried)} {kind} failures to retry"
     return redo
-
-
-def _video_backends(spec: DatasetSpec, config: CacheConfig, video_path: Path) -> tuple[str, ...]:
-    if video_path.is_dir():
-        return ("frames",)
-    return (config.backend, *(b for b in config.fallback if b != config.backend))
 
 
 def _clip_box(joints2d: np.ndarray, skeleton_frames: np.ndarray, size: tuple[int, int], pad: float) -> np.ndarray:
@@ -212,7 +214,7 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
     try:
         sampled = video.read_sampled_clips(video_path, clip_len=config.clip_len,
                                            clips_per_video=config.clips_per_video,
-                                           backends=_video_backends(spec, config, video_path))
+                                           backends=video.backends_for(video_path, config.backend, config.fallback))
     except video.DecodeError as err:
         raise SampleError("decode", str(err)) from None
     height, width = sampled.frames.shape[2:4]
@@ -320,7 +322,7 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
         config: the cache config.
         model: I3D in eval mode.
         out_path: the shard file to write.
-        attrs: provenance attrs (``cache.make_attrs``).
+        attrs: provenance attrs (``provenance.make_attrs``).
         workers: DataLoader worker processes decoding and cropping (0 = in the main process).
         batch_size: clips per I3D forward pass.
         device: where I3D runs.
@@ -339,7 +341,7 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
     pending: list[tuple[PreparedSample, int]] = []
     amp = config.precision == "bf16"
 
-    def flush(writer: cache.ShardWriter) -> None:
+    def flush(writer: ShardWriter) -> None:
         """I3D on the pending clips (whole samples only), then write them; a sample any of whose clips has
         features that do not fit float16 is written to failures instead, with none of its clips."""
         if not pending:
@@ -363,9 +365,9 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
         pending.clear()
 
     n_rows_max = len(rows) * config.clips_per_video
-    with cache.ShardWriter(out_path, n_rows_max=n_rows_max, num_joints=spec.num_joints, t_p=config.t_p,
-                           attrs=attrs, protocols=tuple(spec.protocols), compression=config.compression,
-                           record_as=record_as) as writer:
+    with ShardWriter(out_path, n_rows_max=n_rows_max, num_joints=spec.num_joints, t_p=config.t_p, attrs=attrs,
+                     protocols=tuple(spec.protocols), compression=config.compression, record_as=record_as,
+                     clip_len=config.clip_len, crop_size=config.crop_size) as writer:
         bar = tqdm(loader, total=len(rows), desc=Path(out_path).name.split("-luigi")[0], unit="video",
                    disable=not progress, leave=False)
         for item in bar:

@@ -9,7 +9,8 @@ TensorFlow semantics that matter for matching the checkpoint:
   It is applied with ``F.pad`` before convs/pools built with ``padding=0`` (max-pools pad with -inf).
 - BatchNorm eps is 1e-3 and the checkpoint has no learned scale (``bn.weight`` is all ones).
 - Convs have no bias except the logits conv; every unit is conv -> BN -> ReLU except the logits unit.
-- Input is RGB in [-1, 1], layout (N, 3, T, H, W). (N, 3, T, 224, 224) -> Mixed_5c (N, 1024, ceil(T/8), 7, 7).
+- Input is RGB in [-1, 1], layout (N, 3, T, H, W). (N, 3, T, 224, 224) -> Mixed_5c (N, 1024, ceil(T/8), 7, 7)
+  (``pipeline.i3d_spec``: strides, channels and the paper's clip).
 
 CLI::
 
@@ -21,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import logging
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.contracts import CROP_SIZE
+from pipeline.fileio import atomic_path, file_sha256
+from pipeline.i3d_spec import CROP_SIZE, FEATURE_CHANNELS, FEATURE_SHAPE, SPATIAL_STRIDE, TEMPORAL_STRIDE
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,6 @@ INCEPTION_CHANNELS: dict[str, tuple[int, int, int, int, int, int]] = {
     "Mixed_5b": (256, 160, 320, 32, 128, 128),
     "Mixed_5c": (384, 192, 384, 48, 128, 128),
 }
-FEATURE_CHANNELS = 1024
 FINAL_ENDPOINTS: tuple[str, ...] = ("Mixed_5c", "Logits")
 
 
@@ -159,8 +157,9 @@ class MaxPool3dSame(nn.Module):
     """Max-pool with TF SAME padding (pads with -inf, so padding never wins the max).
 
     A box max is separable, so it is computed one dimension at a time as an elementwise maximum of ``k``
-    shifted (strided) views. On CPU this is ~15x faster than ``F.max_pool3d`` on contiguous tensors (which
-    also computes argmax indices) and gives identical values. Gradients at ties are split evenly.
+    shifted (strided) views. On CPU this is much faster than ``F.max_pool3d`` on contiguous tensors (which
+    also computes argmax indices; README "Measured performance") and gives identical values. Gradients at ties are
+    split evenly.
     """
 
     def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> None:
@@ -279,7 +278,8 @@ class InceptionI3d(nn.Module):
         """
         if self.cfg.final_endpoint != "Logits":
             raise RuntimeError("this InceptionI3d has no logits head (build it with final_endpoint='Logits')")
-        if feat.ndim != 5 or feat.shape[1] != FEATURE_CHANNELS or feat.shape[-2:] != (7, 7) or feat.shape[2] < 2:
+        if (feat.ndim != 5 or feat.shape[1] != FEATURE_CHANNELS or feat.shape[-2:] != FEATURE_SHAPE[2:]
+                or feat.shape[2] < 2):
             raise ValueError(
                 f"the logits head needs Mixed_5c of shape (N, 1024, T'>=2, 7, 7) (input 224x224 with >= 9 frames), "
                 f"got {tuple(feat.shape)}"
@@ -321,11 +321,7 @@ def weights_sha256(path: str | Path | None) -> str:
     """sha256 hex digest of a weights file, or ``"random-init"`` when there is none (None or missing)."""
     if path is None or not Path(path).is_file():
         return RANDOM_INIT
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _first(names: Sequence[str], n: int = 5) -> str:
@@ -379,8 +375,8 @@ def load_i3d(weights: str | Path | None, *, with_logits: bool = False, device: s
         device: Where to put the model.
         seed: Seed of the random init (used only without weights; the global RNG is left untouched).
         channels_last: Store conv weights channels-last-3d, so convs run (and return) NDHWC; inputs need no
-            conversion. On 2 CPU cores this cut a (1, 3, 64, 224, 224) forward by ~5-10%; values change by
-            float rounding only (<= 4e-5 on Mixed_5c).
+            conversion. It made the CPU forward of a paper clip faster (README "Measured performance"); values
+            change by float rounding only (<= 4e-5 on Mixed_5c).
 
     Returns:
         The model, in eval mode, on ``device``.
@@ -432,7 +428,8 @@ def extract_features(model: InceptionI3d, clips: torch.Tensor, *, batch_size: in
     use_amp = amp_bf16 and device.type == "cuda"
     model.to(device)
     n, _, t, h, w = clips.shape
-    out = np.empty((n, FEATURE_CHANNELS, math.ceil(t / 8), math.ceil(h / 32), math.ceil(w / 32)), np.float32)
+    out = np.empty((n, FEATURE_CHANNELS, math.ceil(t / TEMPORAL_STRIDE), math.ceil(h / SPATIAL_STRIDE),
+                    math.ceil(w / SPATIAL_STRIDE)), np.float32)
     with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
         for start in range(0, n, batch_size):
             batch = clips[start:start + batch_size].to(device, torch.float32, non_blocking=True)
@@ -486,15 +483,8 @@ def load_classify_input(path: Path) -> torch.Tensor:
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _cmd_features(args: argparse.Namespace) -> None:

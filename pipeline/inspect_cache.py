@@ -2,8 +2,8 @@
 
 ``python -m pipeline.inspect_cache PATH [--json]`` (``make inspect CACHE=…``), where PATH is a ``cache.h5``, a
 shard file, a cache directory, or a dataset folder of a cache root (``cache/ntu60``, whose ``LATEST`` names the
-cache built last). It reads only the per-row metadata and the HDF5 headers, so it is instant on any cache, and it
-works on every cache that ``pipeline.cache.open_cache`` opens.
+cache built last), looked up by ``pipeline.layout.resolve``. It reads only the per-row metadata and the HDF5
+headers, so it is instant on any cache, and it works on every cache that ``pipeline.cache.open_cache`` opens.
 """
 
 from __future__ import annotations
@@ -18,34 +18,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.cache import MERGED_NAME, CacheError, CacheReader, open_cache
+from pipeline.cache import CacheReader, open_cache
+from pipeline.layout import SHARD_GLOB, CacheError, resolve
 
-LATEST = "LATEST"
 FAILURE_EXAMPLES = 5
 H5_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf", 32001: "blosc", 32008: "bitshuffle",
               32015: "zstd", 32026: "blosc2"}
 """HDF5 filter ids (the registered ones of https://github.com/HDFGroup/hdf5_plugins) by name; 1-3 are built in,
 the others need ``hdf5plugin`` (``lzf`` ships with h5py)."""
-
-
-def resolve(path: str | Path) -> Path:
-    """The cache file or directory ``path`` names (a dataset folder: its ``LATEST``, or its only cache).
-
-    Raises:
-        CacheError: nothing readable there.
-    """
-    path = Path(path)
-    if path.is_dir() and not (path / MERGED_NAME).exists():
-        if (path / LATEST).is_file():
-            return path / (path / LATEST).read_text().strip()
-        caches = sorted(p.parent for p in path.glob(f"*/{MERGED_NAME}"))
-        if len(caches) > 1:
-            raise CacheError(f"several caches under {path} and no {LATEST}: {[str(c) for c in caches]}; name one")
-        if caches:
-            return caches[0]
-    if not path.exists():
-        raise CacheError(f"no cache at {path} (build one with `make cache`, or pass CACHE=<dir or cache.h5>)")
-    return path
 
 
 def _filters(ds: h5py.Dataset) -> list[str]:
@@ -139,7 +119,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
                          "examples": failures.head(FAILURE_EXAMPLES).to_dict("records")},
         }
         summary["classes"] = _class_counts(reader, summary["classes_protocol"])
-    shards = sorted(file_path.parent.glob("shard_*.h5")) if summary["kind"] == "merged view" else [file_path]
+    shards = sorted(file_path.parent.glob(SHARD_GLOB)) if summary["kind"] == "merged view" else [file_path]
     summary["shards"] = len(shards)
     summary["bytes_on_disk"] = sum(p.stat().st_size for p in {*shards, file_path})
     summary["datasets"] = _datasets(file_path)

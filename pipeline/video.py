@@ -8,7 +8,9 @@ Backends (``BACKENDS``):
 * ``decord``: ``decord.VideoReader.get_batch`` on the wanted frames.
 * ``frames``: a folder of still images, one per frame (N-UCLA ``frame_<N>_..._rgb.jpg``), ordered by the integer N.
 
-``DEFAULT_BACKEND`` is the fastest one-thread backend on the real 1080p NTU samples (``bench/bench_decode.py``).
+``DEFAULT_BACKEND`` (``pipeline.defaults``) is the fastest one-thread backend on the real 1080p NTU samples
+(``bench/bench_decode.py``; the numbers are in the README's "Measured performance" section).
+Which frames a clip reads is ``pipeline.sampling.sample_frame_indices``.
 
 Frame counts in container metadata can be wrong, and a truncated file still opens. ``num_frames`` is the count the
 container reports. Asking for a frame at or past the real decodable end raises ``FrameCountError`` (a
@@ -34,12 +36,12 @@ import cv2
 import decord
 import numpy as np
 
+from pipeline.defaults import DEFAULT_BACKEND, DEFAULT_FALLBACK
+from pipeline.i3d_spec import CLIP_FRAMES
+from pipeline.sampling import sample_frame_indices
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKEND = "opencv"
-"""Fastest one-thread backend on the NTU 1080p samples (bench/bench_decode.py, 64-frame uniform sample, CPU s/video):
-OpenCV 0.43-0.45, PyAV 0.56 (x1.3), decord 0.9-1.7 (x2-4)."""
-DEFAULT_FALLBACK: tuple[str, ...] = ("pyav", "decord")
 FRAME_FOLDER_PATTERN = r"^frame_(\d+)_(?:.*_)?rgb\.(?:jpe?g|png)$"
 """N-UCLA RGB frame names (``frame_<N>_tc_<timecode>_rgb.jpg``); group 1 is the frame number."""
 FRAME_FOLDER_FPS = 30.0
@@ -521,57 +523,6 @@ def read_clip(
     return _first_success(path, backends, lambda reader: reader.get_frames(indices), threads)
 
 
-def sample_frame_indices(
-    num_frames: int,
-    clip_len: int = 64,
-    clips_per_video: int = 1,
-    jitter: np.random.Generator | None = None,
-) -> np.ndarray:
-    """Frame indices of ``clips_per_video`` clips of ``clip_len`` frames each.
-
-    Every clip samples ``clip_len`` positions evenly over a window ``[s, s + span - 1]`` (inclusive, both ends
-    hit) and rounds them half up, so indices are sorted and a window shorter than ``clip_len`` frames repeats its
-    frames evenly.
-
-    * ``clips_per_video == 1``: the window is the whole video (``s = 0``, ``span = num_frames``).
-    * ``clips_per_video == K > 1``: ``span = max(min(num_frames, clip_len), num_frames / K)`` and the K window
-      starts are evenly spaced from 0 to ``num_frames - span``. Long videos thus get K consecutive segments
-      (``span = num_frames / K``); videos shorter than ``K * clip_len`` get K overlapping windows of ``clip_len``
-      consecutive frames (native frame rate); videos shorter than ``clip_len`` get K identical clips.
-
-    With ``jitter`` (training), each position moves by a uniform random offset within its own sampling cell
-    (``+-step / 2``, ``step = (span - 1) / (clip_len - 1)``), clipped to the window, TSN style; indices stay sorted.
-
-    Args:
-        num_frames: Frames in the video (> 0).
-        clip_len: Frames per clip.
-        clips_per_video: Number of clips K.
-        jitter: Random generator for training-time jitter; None for deterministic sampling.
-
-    Returns:
-        int64 array ``(K, clip_len)`` of frame indices in ``[0, num_frames)``.
-    """
-    if num_frames <= 0 or clip_len <= 0 or clips_per_video <= 0:
-        raise ValueError(
-            f"num_frames, clip_len and clips_per_video must be positive, got {num_frames}, {clip_len}, "
-            f"{clips_per_video}"
-        )
-    if clips_per_video == 1:
-        span = float(num_frames)
-        starts = np.zeros(1)
-    else:
-        span = max(float(min(num_frames, clip_len)), num_frames / clips_per_video)
-        starts = np.linspace(0.0, num_frames - span, clips_per_video)  # (K,)
-    fractions = np.linspace(0.0, 1.0, clip_len)  # (clip_len,)
-    positions = starts[:, None] + fractions[None, :] * (span - 1)  # (K, clip_len)
-    if jitter is not None and clip_len > 1:
-        step = (span - 1) / (clip_len - 1)
-        positions = positions + jitter.uniform(-step / 2, step / 2, positions.shape)
-        positions = np.clip(positions, starts[:, None], starts[:, None] + span - 1)
-    indices = np.floor(positions + 0.5).astype(np.int64)  # (K, clip_len)
-    return np.clip(indices, 0, num_frames - 1)
-
-
 @dataclass(frozen=True)
 class SampledClips:
     """Frames of the clips sampled from one video.
@@ -591,7 +542,7 @@ class SampledClips:
 
 def read_sampled_clips(
     path: str | Path,
-    clip_len: int = 64,
+    clip_len: int = CLIP_FRAMES,
     clips_per_video: int = 1,
     backends: Sequence[str] = (DEFAULT_BACKEND, *DEFAULT_FALLBACK),
     jitter: np.random.Generator | None = None,

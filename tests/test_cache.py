@@ -8,53 +8,99 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from pipeline import cache
+from pipeline import cache, cache_format, failures, layout
+from pipeline.cache_merge import merge_shards
+from pipeline.cache_writer import ShardWriter, write_rows
 from pipeline.contracts import CACHE_ATTRS, CACHE_DATASETS, FAILURE_COLUMNS, FEATURE_SHAPE
+from pipeline.provenance import make_attrs
 
 REPO = Path(__file__).resolve().parents[1]
 J, T_P = 25, 20
 CONFIG = {"dataset": "ntu60", "clip_frames": 64, "t_p": T_P, "data_root": Path("/data/ntu")}
 
 
+@dataclass
+class Records:
+    """The clips and failures of one test shard, kept to compare with what the reader returns."""
+
+    num_joints: int
+    t_p: int
+    protocols: tuple[str, ...]
+    features: list[np.ndarray] = field(default_factory=list)
+    poses: list[np.ndarray] = field(default_factory=list)
+    sample_ids: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    clip_index: list[int] = field(default_factory=list)
+    frame_indices: list[np.ndarray] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def rows(self) -> list[dict]:
+        """``ShardWriter.append`` keyword arguments of every clip."""
+        return [dict(features=self.features[i], poses=self.poses[i], sample_id=self.sample_ids[i],
+                     label=self.labels[i], action=self.actions[i], clip_index=self.clip_index[i],
+                     frame_indices=self.frame_indices[i], box=self.boxes[i],
+                     splits={p: v[i] for p, v in self.splits.items()}) for i in range(len(self))]
+
+
+def write_shard(path: Path, records: Records, *, attrs: dict[str, str], **kwargs) -> None:
+    """Write ``records`` with the pipeline's one writer (``kwargs``: compression, atomic)."""
+    write_rows(path, records.rows(), num_joints=records.num_joints, t_p=records.t_p, attrs=attrs,
+               protocols=records.protocols, failures=records.failures, **kwargs)
+
+
 def make_records(n: int, *, seed: int = 0, prefix: str = "S001C001P001R001A", protocols=("cs", "cv"),
-                 num_joints: int = J) -> cache.ShardRecords:
+                 num_joints: int = J) -> Records:
     """n clips of post-ReLU-like float16 features (exact zeros included) and random metadata."""
     rng = np.random.default_rng(seed)
-    records = cache.ShardRecords(num_joints=num_joints, t_p=T_P, protocols=protocols)
+    records = Records(num_joints=num_joints, t_p=T_P, protocols=tuple(protocols),
+                      splits={p: [] for p in protocols})
     for i in range(n):
-        features = np.maximum(rng.standard_normal(FEATURE_SHAPE, dtype=np.float32) * 3, 0).astype(np.float16)
-        records.add_clip(features=features, poses=rng.standard_normal((2, 3, num_joints, T_P)).astype(np.float32),
-                         sample_id=f"{prefix}{seed:02d}{i:02d}", label=int(rng.integers(60)), action=f"act é{i}",
-                         clip_index=i % 2, frame_indices=rng.integers(0, 300, 64), box=rng.random(4) * 100,
-                         splits={p: ("train", "test", "")[(i + k) % 3] for k, p in enumerate(protocols)})
-    records.add_failure(f"{prefix}bad{seed}", "decode", f"shard {seed}: truncated, \"quoted\", comma")
+        records.features.append(np.maximum(rng.standard_normal(FEATURE_SHAPE, dtype=np.float32) * 3, 0)
+                                .astype(np.float16))
+        records.poses.append(rng.standard_normal((2, 3, num_joints, T_P)).astype(np.float32))
+        records.sample_ids.append(f"{prefix}{seed:02d}{i:02d}")
+        records.labels.append(int(rng.integers(60)))
+        records.actions.append(f"act é{i}")
+        records.clip_index.append(i % 2)
+        records.frame_indices.append(rng.integers(0, 300, 64))
+        records.boxes.append(rng.random(4) * 100)
+        for k, p in enumerate(protocols):
+            records.splits[p].append(("train", "test", "")[(i + k) % 3])
+    records.failures.append((f"{prefix}bad{seed}", "decode", f"shard {seed}: truncated, \"quoted\", comma"))
     return records
 
 
 @pytest.fixture
 def attrs() -> dict[str, str]:
-    return cache.make_attrs(CONFIG, "ab" * 32)
+    return make_attrs(CONFIG, "ab" * 32)
 
 
-def build_cache(folder: Path, attrs: dict[str, str], sizes=(3, 0, 2)) -> tuple[list[Path], list[cache.ShardRecords]]:
+def build_cache(folder: Path, attrs: dict[str, str], sizes=(3, 0, 2)) -> tuple[list[Path], list[Records]]:
     """Write one shard per size into ``folder`` and merge them into ``folder/cache.h5``."""
     folder.mkdir(parents=True, exist_ok=True)
     paths, records = [], []
     for k, n in enumerate(sizes):
         records.append(make_records(n, seed=k))
         paths.append(folder / f"shard_{k:05d}.h5")
-        cache.write_shard_atomic(paths[-1], records[-1], attrs=attrs)
-    cache.merge_shards(paths, folder / cache.MERGED_NAME)
+        write_shard(paths[-1], records[-1], attrs=attrs, atomic=True)
+    merge_shards(paths, folder / cache.MERGED_NAME)
     return paths, records
 
 
-def concat(records: list[cache.ShardRecords], name: str) -> np.ndarray:
+def concat(records: list[Records], name: str) -> np.ndarray:
     return np.concatenate([np.asarray(getattr(r, name)) for r in records if len(r)])
 
 
@@ -62,7 +108,7 @@ def concat(records: list[cache.ShardRecords], name: str) -> np.ndarray:
 
 
 def test_row_shapes_match_contract_descriptions():
-    shapes = cache.row_shapes(J, T_P)
+    shapes = cache_format.row_shapes(J, T_P)
     assert set(shapes) == set(CACHE_DATASETS)
     for name, (_, description) in CACHE_DATASETS.items():
         text = re.match(r"\(([^)]*)\)", description)[1].replace("J", str(J)).replace("t_p", str(T_P))
@@ -71,11 +117,11 @@ def test_row_shapes_match_contract_descriptions():
 
 def test_written_shard_conforms_to_contract(tmp_path, attrs):
     path = tmp_path / "shard.h5"
-    cache.write_shard(path, make_records(2), attrs=attrs)
+    write_shard(path, make_records(2), attrs=attrs)
     with h5py.File(path, "r") as f:
         for name, (dtype, _) in CACHE_DATASETS.items():
             ds = f[name]
-            assert ds.shape == (2, *cache.row_shapes(J, T_P)[name]), name
+            assert ds.shape == (2, *cache_format.row_shapes(J, T_P)[name]), name
             if dtype == "utf-8 str":
                 assert h5py.check_string_dtype(ds.dtype).encoding == "utf-8"
             else:
@@ -83,9 +129,9 @@ def test_written_shard_conforms_to_contract(tmp_path, attrs):
         assert f["features"].chunks == (1, *FEATURE_SHAPE)
         assert f["features"].id.get_create_plist().get_nfilters() > 0  # DEFAULT_COMPRESSION is on
         assert set(CACHE_ATTRS) <= set(f.attrs)
-        assert set(f[cache.SPLITS_GROUP]) == {"cs", "cv"}
-        assert h5py.check_string_dtype(f[cache.ACTIONS].dtype).encoding == "utf-8"
-        assert f[cache.FAILURES].shape == (1, len(FAILURE_COLUMNS))
+        assert set(f[cache_format.SPLITS_GROUP]) == {"cs", "cv"}
+        assert h5py.check_string_dtype(f[cache_format.ACTIONS].dtype).encoding == "utf-8"
+        assert f[cache_format.FAILURES].shape == (1, len(FAILURE_COLUMNS))
 
 
 def test_make_attrs_has_every_attr_as_json_where_named(attrs):
@@ -95,13 +141,13 @@ def test_make_attrs_has_every_attr_as_json_where_named(attrs):
     assert {"python", "torch", "h5py", "numpy", "hdf5plugin", "hdf5"} <= set(versions)
     assert attrs["code_version"]
     with pytest.raises(TypeError, match="not JSON serialisable"):
-        cache.make_attrs({"bad": object()}, "")
+        make_attrs({"bad": object()}, "")
 
 
 def test_attrs_missing_is_a_clear_error(tmp_path, attrs):
     del attrs["i3d_weights_sha256"]
     with pytest.raises(ValueError, match="i3d_weights_sha256"):
-        cache.write_shard(tmp_path / "s.h5", make_records(1), attrs=attrs)
+        write_shard(tmp_path / "s.h5", make_records(1), attrs=attrs)
     assert not (tmp_path / "s.h5").exists()
 
 
@@ -112,7 +158,7 @@ def test_attrs_missing_is_a_clear_error(tmp_path, attrs):
 def test_round_trip_is_exact(tmp_path, attrs, compression):
     records = make_records(3)
     path = tmp_path / "shard.h5"
-    cache.write_shard(path, records, attrs=attrs, compression=compression)
+    write_shard(path, records, attrs=attrs, compression=compression)
     with cache.open_cache(path) as reader:
         assert len(reader) == 3
         for i in range(3):
@@ -136,7 +182,7 @@ def test_round_trip_is_exact(tmp_path, attrs, compression):
 
 def test_read_rows_batches_in_given_order(tmp_path, attrs):
     records = make_records(3)
-    cache.write_shard(tmp_path / "s.h5", records, attrs=attrs)
+    write_shard(tmp_path / "s.h5", records, attrs=attrs)
     with cache.open_cache(tmp_path / "s.h5") as reader:
         batch = reader.read_rows([2, 0, -1])
         half = reader.read_rows([1], dtype=np.float16)
@@ -159,7 +205,7 @@ def test_float16_to_float32_is_exact_for_every_bit_pattern():
 
 def test_in_memory_and_pickled_readers_read_the_same(tmp_path, attrs):
     records = make_records(2)
-    cache.write_shard(tmp_path / "s.h5", records, attrs=attrs)
+    write_shard(tmp_path / "s.h5", records, attrs=attrs)
     reader = cache.open_cache(tmp_path / "s.h5", in_memory=True)
     reader.close()  # memory-loaded rows stay readable
     assert np.array_equal(reader.read_features(1), records.features[1].astype(np.float32))
@@ -191,7 +237,7 @@ def test_merge_of_only_empty_shards_gives_an_empty_cache(tmp_path, attrs):
     build_cache(tmp_path, attrs, sizes=(0, 0))
     with cache.open_cache(tmp_path) as reader:
         assert len(reader) == 0 and reader.read_rows([])["features"].shape == (0, *FEATURE_SHAPE)
-    assert len(cache.read_failures(tmp_path / cache.FAILURES_NAME)) == 2
+    assert len(failures.read_failures(tmp_path / layout.FAILURES_NAME)) == 2
 
 
 def test_moved_cache_directory_stays_valid(tmp_path, attrs, monkeypatch):
@@ -216,17 +262,17 @@ def test_missing_shard_behind_the_view_raises_naming_it(tmp_path, attrs):
 
 def test_shard_rewritten_shorter_after_merge_raises(tmp_path, attrs):
     paths, _ = build_cache(tmp_path, attrs)
-    cache.write_shard(paths[0], make_records(1), attrs=attrs)
+    write_shard(paths[0], make_records(1), attrs=attrs)
     with pytest.raises(cache.CacheError, match="shard_00000.h5.*re-merge"):
         cache.open_cache(tmp_path)
 
 
 def test_merge_with_mismatched_config_is_a_clear_error(tmp_path, attrs):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
-    cache.write_shard(a, make_records(1), attrs=attrs)
-    cache.write_shard(b, make_records(1, seed=1), attrs=cache.make_attrs({**CONFIG, "t_p": 30}, "ab" * 32))
+    write_shard(a, make_records(1), attrs=attrs)
+    write_shard(b, make_records(1, seed=1), attrs=make_attrs({**CONFIG, "t_p": 30}, "ab" * 32))
     with pytest.raises(cache.CacheError, match=r"config_json of b.h5 differs from a.h5 \(t_p: 20 vs 30\)"):
-        cache.merge_shards([a, b], tmp_path / cache.MERGED_NAME)
+        merge_shards([a, b], tmp_path / cache.MERGED_NAME)
     assert not (tmp_path / cache.MERGED_NAME).exists()
 
 
@@ -237,18 +283,18 @@ def test_merge_with_mismatched_config_is_a_clear_error(tmp_path, attrs):
 ])
 def test_merge_rejects_shards_that_disagree(tmp_path, attrs, second, message):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
-    cache.write_shard(a, make_records(1), attrs=attrs)
-    cache.write_shard(b, make_records(1, **{"seed": 1, **second}), attrs=attrs)
+    write_shard(a, make_records(1), attrs=attrs)
+    write_shard(b, make_records(1, **{"seed": 1, **second}), attrs=attrs)
     with pytest.raises(cache.CacheError, match=message):
-        cache.merge_shards([a, b], tmp_path / cache.MERGED_NAME)
+        merge_shards([a, b], tmp_path / cache.MERGED_NAME)
 
 
 def test_merge_without_shards_or_of_a_merged_view_is_an_error(tmp_path, attrs):
     with pytest.raises(cache.CacheError, match="no shards"):
-        cache.merge_shards([], tmp_path / cache.MERGED_NAME)
+        merge_shards([], tmp_path / cache.MERGED_NAME)
     paths, _ = build_cache(tmp_path, attrs)
     with pytest.raises(cache.CacheError, match="is a merged view, not a shard"):
-        cache.merge_shards([*paths, tmp_path / cache.MERGED_NAME], tmp_path / "again.h5")
+        merge_shards([*paths, tmp_path / cache.MERGED_NAME], tmp_path / "again.h5")
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -258,8 +304,8 @@ def test_crash_inside_writer_leaves_no_file(tmp_path, attrs):
     records = make_records(2)
     final = tmp_path / "shard.h5"
     with pytest.raises(RuntimeError, match="extractor died"):
-        with cache.ShardWriter.open(final, n_rows_max=4, num_joints=J, t_p=T_P, attrs=attrs,
-                                    protocols=("cs", "cv"), atomic=True) as writer:
+        with ShardWriter(final, n_rows_max=4, num_joints=J, t_p=T_P, attrs=attrs,
+                         protocols=("cs", "cv"), atomic=True) as writer:
             for i in range(2):
                 writer.append(features=records.features[i], poses=records.poses[i],
                               sample_id=records.sample_ids[i], label=records.labels[i], action="a",
@@ -273,16 +319,17 @@ def test_bad_row_mid_write_leaves_no_file(tmp_path, attrs):
     records = make_records(3)
     records.features[2] = records.features[2][:512]
     with pytest.raises(ValueError, match=r"features has shape \(512, 8, 7, 7\)"):
-        cache.write_shard_atomic(tmp_path / "shard.h5", records, attrs=attrs)
+        write_shard(tmp_path / "shard.h5", records, attrs=attrs, atomic=True)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_killed_process_leaves_no_file_at_the_final_path(tmp_path):
     script = f"""
 import os, numpy as np
-from pipeline import cache
-w = cache.ShardWriter({str(tmp_path / 'shard.h5')!r}, n_rows_max=3, num_joints=25, t_p=20,
-                      attrs=cache.make_attrs({{}}, ''), atomic=True)
+from pipeline.cache_writer import ShardWriter
+from pipeline.provenance import make_attrs
+w = ShardWriter({str(tmp_path / 'shard.h5')!r}, n_rows_max=3, num_joints=25, t_p=20,
+                attrs=make_attrs({{}}, ''), atomic=True)
 w.append(features=np.ones((1024, 8, 7, 7)), poses=np.zeros((2, 3, 25, 20)), sample_id='x', label=0, action='a',
          clip_index=0, frame_indices=np.arange(64), box=np.zeros(4), splits={{}})
 os._exit(3)
@@ -304,8 +351,8 @@ def test_writer_rejects_bad_rows(tmp_path, attrs, change, message):
     row = dict(features=np.zeros(FEATURE_SHAPE), poses=np.zeros((2, 3, J, T_P)), sample_id="x", label=0,
                action="a", clip_index=0, frame_indices=np.arange(64), box=np.zeros(4),
                splits={"cs": "train", "cv": ""})
-    with cache.ShardWriter(tmp_path / "s.h5", n_rows_max=1, num_joints=J, t_p=T_P, attrs=attrs,
-                           protocols=("cs", "cv")) as writer:
+    with ShardWriter(tmp_path / "s.h5", n_rows_max=1, num_joints=J, t_p=T_P, attrs=attrs,
+                     protocols=("cs", "cv")) as writer:
         with pytest.raises(ValueError, match=message):
             writer.append(**{**row, **change})
         writer.append(**row)
@@ -316,45 +363,45 @@ def test_writer_rejects_bad_rows(tmp_path, attrs, change, message):
 
 def test_unknown_compression_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown compression 'zip-9'"):
-        cache.compression_kwargs("zip-9")
+        cache_format.compression_kwargs("zip-9")
 
 
 # ---------------------------------------------------------------- failures.csv
 
 
 def test_append_failures_writes_header_once_and_round_trips(tmp_path):
-    path = tmp_path / "sub" / cache.FAILURES_NAME
-    cache.append_failures(path, [("a", "decode", "bad, \"header\"")])
-    cache.append_failures(path, [("b", "pose", "line one\nline two"), ("c", "crop", "")])
-    frame = cache.read_failures(path)
+    path = tmp_path / "sub" / layout.FAILURES_NAME
+    failures.append_failures(path, [("a", "decode", "bad, \"header\"")])
+    failures.append_failures(path, [("b", "pose", "line one\nline two"), ("c", "crop", "")])
+    frame = failures.read_failures(path)
     assert list(frame.columns) == list(FAILURE_COLUMNS)
     assert frame.values.tolist() == [["a", "decode", "bad, \"header\""], ["b", "pose", "line one\nline two"],
                                      ["c", "crop", ""]]
     assert path.read_text().count("sample_id,stage,reason") == 1
     with pytest.raises(ValueError, match="needs"):
-        cache.append_failures(path, [("only", "two")])
+        failures.append_failures(path, [("only", "two")])
 
 
 def test_read_failures_rejects_missing_or_wrong_files(tmp_path):
     with pytest.raises(cache.CacheError, match="does not exist"):
-        cache.read_failures(tmp_path / "nope.csv")
+        failures.read_failures(tmp_path / "nope.csv")
     (tmp_path / "bad.csv").write_text("id,why\nx,y\n")
     with pytest.raises(cache.CacheError, match="header"):
-        cache.read_failures(tmp_path / "bad.csv")
+        failures.read_failures(tmp_path / "bad.csv")
 
 
 def test_merge_rebuilds_failures_csv_from_shards_idempotently(tmp_path, attrs):
     paths, records = build_cache(tmp_path, attrs)
     expected = [list(r.failures[0]) for r in records]
-    csv_path = tmp_path / cache.FAILURES_NAME
-    assert cache.read_failures(csv_path).values.tolist() == expected
-    cache.append_failures(csv_path, [("stale", "x", "from a crashed run")])
-    cache.merge_shards(paths, tmp_path / cache.MERGED_NAME)
-    assert cache.read_failures(csv_path).values.tolist() == expected
-    assert cache.read_shard_failures(paths[1]).values.tolist() == [expected[1]]
+    csv_path = tmp_path / layout.FAILURES_NAME
+    assert failures.read_failures(csv_path).values.tolist() == expected
+    failures.append_failures(csv_path, [("stale", "x", "from a crashed run")])
+    merge_shards(paths, tmp_path / cache.MERGED_NAME)
+    assert failures.read_failures(csv_path).values.tolist() == expected
+    assert failures.read_shard_failures(paths[1]).values.tolist() == [expected[1]]
     files = [*(p.name for p in paths), cache.MERGED_NAME]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [*files, *(cache.integrity_path(f).name for f in files), cache.FAILURES_NAME])
+        [*files, *(layout.integrity_path(f).name for f in files), layout.FAILURES_NAME])
 
 
 # ---------------------------------------------------------------- bad files
@@ -366,12 +413,12 @@ def test_corrupt_file_is_a_cache_error_naming_it(tmp_path):
     with pytest.raises(cache.CacheError, match="shard_00007.h5.*not an HDF5 file"):
         cache.open_cache(path)
     with pytest.raises(cache.CacheError, match="shard_00007.h5"):
-        cache.merge_shards([path], tmp_path / cache.MERGED_NAME)
+        merge_shards([path], tmp_path / cache.MERGED_NAME)
 
 
 def test_truncated_file_is_a_cache_error_naming_it(tmp_path, attrs):
     path = tmp_path / "shard.h5"
-    cache.write_shard(path, make_records(2), attrs=attrs)
+    write_shard(path, make_records(2), attrs=attrs)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(cache.CacheError, match="shard.h5"):
@@ -381,25 +428,25 @@ def test_truncated_file_is_a_cache_error_naming_it(tmp_path, attrs):
 def test_missing_file_and_directory_without_merge_are_clear_errors(tmp_path, attrs):
     with pytest.raises(cache.CacheError, match="does not exist"):
         cache.open_cache(tmp_path / "cache.h5")
-    cache.write_shard(tmp_path / "shard_00000.h5", make_records(1), attrs=attrs)
+    write_shard(tmp_path / "shard_00000.h5", make_records(1), attrs=attrs)
     with pytest.raises(cache.CacheError, match="no cache.h5 .*run the merge step"):
         cache.open_cache(tmp_path)
 
 
 def test_missing_dataset_or_wrong_shape_is_a_cache_error(tmp_path, attrs):
     path = tmp_path / "s.h5"
-    cache.write_shard(path, make_records(1), attrs=attrs)
+    write_shard(path, make_records(1), attrs=attrs)
     with h5py.File(path, "a") as f:
         del f["boxes"]
     with pytest.raises(cache.CacheError, match=r"missing datasets \['boxes'\]"):
         cache.open_cache(path)
-    cache.write_shard(path, make_records(1), attrs=attrs)
+    write_shard(path, make_records(1), attrs=attrs)
     with h5py.File(path, "a") as f:
         del f["features"]
         f.create_dataset("features", shape=(1, 512, 8, 7, 7), dtype=np.float16)
     with pytest.raises(cache.CacheError, match=r"features has shape \(1, 512, 8, 7, 7\), expected \(1, 1024"):
         cache.open_cache(path)
-    cache.write_shard(path, make_records(1), attrs=attrs)
+    write_shard(path, make_records(1), attrs=attrs)
     with h5py.File(path, "a") as f:
         del f["labels"]
         f.create_dataset("labels", data=np.zeros(1, np.float32))
@@ -414,7 +461,7 @@ def test_missing_dataset_or_wrong_shape_is_a_cache_error(tmp_path, attrs):
 
 def test_zero_row_shard_keeps_its_failures(tmp_path, attrs):
     records = make_records(0, seed=4)
-    cache.write_shard(tmp_path / "s.h5", records, attrs=attrs)
+    write_shard(tmp_path / "s.h5", records, attrs=attrs)
     with cache.open_cache(tmp_path / "s.h5") as reader:
         assert len(reader) == 0 and reader.protocols == ("cs", "cv")
-    assert cache.read_shard_failures(tmp_path / "s.h5").values.tolist() == [list(records.failures[0])]
+    assert failures.read_shard_failures(tmp_path / "s.h5").values.tolist() == [list(records.failures[0])]

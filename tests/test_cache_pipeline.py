@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from pipeline import extract, manifest, ntu
-from pipeline.cache import make_attrs, open_cache
+from pipeline.cache import open_cache
+from pipeline.layout import RUN_LOG
+from pipeline.provenance import make_attrs
 from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
 from pipeline.synthetic import SyntheticConfig, generate
@@ -126,7 +128,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(synthetic, tmp_path):
                              check=True, capture_output=True, text=True)
     assert f"{len(done_before)}/12 shards complete" in resumed.stdout
     assert all(cache_dir.joinpath(n).stat().st_mtime_ns == t for n, t in done_before.items())  # not redone
-    log = pd.read_json(cache_dir / cache_tasks.RUN_LOG, lines=True)
+    log = pd.read_json(cache_dir / RUN_LOG, lines=True)
     assert log["shard"].dropna().astype(int).value_counts().max() == 1  # every shard ran exactly once
     assert not list(cache_dir.glob("*luigi-tmp*"))
     ref, got = _features_by_id(reference / "ntu60" / cache_dir.name), _features_by_id(cache_dir)
@@ -165,7 +167,7 @@ def test_two_workers_on_a_central_scheduler_do_each_shard_once(synthetic, tmp_pa
         luigid.terminate()
         luigid.wait()
     cache_dir = _cache_dir(tmp_path / "cache")
-    log = pd.read_json(cache_dir / cache_tasks.RUN_LOG, lines=True)
+    log = pd.read_json(cache_dir / RUN_LOG, lines=True)
     shards = log["shard"].dropna().astype(int)
     assert sorted(shards) == list(range(6))  # six shards, each done once
     assert log.loc[shards.index, "pid"].nunique() == 2  # and both workers took some

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import devices
+from pipeline import cache_build, devices, layout
 from pipeline.config import CacheConfig
 from tasks import cache as cache_tasks
 
@@ -27,11 +27,11 @@ def test_device_order_spreads_shards_over_every_gpu():
 
 
 def test_gpu_slots_is_one_shard_per_gpu():
-    assert cache_tasks.gpu_slots("cuda", 8, 8) == 8
-    assert cache_tasks.gpu_slots("cuda", 8, 2) == 2
-    assert cache_tasks.gpu_slots("cuda", 1, 8) == 1
-    assert cache_tasks.gpu_slots("cuda:1", 8, 8) == 1
-    assert cache_tasks.gpu_slots("cpu", 4, 0) == 1
+    assert cache_build.gpu_slots("cuda", 8, 8) == 8
+    assert cache_build.gpu_slots("cuda", 8, 2) == 2
+    assert cache_build.gpu_slots("cuda", 1, 8) == 1
+    assert cache_build.gpu_slots("cuda:1", 8, 8) == 1
+    assert cache_build.gpu_slots("cpu", 4, 0) == 1
 
 
 def test_running_shards_hold_different_gpus_and_a_fourth_waits(tmp_path):
@@ -67,19 +67,20 @@ def test_a_cache_shard_runs_on_its_assigned_device(tmp_path, monkeypatch, reques
     seen = {}
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(devices, "default_lock_dir", lambda: tmp_path / "locks")
-    monkeypatch.setattr(cache_tasks, "_manifest_rows", lambda manifest, protocol: ({"sample_id": "a"},) * 12)
-    monkeypatch.setattr(cache_tasks, "_model", lambda extractor, weights, device: seen.setdefault("model", device))
+    monkeypatch.setattr(cache_build, "manifest_rows", lambda manifest, protocol: ({"sample_id": "a"},) * 12)
+    monkeypatch.setattr(cache_build, "load_extractor",
+                        lambda extractor, weights, device: seen.setdefault("model", device))
 
     def fake_extract(rows, data_root, config, model, out_path, *, device, **kwargs):
         seen["extract"] = device
         Path(out_path).write_bytes(b"")
-        return cache_tasks.extract.ShardStats(samples=len(rows))
+        return cache_build.extract.ShardStats(samples=len(rows))
 
-    monkeypatch.setattr(cache_tasks.extract, "extract_shard", fake_extract)
+    monkeypatch.setattr(cache_build.extract, "extract_shard", fake_extract)
     config = CacheConfig(dataset="ntu60", extractor="pixels", shard_size=2)
     config.cache_dir(tmp_path).mkdir(parents=True)
     shard = cache_tasks.CacheShard(config_json=config.to_json(), cache_root=str(tmp_path), manifest="m.csv",
                                    data_root=str(tmp_path), device=requested, shard_index=5)
     shard.run()
     assert seen == {"model": expected, "extract": expected}
-    assert f'"device": "{expected}"' in (config.cache_dir(tmp_path) / cache_tasks.RUN_LOG).read_text()
+    assert f'"device": "{expected}"' in (config.cache_dir(tmp_path) / layout.RUN_LOG).read_text()

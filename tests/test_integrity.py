@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import cache, extract, manifest
+from pipeline import cache, cache_build, extract, layout, manifest
 from pipeline.cache import CacheError, open_cache
+from pipeline.cache_writer import ShardWriter
+from pipeline.failures import read_failures
+from pipeline.integrity import check_integrity
+from pipeline.provenance import make_attrs
 from pipeline.synthetic import SyntheticConfig, generate
 from tasks import cache as cache_tasks
 from tests.conftest import REPO
@@ -89,7 +93,7 @@ def test_every_dataset_of_shards_and_view_is_checksummed(built):
             stored = []
             f.visititems(lambda name, obj: stored.append(obj) if isinstance(obj, h5py.Dataset) else None)
             assert stored and all(ds.fletcher32 for ds in stored if not ds.is_virtual), path
-        assert cache.check_integrity(path, full=True) == ""
+        assert check_integrity(path, full=True) == ""
 
 
 def test_xor_in_a_features_chunk_raises_naming_the_shard_never_nans(copy):
@@ -103,7 +107,7 @@ def test_xor_in_a_features_chunk_raises_naming_the_shard_never_nans(copy):
         reader.read_rows(np.arange(len(reader)))  # through the merged view: names the shard and the sample
     with pytest.raises(CacheError, match=r"shard_00001\.h5"):
         open_cache(copy, in_memory=True)
-    assert "sha256 differs" in cache.check_integrity(shard)  # the file was changed by a program: rehashed
+    assert "sha256 differs" in check_integrity(shard)  # the file was changed by a program: rehashed
 
 
 def test_flipped_label_byte_is_an_error_not_another_label(copy):
@@ -169,9 +173,9 @@ def test_non_finite_poses_stop_training_naming_the_sample(tmp_path):
 
 
 def test_writer_refuses_non_finite_poses(tmp_path):
-    attrs = cache.make_attrs({"dataset": "nucla"}, "")
+    attrs = make_attrs({"dataset": "nucla"}, "")
     with pytest.raises(ValueError, match="poses are not finite"):
-        with cache.ShardWriter(tmp_path / "s.h5", n_rows_max=1, num_joints=20, t_p=5, attrs=attrs) as writer:
+        with ShardWriter(tmp_path / "s.h5", n_rows_max=1, num_joints=20, t_p=5, attrs=attrs) as writer:
             writer.append(features=np.zeros((1024, 8, 7, 7)), poses=np.full((2, 3, 20, 5), np.nan), sample_id="a",
                           label=0, action="x", clip_index=0, frame_indices=np.arange(64), box=np.zeros(4), splits={})
     assert not (tmp_path / "s.h5").exists()
@@ -223,19 +227,19 @@ def test_missing_file_is_retried_by_the_next_run_corrupt_one_only_with_retry_fai
     assert cache_tasks.main(argv) == 1
     assert "1 samples could not be reached" in capsys.readouterr().err
     folder = _folder(tmp_path / "c")
-    failures = cache.read_failures(folder / cache.FAILURES_NAME)
+    failures = read_failures(folder / layout.FAILURES_NAME)
     assert sorted(failures["stage"]) == ["decode", extract.ENVIRONMENT_STAGE]
     hidden.rename(skeleton)
     shard_1 = folder / "shard_00001.h5"
     before = shard_1.stat().st_mtime_ns
     assert cache_tasks.main(argv) == 0
     assert "rebuilding" in capsys.readouterr().out
-    assert cache.read_failures(folder / cache.FAILURES_NAME)["stage"].tolist() == ["decode"]
+    assert read_failures(folder / layout.FAILURES_NAME)["stage"].tolist() == ["decode"]
     assert shard_1.stat().st_mtime_ns == before  # the content failure stays recorded, its shard untouched
     assert cache_tasks.main(argv) == 0 and shard_1.stat().st_mtime_ns == before
     shutil.copy(dataset / df.loc[3, "video_path"], video)
     assert cache_tasks.main([*argv, "--retry-failed"]) == 0
-    assert len(cache.read_failures(folder / cache.FAILURES_NAME)) == 0 and shard_1.stat().st_mtime_ns != before
+    assert len(read_failures(folder / layout.FAILURES_NAME)) == 0 and shard_1.stat().st_mtime_ns != before
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "../outside/{name}", "link/{name}"])
@@ -252,7 +256,7 @@ def test_manifest_paths_outside_data_root_are_failures_never_opened(dataset, tmp
     manifest.write_manifest(df, root / "m.csv", data_root=root)
     assert cache_tasks.main(_argv(root / "m.csv", tmp_path / "c")) == 0
     folder = _folder(tmp_path / "c")
-    failures = cache.read_failures(folder / cache.FAILURES_NAME)
+    failures = read_failures(folder / layout.FAILURES_NAME)
     assert failures.values.tolist()[0][:2] == [df.loc[0, "sample_id"], "manifest"]
     assert "DATA_ROOT" in failures.loc[0, "reason"]
     with open_cache(folder) as reader:
@@ -267,7 +271,7 @@ def test_second_build_of_a_folder_exits_naming_the_holder(dataset, tmp_path, cap
     assert cache_tasks.main(argv) == 0
     folder = _folder(tmp_path / "c")
     (folder / "shard_00000.h5").unlink()
-    with cache.BuildLock(folder):
+    with cache_build.BuildLock(folder):
         assert cache_tasks.main(argv) == 3
         err = capsys.readouterr().err.strip()
         assert f"pid {os.getpid()}" in err and "\n" not in err
@@ -284,7 +288,7 @@ def test_two_concurrent_builds_compute_each_shard_once(dataset, tmp_path):
     codes = sorted(code for code, _ in results)
     assert codes == [0, 3], results
     folder = _folder(tmp_path / "c")
-    log_lines = (folder / cache_tasks.RUN_LOG).read_text().splitlines()
+    log_lines = (folder / layout.RUN_LOG).read_text().splitlines()
     assert sum('"shard"' in line for line in log_lines) == 3  # each shard written once
     assert (folder / cache.MERGED_NAME).exists() and not [p for p in folder.iterdir() if "tmp" in p.name]
 
@@ -311,10 +315,10 @@ def test_a_shard_from_before_integrity_records_is_adopted_not_rebuilt(tmp_path):
     recorded; a damaged one is still rebuilt."""
     folder = write_tiny_cache(tmp_path / "legacy", "nucla")
     shard = folder / "shard_00000.h5"
-    cache.integrity_path(shard).unlink()
+    layout.integrity_path(shard).unlink()
     assert extract.shards_to_rebuild([shard]) == {}
-    assert cache.integrity_path(shard).is_file() and cache.check_integrity(shard, full=True) == ""
-    cache.integrity_path(shard).unlink()
+    assert layout.integrity_path(shard).is_file() and check_integrity(shard, full=True) == ""
+    layout.integrity_path(shard).unlink()
     with open(shard, "r+b") as handle:
         handle.truncate(shard.stat().st_size - 7)
     assert "full read fails" in extract.shards_to_rebuild([shard])[shard]

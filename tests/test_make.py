@@ -15,10 +15,11 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import cache, inspect_cache, manifest as manifest_cli, pyskl
+from pipeline import inspect_cache, manifest as manifest_cli, pyskl
+from pipeline.provenance import make_attrs
 from tasks import cache as cache_cli
 from tests.conftest import REPO, shared_path
-from tests.test_cache import build_cache
+from tests.test_cache import build_cache, write_shard
 from vpn_head import evaluate, finetune, train
 
 BASE = {"train-head": ["PROTOCOL=cs"], "finetune": ["PROTOCOL=cs"], "manifest": ["DATA_ROOT=/d"],
@@ -158,7 +159,7 @@ def test_help_defaults_are_the_cli_defaults(target, main, monkeypatch):
 
 
 def test_inspect_summarises_config_counts_failures_and_shapes(tmp_path):
-    attrs = cache.make_attrs({"dataset": "ntu60", "protocol": "cs", "compression": "zstd-1"}, "ab" * 32)
+    attrs = make_attrs({"dataset": "ntu60", "protocol": "cs", "compression": "zstd-1"}, "ab" * 32)
     _, records = build_cache(tmp_path / "ntu60" / "abc", attrs)
     (tmp_path / "ntu60" / "LATEST").write_text("abc\n")
     summary = inspect_cache.summarize(tmp_path / "ntu60")
@@ -178,7 +179,7 @@ def test_inspect_summarises_config_counts_failures_and_shapes(tmp_path):
 
 
 def test_make_inspect_runs_on_a_cache_built_by_the_pipeline(tmp_path):
-    attrs = cache.make_attrs({"dataset": "ntu60"}, "random-init")
+    attrs = make_attrs({"dataset": "ntu60"}, "random-init")
     build_cache(tmp_path / "ntu60" / "abc", attrs, sizes=(2,))
     result = subprocess.run(["make", "--no-print-directory", "-s", "inspect", f"CACHE={tmp_path / 'ntu60'}"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -190,10 +191,10 @@ def test_make_inspect_runs_on_a_cache_built_by_the_pipeline(tmp_path):
 
 
 def test_a_gzip_cache_opens_with_plain_h5py_and_a_zstd_one_needs_the_plugin(tmp_path):
-    attrs = cache.make_attrs({"dataset": "ntu60"}, "")
+    attrs = make_attrs({"dataset": "ntu60"}, "")
     records = build_cache(tmp_path / "z", attrs, sizes=(2,))[1]
-    cache.write_shard(tmp_path / "g.h5", records[0], attrs=attrs, compression="gzip")
-    cache.write_shard(tmp_path / "z.h5", records[0], attrs=attrs, compression="zstd-1")
+    write_shard(tmp_path / "g.h5", records[0], attrs=attrs, compression="gzip")
+    write_shard(tmp_path / "z.h5", records[0], attrs=attrs, compression="zstd-1")
     script = ("import sys, h5py; f = h5py.File(sys.argv[1]); print(float(f['features'][1].astype('f8').sum()));"
               "assert 'hdf5plugin' not in sys.modules")
     env = {**os.environ, "HDF5_PLUGIN_PATH": str(tmp_path / "no-plugins")}
@@ -215,5 +216,5 @@ def test_a_gzip_cache_opens_with_plain_h5py_and_a_zstd_one_needs_the_plugin(tmp_
 def test_validate_and_merge_show_progress(tmp_path, capsys):
     manifest_cli.scan("ntu60", shared_path("samples", "ntu"), validate=True, workers=1)
     assert "validate: 100%" in capsys.readouterr().err
-    build_cache(tmp_path, cache.make_attrs({"dataset": "ntu60"}, ""), sizes=(1, 1))
+    build_cache(tmp_path, make_attrs({"dataset": "ntu60"}, ""), sizes=(1, 1))
     assert "merge:   0%|          | 0/2" in capsys.readouterr().err

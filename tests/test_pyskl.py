@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import cache, extract, manifest, pose_pickle, poses, pyskl
+from pipeline import extract, manifest, pose_pickle, poses, pyskl
 from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
+from pipeline.provenance import make_attrs
 from tests.conftest import shared_path
 from tests.test_cache import build_cache
 
@@ -116,7 +117,7 @@ def test_the_restricted_unpickler_refuses_a_pickle_that_would_run_code(tmp_path)
 
 
 def test_export_from_a_cache_writes_its_poses(tmp_path):
-    attrs = cache.make_attrs({"dataset": "ntu60"}, "ab" * 32)
+    attrs = make_attrs({"dataset": "ntu60"}, "ab" * 32)
     _, records = build_cache(tmp_path / "c", attrs, sizes=(3,))
     rows = [{"sample_id": s, "dataset": "ntu60", "video_path": "", "skeleton_path": "", "label": str(l),
              "action": "", "subject": "1", "view": "1", "setup": "1", "cs": "train", "cv": "", "problem": ""}

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import CacheError, ShardWriter, make_attrs, merge_shards
+from pipeline.cache import CacheError
+from pipeline.cache_merge import merge_shards
+from pipeline.cache_writer import ShardWriter
+from pipeline.provenance import make_attrs
 from pipeline.datasets import NUCLA_ACTION_IDS, get_dataset, protocol_label
 from pipeline.ntu import format_sample_id
 from vpn_head.ablate import ABLATIONS, ablate

@@ -2,13 +2,13 @@
 
 Training augmentation (``AugmentConfig``), each drawn from one ``np.random.Generator`` per sample:
 
-- **Temporal jitter** (``clip_indices``): the cached clip covers the frame window ``[first, last]`` of its 64
-  indices; the ``clip_len`` indices are re-sampled evenly over that same window, each moved by a uniform offset
-  within its own sampling cell (TSN style, ``pipeline.video.sample_frame_indices``), so they stay sorted and
-  inside the window (hence inside the video). The poses are NOT shifted: ``vpn_head.finetune`` recomputes
-  them from the skeleton file at the jittered frames with ``pipeline.poses`` (``align_frames`` +
-  ``clip_poses``), exactly as the cache pipeline computed the cached ones, so the pose input always describes
-  the frames the network sees.
+- **Temporal jitter** (``clip_indices``): the cached clip covers the frame window ``[first, last]`` of its
+  frame indices (``pipeline.i3d_spec.CLIP_FRAMES`` of them by default); the ``clip_len`` indices are re-sampled
+  evenly over that same window, each moved by a uniform offset within its own sampling cell (TSN style,
+  ``pipeline.sampling.sample_frame_indices``), so they stay sorted and inside the window (hence inside the video).
+  The poses are NOT shifted: ``vpn_head.finetune`` recomputes them from the skeleton file at the jittered frames
+  with ``pipeline.poses`` (``align_frames`` + ``clip_poses``), exactly as the cache pipeline computed the cached
+  ones, so the pose input always describes the frames the network sees.
 - **Spatial jitter** (``jitter_box``): the square person box is scaled by ``U[1 - s, 1 + s]`` and its centre
   moved by ``U[-d, d]`` times its side, then shifted back into the frame. The poses are 3D camera-space joints
   translated to the body's centre joint (``pipeline.poses``), so a different 2D crop leaves them unchanged.
@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from pipeline import crop
-from pipeline.video import sample_frame_indices
+from pipeline.sampling import sample_frame_indices
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def clip_indices(cached: np.ndarray, clip_len: int, rng: np.random.Generator | N
     ``[cached[0], cached[-1]]``, jittered within their cells when ``rng`` is given.
 
     Args:
-        cached: (64,) sorted frame indices of a cache row.
+        cached: (clip_len,) sorted frame indices of a cache row.
         clip_len: frames of the output clip.
         rng: generator for temporal jitter; None for the deterministic clip.
 

@@ -12,6 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from pipeline.datasets import get_dataset
+from pipeline.i3d_spec import FEATURE_SHAPE
 
 VARIANTS: tuple[str, ...] = ("i3d", "attention", "vpn")
 """Paper Table 1 rows: ``i3d`` (l1, no pose), ``attention`` (l2, pose attention without the embedding loss),
@@ -72,7 +73,8 @@ class VPNConfig:
         embedding_temperature: softmax temperature of the ``contrastive`` embedding loss.
         alpha: adjacency weight of two joints joined by a bone.
         beta: adjacency weight of two joints not joined by a bone.
-        feature_channels: C of the I3D Mixed_5c feature map.
+        feature_channels: C of the I3D Mixed_5c feature map (defaults: ``pipeline.i3d_spec.FEATURE_SHAPE``, the
+            paper's clip; a cache of other clips needs ``i3d_spec.feature_shape(clip_len, crop_size)``).
         feature_time: T of the feature map (the temporal attention has this many steps).
         feature_size: H = W of the feature map the spatial attention is defined on.
         gcn_channels: output width of the per-time-step graph convolution.
@@ -94,9 +96,9 @@ class VPNConfig:
     embedding_loss: str = "contrastive"
     alpha: float = 5.0
     beta: float = 2.0
-    feature_channels: int = 1024
-    feature_time: int = 8
-    feature_size: int = 7
+    feature_channels: int = FEATURE_SHAPE[0]
+    feature_time: int = FEATURE_SHAPE[1]
+    feature_size: int = FEATURE_SHAPE[2]
     gcn_channels: int = 64
     embed_dim: int = 256
     attention_hidden: int = 256

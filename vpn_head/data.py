@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline import layout
 from pipeline.cache import CacheError, CacheReader, open_cache
-from pipeline.contracts import FEATURE_SHAPE, MAX_BODIES
+from pipeline.contracts import MAX_BODIES
+from pipeline.per_process import PerProcess
 from pipeline.datasets import DatasetSpec, get_dataset, protocol_label
 from vpn_head.splits import CARVED_VAL, carve_validation
 
@@ -42,34 +44,21 @@ class EmptySplitError(CacheError):
 
 
 def resolve_cache(path: str | os.PathLike, dataset: str) -> Path:
-    """Find the cache to read.
+    """Find the cache to read, by the lookup order of ``pipeline.layout`` (one rule for every reader).
 
     Args:
         path: a ``.h5`` file, a cache directory holding ``cache.h5``, or a cache root (``cache/``) holding
-            ``<dataset>/<config-hash>/cache.h5``.
+            ``<dataset>/<config-hash>/cache.h5`` (its ``LATEST`` first, else its only cache).
         dataset: registry name, used to look under a cache root.
 
     Returns:
         The path to pass to ``open_cache``.
 
     Raises:
-        CacheError: nothing found, or several caches under a root and no ``LATEST`` pointer (the error lists
-            them).
+        CacheError: nothing found, ``LATEST`` names a folder without ``cache.h5``, or several caches under a
+            root and no ``LATEST`` pointer (the error lists them).
     """
-    path = Path(path)
-    if path.is_file() or (path / "cache.h5").is_file():
-        return path
-    candidates = sorted(p.parent for p in (path / dataset).glob("*/cache.h5")) if path.is_dir() else []
-    if len(candidates) == 1:
-        return candidates[0]
-    latest = path / dataset / "LATEST"  # written by the cache build that completed last
-    if candidates and latest.is_file() and (path / dataset / latest.read_text().strip() / "cache.h5").is_file():
-        return path / dataset / latest.read_text().strip()
-    if not candidates:
-        raise CacheError(f"no cache at {path}: expected a .h5 file, a directory with cache.h5, or "
-                         f"{path / dataset}/<hash>/cache.h5 (build it with `make cache DATASET={dataset}`)")
-    raise CacheError(f"several caches under {path / dataset}: {[str(c) for c in candidates]}; "
-                     f"pass one of them explicitly")
+    return layout.resolve(path, dataset)
 
 
 def video_groups(sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +151,7 @@ class CachedClips(Dataset):
         self.path = Path(path)
         self.protocol = protocol
         self.split = split
-        self._reader: CacheReader | None = None
-        self._reader_pid = -1
+        self._reader: PerProcess[CacheReader] = PerProcess(partial(open_cache, self.path))
         self._features: np.ndarray | None = None
         self._poses: np.ndarray | None = None
         with open_cache(self.path) as reader:
@@ -195,7 +183,7 @@ class CachedClips(Dataset):
             self.rows = np.flatnonzero(keep).astype(np.int64)
             self.labels = labels[keep]
             self.sample_ids = all_ids[keep]
-            self.feature_shape = FEATURE_SHAPE
+            self.feature_shape = reader.feature_shape
             self.pose_shape = (MAX_BODIES, 3, reader.num_joints, reader.t_p)
             self.in_memory = in_memory and self._fits_in_memory()
             if self.in_memory:
@@ -235,18 +223,6 @@ class CachedClips(Dataset):
             self._features[start:start + LOAD_BLOCK_ROWS] = block["features"]
             self._poses[start:start + LOAD_BLOCK_ROWS] = block["poses"]
 
-    def _open(self) -> CacheReader:
-        """This process's reader, opened on first use (a forked worker opens its own)."""
-        if self._reader is None or self._reader_pid != os.getpid():
-            self._reader = open_cache(self.path)
-            self._reader_pid = os.getpid()
-        return self._reader
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_reader"], state["_reader_pid"] = None, -1
-        return state
-
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -255,13 +231,11 @@ class CachedClips(Dataset):
         if self._features is not None:  # copies: a caller never writes into the loaded split
             features, poses = self._features[index].copy(), self._poses[index].copy()
         else:
-            reader = self._open()
+            reader = self._reader.get()  # this process's reader (a forked worker opens its own)
             features, poses = reader.read_features(row, dtype=np.float16), reader.read_poses(row)
         features = torch.from_numpy(features).to(self.feature_dtype)  # (C, T, H, W)
         return features, torch.from_numpy(poses), int(self.labels[index]), row
 
     def close(self) -> None:
         """Close this process's HDF5 handle (a later item reopens it)."""
-        if self._reader is not None and self._reader_pid == os.getpid():
-            self._reader.close()
-        self._reader, self._reader_pid = None, -1
+        self._reader.close()

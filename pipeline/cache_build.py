@@ -1,0 +1,249 @@
+"""The library side of a cache build (``tasks.cache`` runs it under Luigi): the config of a command line, one
+shard's run, the merge step, the rerun's recheck, status lines, the build lock and worker defaults.
+
+Folder names and lookups are ``pipeline.layout``'s; a build writes ``config.json`` and ``run_log.jsonl`` into its
+cache folder and, when the merged view holds a clip, points the dataset folder's ``LATEST`` at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import platform
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from pipeline import extract
+from pipeline.cache import open_cache
+from pipeline.cache_merge import merge_shards
+from pipeline.config import CacheConfig
+from pipeline.datasets import get_dataset
+from pipeline.failures import read_failures
+from pipeline.fileio import file_sha256
+from pipeline.integrity import check_integrity
+from pipeline.layout import (
+    FAILURES_NAME, LOCK_NAME, LUIGI_TEMP_GLOB, MERGED_NAME, CacheError, append_run_log, integrity_path, num_shards,
+    shard_path, shards_done, write_latest,
+)
+from pipeline.manifest import read_manifest
+from pipeline.provenance import make_attrs, utc_now
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4)
+def manifest_rows(manifest: str, protocol: str) -> tuple[dict, ...]:
+    """The manifest rows a cache covers (all, or those in ``protocol``'s splits), in manifest order."""
+    df = read_manifest(manifest)
+    if protocol:
+        df = df[df[protocol] != ""]
+    return tuple(df.to_dict("records"))
+
+
+@lru_cache(maxsize=2)
+def load_extractor(extractor: str, weights: str, device: str) -> torch.nn.Module:
+    """The feature extractor, loaded once per process and device."""
+    return extract.make_extractor(extractor, weights, device)
+
+
+def build_config(args: argparse.Namespace) -> CacheConfig:
+    """The CacheConfig of a ``tasks.cache`` command line (hashes the manifest and the weights)."""
+    spec = get_dataset(args.dataset)
+    if args.protocol and args.protocol not in spec.protocols:
+        raise ValueError(f"{args.dataset} has no protocol {args.protocol!r}; choose one of {sorted(spec.protocols)}")
+    weights_sha = "random-init" if args.extractor == "i3d" else "none"
+    if args.i3d_weights and args.extractor == "i3d":
+        if not Path(args.i3d_weights).is_file():
+            raise FileNotFoundError(f"I3D_WEIGHTS {args.i3d_weights} does not exist")
+        weights_sha = file_sha256(args.i3d_weights)
+    return CacheConfig(dataset=args.dataset, protocol=args.protocol or "",
+                       manifest_sha256=file_sha256(args.manifest),
+                       i3d_weights_sha256=weights_sha, extractor=args.extractor, clips_per_video=args.clips_per_video,
+                       t_p=args.t_p or spec.t_p, crop_pad=args.crop_pad, backend=args.backend,
+                       precision=args.precision, compression=args.compression, shard_size=args.shard_size)
+
+
+def shard_count(config: CacheConfig, manifest: str) -> int:
+    """Shards of the build of ``config`` over ``manifest``."""
+    return num_shards(len(manifest_rows(manifest, config.protocol)), config.shard_size)
+
+
+def shard_paths(config: CacheConfig, cache_root: str | Path, manifest: str) -> list[Path]:
+    """Every shard file of the build, done or not."""
+    folder = config.cache_dir(cache_root)
+    return [shard_path(folder, i) for i in range(shard_count(config, manifest))]
+
+
+def status(config: CacheConfig, cache_root: str | Path, manifest: str) -> str:
+    """One line: done and remaining shards, and whether the merged view is there."""
+    folder = config.cache_dir(cache_root)
+    total = shard_count(config, manifest)
+    done = shards_done(folder, total)
+    merged = (folder / MERGED_NAME).exists()
+    return (f"{folder}: {len(done)}/{total} shards complete, {total - len(done)} remaining"
+            + ("; merged view present" if merged else ""))
+
+
+def recheck(config: CacheConfig, cache_root: str | Path, manifest: str, retry_failed: bool) -> list[str]:
+    """Send bad or retryable finished shards back to work (``extract.shards_to_rebuild``); drop the merged view
+    when a shard is redone, missing or the view itself fails its check. Returns one line per action."""
+    shards = shard_paths(config, cache_root, manifest)
+    lines = []
+    for path, why in extract.shards_to_rebuild(shards, retry_failed=retry_failed).items():
+        lines.append(f"rebuilding {path}: {why}")
+        path.unlink(missing_ok=True)
+        integrity_path(path).unlink(missing_ok=True)
+    merged = config.cache_dir(cache_root) / MERGED_NAME
+    if merged.exists():
+        why = check_integrity(merged) or ("shards to (re)build" if not all(p.exists() for p in shards) else "")
+        if why:
+            lines.append(f"re-merging {merged}: {why}")
+            merged.unlink()
+            integrity_path(merged).unlink(missing_ok=True)
+    return lines
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Where one shard's inputs are and how to run it (none of this changes the shard's content)."""
+
+    manifest: str
+    data_root: str
+    i3d_weights: str = ""
+    decode_workers: int = 1
+    batch_size: int = 4
+
+
+_SHARD_SECONDS: list[float] = []
+"""Durations of the shards this process ran, for the ETA."""
+
+
+def run_shard(config: CacheConfig, cache_root: str | Path, index: int, job: ShardJob, device: str,
+              out_path: str | Path) -> dict:
+    """Decode, crop, pose and encode shard ``index`` into ``out_path`` (a temporary path, renamed onto the shard's
+    final path by the caller); returns its run-log entry for ``log_shard``."""
+    final = shard_path(config.cache_dir(cache_root), index)
+    rows = manifest_rows(job.manifest, config.protocol)
+    chunk = rows[index * config.shard_size:(index + 1) * config.shard_size]
+    attrs = make_attrs(config, config.i3d_weights_sha256)
+    started = utc_now()
+    model = load_extractor(config.extractor, job.i3d_weights, device)
+    stats = extract.extract_shard(chunk, job.data_root, config, model, out_path, attrs=attrs,
+                                  workers=job.decode_workers, batch_size=job.batch_size, device=device,
+                                  record_as=final)
+    return {"shard": index, "started": started, "host": socket.gethostname(), "pid": os.getpid(), "device": device,
+            "videos": stats.samples, "clips": stats.clips, "failures": stats.failures,
+            "seconds": round(stats.seconds, 2), "i3d_seconds": round(stats.i3d_seconds, 2),
+            "videos_per_s": round(stats.samples / stats.seconds, 3) if stats.seconds else 0.0,
+            "backends": stats.backends}
+
+
+def log_shard(config: CacheConfig, cache_root: str | Path, manifest: str, entry: dict) -> None:
+    """Append a finished shard's entry (``run_shard``'s) to the run log and log the build's progress and ETA."""
+    folder = config.cache_dir(cache_root)
+    seconds = entry["seconds"]
+    append_run_log(folder, entry)
+    total = shard_count(config, manifest)
+    done = len(shards_done(folder, total))
+    _SHARD_SECONDS.append(seconds)
+    eta = (total - done) * sum(_SHARD_SECONDS) / len(_SHARD_SECONDS)
+    log.info("shard %d: %d videos, %d clips, %d failures in %.1f s; %d/%d shards complete, ETA %s at this "
+             "worker's pace", entry["shard"], entry["videos"], entry["clips"], entry["failures"], seconds, done,
+             total, duration(eta))
+
+
+def merge_build(config: CacheConfig, cache_root: str | Path, manifest: str) -> None:
+    """Merge every shard into ``cache.h5``, drop the temp files of killed runs, point ``LATEST`` at the cache when
+    it holds a clip, and log the merge."""
+    folder = config.cache_dir(cache_root)
+    merge_shards(shard_paths(config, cache_root, manifest), folder / MERGED_NAME)
+    for stale in folder.glob(LUIGI_TEMP_GLOB):  # left by killed runs; every shard is done now
+        stale.unlink(missing_ok=True)
+    with open_cache(folder) as merged:
+        clips = len(merged)
+    if clips:
+        write_latest(folder)
+    else:
+        log.warning("%s holds no clip (every sample failed, see %s); LATEST left unchanged", folder, FAILURES_NAME)
+    append_run_log(folder, {"merged": MERGED_NAME, "host": socket.gethostname(), "at": utc_now()})
+
+
+def failure_counts(folder: str | Path) -> tuple[int, int]:
+    """``(skipped samples, of which unreachable)`` from a cache folder's failures.csv ((0, 0) when absent)."""
+    path = Path(folder) / FAILURES_NAME
+    if not path.exists():
+        return 0, 0
+    stages = read_failures(path)["stage"]
+    return len(stages), int((stages == extract.ENVIRONMENT_STAGE).sum())
+
+
+def duration(seconds: float) -> str:
+    """``1h02m03s`` / ``2m03s``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def default_decode_workers(device: str, cpu_count: int) -> int:
+    """Decode processes per shard when not given.
+
+    With I3D on a GPU, decoding is the CPU's only work: use up to 4 processes. With I3D on the CPU both stages
+    share the cores; on <= 2 cores decoding in-process was measured faster (``bench/bench_pipeline.py``) because
+    a worker steals I3D's threads, so it only overlaps when there are cores to spare.
+    """
+    if device.startswith("cuda"):
+        return max(1, min(4, cpu_count - 1))
+    return 0 if cpu_count <= 2 else max(1, min(4, cpu_count // 8))
+
+
+def gpu_slots(device: str, workers: int, device_count: int) -> int:
+    """Shards that may run at once on the GPUs of this machine (Luigi's ``gpu`` resource of the local scheduler).
+
+    ``cuda`` spreads shards over every GPU, one shard per GPU; a named GPU (``cuda:1``) runs one shard at a time.
+    """
+    return max(1, min(workers, device_count)) if device == "cuda" else 1
+
+
+class CacheBusyError(CacheError):
+    """Another process holds the cache folder's build lock."""
+
+
+class BuildLock:
+    """An exclusive, non-blocking ``flock`` on ``<cache_dir>/.build.lock``: one cache build per folder at a time.
+
+    The kernel drops the lock when its holder exits, ``kill -9`` included, so a stale lock cannot outlive a run.
+    The file holds the holder's host, pid and start time for the message a second run prints.
+
+    Raises:
+        CacheBusyError: on ``__enter__``, when another process holds the lock.
+    """
+
+    def __init__(self, cache_dir: str | Path):
+        self.path = Path(cache_dir) / LOCK_NAME
+        self._fd = -1
+
+    def __enter__(self) -> BuildLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise CacheBusyError(f"{self.path.parent} is being built by {holder}; wait for it to finish "
+                                 "(or use a luigid scheduler, SCHEDULER=host:port, to share the work)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()} since {utc_now()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.ftruncate(self._fd, 0)
+        os.close(self._fd)  # closing the descriptor releases the lock
+        self._fd = -1
