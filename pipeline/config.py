@@ -14,7 +14,6 @@ from pathlib import Path
 from pipeline.defaults import (
     DEFAULT_BACKEND, DEFAULT_COMPRESSION, DEFAULT_CROP_PAD, DEFAULT_FALLBACK, DEFAULT_SHARD_SIZE,
 )
-from pipeline.fileio import file_sha256  # noqa: F401  (re-exported for pyskl and gpu_check: use pipeline.fileio)
 from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE
 from pipeline.layout import cache_dir
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline import crop, manifest, poses, pyskl, video
+from pipeline import crop, manifest, pose_pickle, poses, video
 from pipeline.cache_writer import ShardWriter
 from pipeline.config import CacheConfig
 from pipeline.contracts import PROBLEM_COLUMN
@@ -227,11 +227,11 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
     if skeleton.num_frames == 0 or not np.isfinite(skeleton.joints3d).any():
         raise SampleError("skeleton", "no body in any frame")
     joints3d = skeleton.joints3d
-    if row.get(pyskl.POSES_PATH):  # poses from a pyskl pickle replace the 3D joints; the box still comes from here
+    if row.get(pose_pickle.POSES_PATH):  # poses from a pyskl pickle replace the 3D joints; the box still comes from here
         try:
-            joints3d = pyskl.read_pose_file(row[pyskl.POSES_PATH], row[pyskl.POSES_SHA256], row["sample_id"])
+            joints3d = pose_pickle.read_pose_file(row[pose_pickle.POSES_PATH], row[pose_pickle.POSES_SHA256], row["sample_id"])
         except (KeyError, ValueError, OSError) as err:
-            raise SampleError("skeleton", f"pose file {row[pyskl.POSES_PATH]}: {err}") from None
+            raise SampleError("skeleton", f"pose file {row[pose_pickle.POSES_PATH]}: {err}") from None
     k = config.clips_per_video
     clips = torch.empty((k, 3, config.clip_len, config.crop_size, config.crop_size), dtype=torch.float32)
     boxes = np.empty((k, 4), dtype=np.float32)

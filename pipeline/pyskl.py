@@ -37,7 +37,6 @@ from pipeline.cli import run_cli
 from pipeline.datasets import get_dataset
 from pipeline.fileio import atomic_path
 from pipeline.manifest import read_manifest, resolve_data_root
-from pipeline.pose_pickle import POSES_PATH, POSES_SHA256, read_pose_file  # noqa: F401  (re-exported for extract.py)
 
 log = logging.getLogger(__name__)
 
