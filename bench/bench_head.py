@@ -43,7 +43,7 @@ from pipeline.contracts import CLIP_FRAMES, FEATURE_SHAPE
 from pipeline.datasets import get_dataset
 from vpn_head.config import VPNConfig
 from vpn_head.data import CachedClips
-from vpn_head.evaluate import make_loader
+from vpn_head.runtime import make_loader
 from vpn_head.model import VPN
 from vpn_head.train import EpochShuffleSampler, train_epoch
 

@@ -18,7 +18,7 @@ Each stage is measured on its own, with cheap stand-ins where the real work does
   handles of the main process and of one worker.
 - ``failures_*``, ``run_log_*``, ``latest``: ``failures.csv`` appended per shard, rewritten and read with N rows;
   ``run_log.jsonl`` with one line per shard, appended and parsed; ``tasks.cache.status`` over the shard files;
-  ``vpn_head.finetune.find_cache`` with a ``LATEST`` pointer among 10..1000 cache folders.
+  ``vpn_head.data.resolve_cache`` with a ``LATEST`` pointer among 10..1000 cache folders.
 
 Every cost is fitted as ``seconds = a * N ** slope`` over the measured sizes (least squares in log-log); a stage
 not measured at 114,480 is extrapolated with its slope and marked so. Writes ``--out`` (JSON), and beside it
@@ -61,9 +61,8 @@ from pipeline.datasets import get_dataset
 from pipeline.extract import ShardStats
 from pipeline.manifest import read_manifest, read_manifest_root, scan, write_manifest
 from pipeline.ntu import format_sample_id, parse_sample_id, read_missing_list
-from vpn_head.data import CachedClips
-from vpn_head.evaluate import make_loader
-from vpn_head.finetune import find_cache
+from vpn_head.data import CachedClips, resolve_cache
+from vpn_head.runtime import make_loader
 
 log = logging.getLogger("bench_scale")
 
@@ -481,7 +480,7 @@ def bench_status(manifests: dict[int, Path], work: Path, shard_size: int) -> lis
 
 
 def bench_latest(folder: Path, counts: tuple[int, ...]) -> list[dict]:
-    """``find_cache`` through ``LATEST`` among k cache folders (the newest of them holds a cache.h5)."""
+    """``resolve_cache`` through ``LATEST`` among k cache folders (the newest of them holds a cache.h5)."""
     rows = []
     for k in counts:
         root = folder / f"latest_{k}"
@@ -489,7 +488,7 @@ def bench_latest(folder: Path, counts: tuple[int, ...]) -> list[dict]:
             (root / "ntu120" / f"{i:012x}").mkdir(parents=True)
             (root / "ntu120" / f"{i:012x}" / cache.MERGED_NAME).touch()
         (root / "ntu120" / cache_tasks.LATEST).write_text(f"{k - 1:012x}\n")
-        rows.append({"caches": k, "find_cache_s": timed(lambda: find_cache(root, "ntu120"))})
+        rows.append({"caches": k, "find_cache_s": timed(lambda: resolve_cache(root, "ntu120"))})
     return rows
 
 

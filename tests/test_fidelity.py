@@ -15,12 +15,16 @@ from pipeline.synthetic import TEMPLATE, TEMPLATE_LEFT_ACTIVE, TRUTH_FILE, Synth
     active_hand, generate, plan_samples
 from vpn_head import diagnostics as diag
 from vpn_head.config import PAPER_READING, VPNConfig
+from vpn_head.checkpoints import HEAD, save_checkpoint
 from vpn_head.data import CachedClips
-from vpn_head.evaluate import evaluate_run, make_loader, score_clips
+from vpn_head.engine import relative_gradients
+from vpn_head.evaluate import evaluate_run
 from vpn_head.losses import contrastive_loss, embedding_loss
 from vpn_head.model import VPN, VPNOutput
+from vpn_head.runtime import make_loader
+from vpn_head.scoring import score_clips
 from vpn_head.splits import CARVED_VAL, carve_validation, held_out_subjects, sample_subject
-from vpn_head.train import TrainConfig, save_checkpoint
+from vpn_head.train import GRAD_GROUPS, TrainConfig
 
 from test_train import SMALL_MODEL, write_tiny_cache
 from test_vpn_model import tiny_config, tiny_inputs
@@ -147,7 +151,7 @@ def test_evaluate_writes_pose_diagnostics_for_pose_variants(tmp_path):
                              run_name=variant, model=SMALL_MODEL if variant != "i3d" else {})
         vpn_config = config.vpn_config()
         config.run_dir.mkdir(parents=True)
-        save_checkpoint(config.run_dir / "best.pt", epoch=1, model=VPN(vpn_config).state_dict(),
+        save_checkpoint(config.run_dir / "best.pt", HEAD, epoch=1, model=VPN(vpn_config).state_dict(),
                         train_config=config.to_dict(), vpn_config=vpn_config.to_dict())
         metrics = evaluate_run(config.run_dir, "test", "best", device="cpu", manifest=str(tmp_path / "none.csv"))
         if variant == "i3d":
@@ -317,7 +321,6 @@ def test_default_synthetic_config_keeps_the_right_hand_and_idle_left_hand():
 
 def _init_step(variant: str, **overrides):
     from vpn_head.losses import vpn_loss
-    from vpn_head.train import relative_gradients
 
     torch.manual_seed(0)
     config = VPNConfig.for_dataset("ntu60", "cs", variant=variant, **overrides)
@@ -328,7 +331,7 @@ def _init_step(variant: str, **overrides):
     poses[:, 1] = 0
     out = model(features, poses)
     vpn_loss(out, torch.randint(0, 60, (16,), generator=g), config)["total"].backward()
-    return out, {k: float(v) for k, v in relative_gradients(model).items()}
+    return out, {k: float(v) for k, v in relative_gradients(model, GRAD_GROUPS).items()}
 
 
 def test_classification_gradient_reaches_the_pose_branch_at_init():

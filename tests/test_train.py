@@ -14,8 +14,9 @@ from pipeline.datasets import NUCLA_ACTION_IDS, get_dataset, protocol_label
 from pipeline.ntu import format_sample_id
 from vpn_head.ablate import ABLATIONS, ablate
 from vpn_head.data import CachedClips, EmptySplitError, resolve_cache, video_groups
-from vpn_head.evaluate import CheckpointError, load_checkpoint
-from vpn_head.train import LOG_COLUMNS, RunConfigError, TrainConfig, main, train
+from vpn_head.checkpoints import CheckpointError, load_checkpoint
+from vpn_head.engine import RunConfigError
+from vpn_head.train import LOG_COLUMNS, TrainConfig, main, train
 
 SMALL_MODEL = {"embed_dim": 16, "attention_hidden": 16, "gcn_channels": 8}
 """Narrow embedding/attention layers keep the CPU steps fast; the features stay (1024, 8, 7, 7)."""
