@@ -356,3 +356,25 @@ def test_default_embedding_does_not_collapse():
     default, _ = _init_step("vpn")
     assert mean_cosine(paper) > 0.7  # 0.999 on real Mixed_5c maps (issue 9); 0.81 on these random ones
     assert mean_cosine(default) < 0.2
+
+
+def test_make_fidelity_prepares_caches_then_trains_and_vpn_head_never_runs_tasks(tmp_path, capsys):
+    import shlex
+    import subprocess
+
+    from tests.conftest import REPO
+    from vpn_head import fidelity
+
+    dry = subprocess.run(["make", "-n", "fidelity", f"FID_DIR={tmp_path}", "FID_N=4", "SEEDS=0"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    steps = [shlex.split(line) for line in dry.splitlines() if " -m " in line and "pip" not in line]
+    assert [s[2] for s in steps] == ["vpn_head.fidelity", "tasks.cache", "vpn_head.fidelity"]
+    assert "--prepare-only" in steps[0] and "--prepare-only" not in steps[2]
+    assert steps[1][steps[1].index("--manifest") + 1] == f"{tmp_path}/manifest.csv"
+    assert steps[1][steps[1].index("--cache-dir") + 1] == f"{tmp_path}/cache"
+    # the training step without the cache step: a one-line reason, exit code 2
+    assert fidelity.main(["--work", str(tmp_path), "--n", "4", "--prepare-only"]) == 0
+    assert (tmp_path / "manifest.csv").is_file() and not (tmp_path / "cache").exists()
+    assert fidelity.main(["--work", str(tmp_path), "--n", "4", "--seeds", "0", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no cache" in err

@@ -36,6 +36,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model or the requested run."""
 
 
+def checkpoint_path(run_dir: str | os.PathLike, checkpoint: str) -> Path:
+    """``<run_dir>/<checkpoint>.pt`` for a checkpoint name of ``CHECKPOINT_NAMES``.
+
+    Raises:
+        ValueError: another name.
+    """
+    if checkpoint not in CHECKPOINT_NAMES:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINT_NAMES}, got {checkpoint!r}")
+    return Path(run_dir) / f"{checkpoint}.pt"
+
+
 def save_checkpoint(path: Path, kind: str, **state: Any) -> None:
     """``torch.save`` of ``{format, kind, **state}`` through a temporary file: a crash never leaves a partial file."""
     if kind not in KINDS:

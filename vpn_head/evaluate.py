@@ -24,7 +24,9 @@ import torch
 
 from pipeline.cache import CacheError
 from vpn_head import diagnostics as diag
-from vpn_head.checkpoints import CHECKPOINT_NAMES, FINETUNE, CheckpointError, load_checkpoint, model_from_checkpoint
+from vpn_head.checkpoints import (
+    CHECKPOINT_NAMES, FINETUNE, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint,
+)
 from vpn_head.cli import default_run_name
 from vpn_head.data import CachedClips, resolve_cache
 from vpn_head.finetune_eval import evaluate_finetuned
@@ -70,9 +72,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         CacheError: missing cache or empty split.
     """
     run_dir = Path(run_dir)
-    if checkpoint not in CHECKPOINT_NAMES:
-        raise ValueError(f"checkpoint must be one of {CHECKPOINT_NAMES}, got {checkpoint!r}")
-    ckpt_path = run_dir / f"{checkpoint}.pt"
+    ckpt_path = checkpoint_path(run_dir, checkpoint)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run (train it first with `make train-head`)")
     ckpt = load_checkpoint(ckpt_path)

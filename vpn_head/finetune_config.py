@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from pipeline.contracts import CLIP_FRAMES, CROP_SIZE
 from pipeline.datasets import get_dataset
 from vpn_head.augment import AugmentConfig
 from vpn_head.config import VARIANTS
-from vpn_head.trainer_config import check_fields, is_int
+from vpn_head.trainer_config import check_fields, is_int, reject_unknown_fields
 
 RESUME_FREE_FIELDS: tuple[str, ...] = (
     "epochs", "per_gpu_batch", "num_workers", "amp", "device", "manifest", "data_root", "cache", "runs_dir",
@@ -134,10 +134,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig field(s) {unknown}")
+        reject_unknown_fields(cls, values)
         values = dict(values)
         if isinstance(values.get("augment"), Mapping):
             values["augment"] = AugmentConfig(**values["augment"])

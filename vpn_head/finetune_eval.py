@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from vpn_head.checkpoints import CHECKPOINT_NAMES, FINETUNE, load_checkpoint, model_from_checkpoint
+from vpn_head.checkpoints import FINETUNE, checkpoint_path, load_checkpoint, model_from_checkpoint
 from vpn_head.data import resolve_cache
 from vpn_head.finetune_config import FinetuneConfig
 from vpn_head.finetune_model import FinetuneVPN
@@ -110,9 +110,7 @@ def evaluate_finetuned(run_dir: str | os.PathLike, split: str = "test", checkpoi
         CacheError: missing cache or empty split.
     """
     run_dir = Path(run_dir)
-    if checkpoint not in CHECKPOINT_NAMES:
-        raise ValueError(f"checkpoint must be one of {CHECKPOINT_NAMES}, got {checkpoint!r}")
-    path = run_dir / f"{checkpoint}.pt"
+    path = checkpoint_path(run_dir, checkpoint)
     ckpt = load_checkpoint(path, FINETUNE)
     config = config or FinetuneConfig.from_dict(ckpt["train_config"])
     ctx = ctx or DistContext()

@@ -44,7 +44,7 @@ from pipeline.fileio import atomic_path, atomic_write_text
 from pipeline.manifest import read_manifest, resolve_data_root
 from pipeline.video import DEFAULT_BACKEND, DEFAULT_FALLBACK, DecodeError, backends_for, read_clip
 from vpn_head.checkpoints import (
-    CHECKPOINT_NAMES, FINETUNE, CheckpointError, load_checkpoint, model_from_checkpoint,
+    CHECKPOINT_NAMES, FINETUNE, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint,
 )
 from vpn_head.data import SPLITS, CachedClips, resolve_cache
 from vpn_head.evaluate import evaluate_run
@@ -441,8 +441,7 @@ def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 
     run_dir = Path(run_dir)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if checkpoint not in CHECKPOINT_NAMES:
-        raise ValueError(f"checkpoint must be one of {CHECKPOINT_NAMES}, got {checkpoint!r}")
+    ckpt_path = checkpoint_path(run_dir, checkpoint)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ValueError(f"samples must be an int >= 0, got {samples!r}")
     if not run_dir.is_dir():
@@ -450,7 +449,6 @@ def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 
     log_path = run_dir / "train_log.csv"
     if not log_path.is_file():
         raise ReportError(f"{run_dir} has no train_log.csv: no epoch of it has finished")
-    ckpt_path = run_dir / f"{checkpoint}.pt"
     ckpt = load_checkpoint(ckpt_path)
     if ckpt["kind"] == FINETUNE:
         raise UnsupportedRunError(f"{run_dir.name} is an end-to-end fine-tune run: its attention comes from pixels "
@@ -524,12 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         figures = make_report(run_dir, args.split, args.samples, args.checkpoint, args.cache, args.manifest,
                               args.data_root)
-    except UnsupportedRunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except (ReportError, CacheError, CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, UnsupportedRunError) else 1
     print(f"{run_dir / REPORT_DIR / INDEX_NAME}: {len(figures)} figures")
     return 0
 

@@ -23,7 +23,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from vpn_head.model import VPN
 from vpn_head.runtime import loss_scaler, make_loader, resolve_device, seed_everything
 from vpn_head.scoring import score_clips
 from vpn_head.splits import CARVED_VAL
-from vpn_head.trainer_config import check_fields, is_number
+from vpn_head.trainer_config import check_fields, is_number, reject_unknown_fields
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        reject_unknown_fields(cls, values)
         return cls(**values)
 
     def identity(self) -> dict[str, Any]:

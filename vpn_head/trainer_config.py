@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from vpn_head.splits import CARVED_VAL
@@ -19,6 +21,13 @@ def is_int(value: Any, minimum: int) -> bool:
 def is_number(value: Any) -> bool:
     """A finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def reject_unknown_fields(cls: type, values: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the keys of ``values`` that are not fields of the dataclass ``cls``."""
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}")
 
 
 def check_fields(config: Any, extra: dict[str, bool]) -> None:
