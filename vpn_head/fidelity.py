@@ -33,6 +33,7 @@ import torch
 
 from pipeline.cache import CacheError
 from pipeline.datasets import get_dataset
+from pipeline.fileio import atomic_write_text
 from vpn_head import diagnostics as diag
 from vpn_head.config import VPNConfig
 from pipeline.manifest import main as manifest_main
@@ -246,13 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = summarise_seeds(per_seed, oracle)
     out = args.out or args.work / "fidelity.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {"n": args.n, "seeds": args.seeds, "epochs": args.epochs, "model": dict(args.model),
               "checkpoint_selected_on": CARVED_VAL, "split": "test", "table": table}
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     text = (f"ntu60 cs test split, {len(args.seeds)} seed(s), best.pt chosen on {CARVED_VAL} (training subjects "
             f"held out), mean ± sd:\n\n{format_table(table)}\n")
-    out.with_suffix(".md").write_text(text)
+    atomic_write_text(out.with_suffix(".md"), text)
     print(text)
     return 0
 
