@@ -25,7 +25,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +41,7 @@ from vpn_head.checkpoints import (
 from vpn_head.config import VPNConfig
 from vpn_head.losses import vpn_loss
 from vpn_head.runtime import DistContext, autocast, barrier, gather, rng_state, set_rng_state
+from vpn_head.trainer_config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +65,6 @@ class NonFiniteLossError(ValueError):
     """A training step's loss is NaN or infinite."""
 
 
-class TrainerConfig(Protocol):
-    """What the engine reads of a trainer's config (``TrainConfig``, ``FinetuneConfig``)."""
-
-    dataset: str
-    protocol: str
-    epochs: int
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-    def identity(self) -> dict[str, Any]: ...
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainerConfig: ...
-
-
 @dataclass
 class Progress:
     """What the checkpoint carries besides the module states."""
@@ -96,7 +82,7 @@ class Run:
     Attributes:
         kind: ``head`` or ``finetune`` (the checkpoint kind; picks the ``config.json`` section).
         run_dir: ``runs/<name>``.
-        config: the trainer's config.
+        config: the trainer's config (``TrainConfig`` or ``FinetuneConfig``).
         vpn_config: the head's config.
         model: the model whose weights the checkpoints hold (unwrapped: not the DDP wrapper).
         optimizer: the optimizer.

@@ -54,7 +54,7 @@ from vpn_head.checkpoints import (
 from vpn_head.cli import add_common_arguments, parse_args_with_config
 from vpn_head.config import VARIANTS, VPNConfig
 from vpn_head.data import resolve_cache, selection_split
-from vpn_head.finetune_config import RESUME_FREE_FIELDS, FinetuneConfig, accumulation_steps
+from vpn_head.finetune_config import FinetuneConfig, accumulation_steps
 from vpn_head.finetune_eval import PREFETCH, evaluate_finetuned, score_split
 from vpn_head.finetune_model import FinetuneVPN
 from vpn_head.model import VPN
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         if args.eval_only:
             saved = load_checkpoint(config.run_dir / f"{args.checkpoint}.pt", FINETUNE)["train_config"]
-            config = replace(FinetuneConfig.from_dict(saved), **{k: getattr(config, k) for k in RESUME_FREE_FIELDS})
+            config = replace(FinetuneConfig.from_dict(saved), **{k: getattr(config, k) for k in FinetuneConfig.RESUME_FREE_FIELDS})
             ctx, device = init_distributed(config.device)
             result = evaluate_finetuned(config.run_dir, args.split, args.checkpoint, config, ctx, device)
             keys = ("split", "top1", "mean_class", "num_videos")

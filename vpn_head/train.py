@@ -23,9 +23,9 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,78 +43,38 @@ from vpn_head.model import VPN
 from vpn_head.runtime import loss_scaler, make_loader, resolve_device, seed_everything
 from vpn_head.scoring import score_clips
 from vpn_head.splits import CARVED_VAL
-from vpn_head.trainer_config import check_fields, is_number, reject_unknown_fields
+from vpn_head.trainer_config import TrainerConfig, check_fields, is_number
 
 log = logging.getLogger(__name__)
 
-RESUME_FREE_FIELDS: tuple[str, ...] = (
-    "epochs", "num_workers", "in_memory", "amp", "device", "cache", "runs_dir", "run_name",
-)
-"""TrainConfig fields a resumed run may change: they do not define the experiment (``epochs`` may grow)."""
 GRAD_GROUPS: tuple[str, ...] = ("pose_encoder", "attention", "embedding", "classifier")
 """Module groups whose relative gradient norm ||grad|| / ||weight|| is logged each epoch (mean over steps)."""
 LOG_COLUMNS: tuple[str, ...] = (*engine.TRAIN_COLUMNS, *(f"grad_{g}" for g in GRAD_GROUPS))
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a head-training run.
+class TrainConfig(TrainerConfig):
+    """Everything that defines a head-training run: the fields of ``TrainerConfig`` and these.
 
     Attributes:
-        dataset: registry name (``ntu60``, ``ntu120``, ``smarthome``, ``nucla``).
-        protocol: protocol of the dataset (``cs``, ``cv``, ``cs1``, ``cv2``, ``v3_12``, ...).
         variant: ``i3d`` | ``attention`` | ``vpn`` (paper Table 1).
         model: further ``VPNConfig`` overrides (``pose_backbone``, ``coupler``, ``embedding_loss``, ...).
-        epochs: epochs to train in total (paper: 30).
-        batch_size: clips per SGD step (paper: 16).
-        lr: initial learning rate (paper: 0.01).
-        momentum: SGD momentum (0.9).
-        weight_decay: SGD L2 weight decay. The paper gives none, so the default 0 trains exactly the stated
-            objective (eq. 6, whose lambda2 term already regularises the attention); 5e-4 is a usual choice
-            when the head over-fits a small dataset.
         pose_lr_scale: learning-rate multiplier of the pose branch (pose backbone and attention network). The
             paper uses one learning rate (1.0); on frozen features the pose branch's relative gradient is orders of
             magnitude below the classifier's (see ``grad_*`` in ``train_log.csv``), so it barely moves at 1.0.
-        lr_step: epochs between learning-rate decays (paper: 10).
-        lr_gamma: learning-rate decay factor (paper: 0.1).
-        eval_split: split scored after each epoch and used to pick ``best.pt``: ``auto`` (``val`` when the
-            protocol has one, else ``val_carved``), ``val``, ``val_carved`` or ``test`` (choosing on the test
-            split is allowed for comparison with papers that did, and says so in ``metrics.json``).
-        val_fraction: share of the training subjects carved out as ``val_carved`` (0.2).
-        seed: seeds Python, NumPy, torch and the shuffling.
-        deterministic: ``torch.use_deterministic_algorithms`` (warn-only) and no cuDNN autotuning.
-        num_workers: DataLoader worker processes (each opens the HDF5 file itself).
         in_memory: load the splits into RAM first, when they fit.
-        amp: mixed precision; None = on for CUDA, off on the CPU.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ...
-        cache: cache root (``cache/``), cache directory or ``cache.h5``.
-        runs_dir: folder of run directories.
-        run_name: run directory name; empty = ``<dataset>_<protocol>_<variant>``.
+
+    ``run_name`` defaults to ``<dataset>_<protocol>_<variant>``; each DataLoader worker opens the HDF5 file itself.
     """
 
-    dataset: str
-    protocol: str
+    RESUME_FREE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "epochs", "num_workers", "in_memory", "amp", "device", "cache", "runs_dir", "run_name",
+    )
+
     variant: str = "vpn"
     model: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
     pose_lr_scale: float = 1.0
-    lr_step: int = 10
-    lr_gamma: float = 0.1
-    eval_split: str = "auto"
-    val_fraction: float = 0.2
-    seed: int = 0
-    deterministic: bool = True
-    num_workers: int = 2
     in_memory: bool = False
-    amp: bool | None = None
-    device: str = "auto"
-    cache: str = "cache"
-    runs_dir: str = "runs"
-    run_name: str = ""
 
     @property
     def run_dir(self) -> Path:
@@ -134,19 +94,11 @@ class TrainConfig:
         check_fields(self, {"pose_lr_scale": is_number(self.pose_lr_scale) and self.pose_lr_scale > 0})
         self.vpn_config()
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        reject_unknown_fields(cls, values)
-        return cls(**values)
-
     def identity(self) -> dict[str, Any]:
         """The training fields that define the experiment: all but ``RESUME_FREE_FIELDS``, and all but
         ``variant``/``model``, which the resolved ``VPNConfig`` covers (so ``--model embed_dim=256`` equals the
         default)."""
-        return {k: v for k, v in self.to_dict().items() if k not in (*RESUME_FREE_FIELDS, "variant", "model")}
+        return {k: v for k, v in super().identity().items() if k not in ("variant", "model")}
 
 
 class EpochShuffleSampler(Sampler[int]):

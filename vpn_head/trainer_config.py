@@ -1,11 +1,11 @@
-"""What the head trainer's and the fine-tune's configs share: the eval-split choices and the field checks."""
+"""What the head trainer's and the fine-tune's configs share: their common fields, checks and (de)serialisation."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import fields
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 from vpn_head.splits import CARVED_VAL
 
@@ -30,7 +30,75 @@ def reject_unknown_fields(cls: type, values: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown {cls.__name__} field(s) {unknown}")
 
 
-def check_fields(config: Any, extra: dict[str, bool]) -> None:
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The fields of a run both trainers have (``TrainConfig`` and ``FinetuneConfig`` add their own).
+
+    Attributes:
+        dataset: registry name (``ntu60``, ``ntu120``, ``smarthome``, ``nucla``).
+        protocol: protocol of the dataset (``cs``, ``cv``, ``cs1``, ``cv2``, ``v3_12``, ...).
+        epochs: epochs to train in total (paper: 30).
+        batch_size: clips per optimizer step, over all GPUs (paper: 16).
+        lr: initial learning rate (paper: 0.01).
+        momentum: SGD momentum (0.9).
+        weight_decay: SGD L2 weight decay. The paper gives none, so the default 0 trains exactly the stated
+            objective (eq. 6, whose lambda2 term already regularises the attention); 5e-4 is a usual choice
+            when the head over-fits a small dataset.
+        lr_step: epochs between learning-rate decays (paper: 10).
+        lr_gamma: learning-rate decay factor (paper: 0.1).
+        eval_split: split scored after each epoch and used to pick ``best.pt``: ``auto`` (``val`` when the
+            protocol has one, else ``val_carved``: training subjects held out), ``val``, ``val_carved`` or
+            ``test`` (choosing on the test split is allowed for comparison with papers that did, and says so in
+            ``metrics.json``).
+        val_fraction: share of the training subjects carved out as ``val_carved`` (0.2).
+        seed: seeds Python, NumPy, torch (plus the rank), the shuffling and the augmentation.
+        deterministic: ``torch.use_deterministic_algorithms`` (warn-only) and no cuDNN autotuning.
+        num_workers: DataLoader worker processes (per GPU).
+        amp: mixed precision, bf16 where supported (float16 with loss scaling elsewhere); None: on for CUDA.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``, ... (under torchrun each process
+            takes ``cuda:LOCAL_RANK``).
+        cache: cache root (``cache/``), cache directory or ``cache.h5``.
+        runs_dir: folder of run directories.
+        run_name: run directory name; empty: the trainer's default name.
+    """
+
+    RESUME_FREE_FIELDS: ClassVar[tuple[str, ...]] = ()
+    """Fields a resumed run may change: they do not define the experiment (``epochs`` may grow)."""
+
+    dataset: str
+    protocol: str
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_step: int = 10
+    lr_gamma: float = 0.1
+    eval_split: str = "auto"
+    val_fraction: float = 0.2
+    seed: int = 0
+    deterministic: bool = True
+    num_workers: int = 2
+    amp: bool | None = None
+    device: str = "auto"
+    cache: str = "cache"
+    runs_dir: str = "runs"
+    run_name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainerConfig:
+        reject_unknown_fields(cls, values)
+        return cls(**values)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the experiment: all but ``RESUME_FREE_FIELDS``."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RESUME_FREE_FIELDS}
+
+
+def check_fields(config: TrainerConfig, extra: dict[str, bool]) -> None:
     """Check the optimisation fields both trainers' configs have, plus ``extra`` (field -> ok).
 
     Raises:
