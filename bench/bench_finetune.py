@@ -2,8 +2,8 @@
 
 Two measurements in one run:
 
-- ``train``: full optimizer steps of ``vpn_head.finetune_model.FinetuneVPN`` (I3D to Mixed_5c, unfrozen, + the full-width
-  VPN head; forward, ``vpn_loss``, backward, SGD) on random clips of ``--clip-len`` x ``--crop-size``, in fp32
+- ``train``: full optimizer steps of ``vpn_head.finetune_model.FinetuneVPN`` (I3D to Mixed_5c, unfrozen, + the
+  full-width VPN head; forward, ``vpn_loss``, backward, SGD) on random clips of ``--clip-len`` x ``--crop-size``, in fp32
   and, on CUDA, with bf16 autocast. Clips per second is the median over ``--repeats`` timed passes of ``--steps``
   steps after one warm-up pass, the precisions interleaved. Peak memory per clip: on CUDA
   ``torch.cuda.max_memory_allocated`` over a pass divided by ``--batch``; on the CPU the growth of the process's

@@ -199,6 +199,7 @@ def finetune(config: FinetuneConfig, force_new: bool = False) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The fine-tune's command line: the options both trainers share, then its own."""
     defaults = FinetuneConfig("", "")
     aug = defaults.augment
     parser = argparse.ArgumentParser(prog="python -m vpn_head.finetune", description=__doc__.split("\n\n")[0])
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         if args.eval_only:
             saved = load_checkpoint(config.run_dir / f"{args.checkpoint}.pt", FINETUNE)["train_config"]
-            config = replace(FinetuneConfig.from_dict(saved), **{k: getattr(config, k) for k in FinetuneConfig.RESUME_FREE_FIELDS})
+            free = {k: getattr(config, k) for k in FinetuneConfig.RESUME_FREE_FIELDS}  # paths, hardware, eval
+            config = replace(FinetuneConfig.from_dict(saved), **free)
             ctx, device = init_distributed(config.device)
             result = evaluate_finetuned(config.run_dir, args.split, args.checkpoint, config, ctx, device)
             keys = ("split", "top1", "mean_class", "num_videos")

@@ -7,8 +7,8 @@ the protocol's own (Smarthome) or, where the protocol has none (NTU, N-UCLA), ``
 deterministic 20 % of the training subjects, left out of training (``vpn_head.splits``). The test split is never
 used to choose anything; ``metrics.json`` names the split that chose ``best.pt``. Each epoch also logs the
 gradient norm of every module group relative to its weights (``grad_<group>`` columns), the first place to look
-when a branch does not learn. ``runs/<name>/config.json`` holds the full config. The run folder, checkpoints, resume and the epoch loop are
-``vpn_head.engine``'s; this module says what to train: data, model, optimizer.
+when a branch does not learn. ``runs/<name>/config.json`` holds the full config. The run folder, checkpoints,
+resume and the epoch loop are ``vpn_head.engine``'s; this module says what to train: data, model, optimizer.
 
 Re-running the same command resumes after the last finished epoch and ends bit-identical (CPU, fixed seed)
 to a run that never stopped: the checkpoint holds the model, optimizer, scheduler, loss scaler and every RNG
