@@ -106,7 +106,9 @@ demo: setup  ## synthetic data -> manifest -> cache -> i3d, attention, vpn heads
 	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --manifest $(DEMO_DIR)/manifest.csv --epochs $(or $(DEMO_EPOCHS),30)
 
 fidelity: setup  ## does VPN beat I3D? synthetic data made for it, 5 seeds of i3d/attention/vpn + oracle [FID_N=240] [SEEDS="0 1 2 3 4"] [FID_ARGS=]
-	$(PY) -m vpn_head.fidelity --work $(or $(FID_DIR),data/fidelity) --n $(or $(FID_N),240) --seeds $(or $(SEEDS),0 1 2 3 4) --epochs $(EPOCHS) --out bench/results/fidelity.json $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),) $(FID_ARGS)
+	$(PY) -m vpn_head.fidelity --work $(or $(FID_DIR),data/fidelity) --n $(or $(FID_N),240) --prepare-only $(FID_ARGS)
+	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(or $(FID_DIR),data/fidelity)/manifest.csv --cache-dir $(or $(FID_DIR),data/fidelity)/cache --shard-size 40 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
+	$(PY) -m vpn_head.fidelity --work $(or $(FID_DIR),data/fidelity) --n $(or $(FID_N),240) --seeds $(or $(SEEDS),0 1 2 3 4) --epochs $(EPOCHS) --out bench/results/fidelity.json $(FID_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------
 # Every CLI option as a make variable (the CLI's name in upper case), pass-throughs, and the check that a

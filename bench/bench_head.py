@@ -46,7 +46,7 @@ from pipeline.datasets import get_dataset
 from pipeline.provenance import make_attrs
 from vpn_head.config import VPNConfig
 from vpn_head.data import CachedClips
-from vpn_head.evaluate import make_loader
+from vpn_head.runtime import make_loader
 from vpn_head.model import VPN
 from vpn_head.train import EpochShuffleSampler, train_epoch
 

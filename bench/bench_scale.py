@@ -69,7 +69,7 @@ from pipeline.manifest import read_manifest, read_manifest_root, scan, write_man
 from pipeline.ntu import format_sample_id, parse_sample_id, read_missing_list
 from pipeline.provenance import make_attrs
 from vpn_head.data import CachedClips, resolve_cache
-from vpn_head.evaluate import make_loader
+from vpn_head.runtime import make_loader
 
 log = logging.getLogger("bench_scale")
 

@@ -18,7 +18,7 @@ others still run, and the exit code is 1):
 - ``finetune``: ``bench.bench_finetune``'s optimizer steps of I3D + the full VPN head at 64x224x224, batch 4,
   fp32 and bf16: clips/s and peak memory per clip (CUDA ``max_memory_allocated`` / batch).
 - ``ddp``: a one-process ``DistributedDataParallel`` group (nccl; gloo on the CPU) around the fine-tune model,
-  two steps of ``vpn_head.finetune.train_epoch``: loss, parameters updated.
+  two steps of ``vpn_head.engine.train_epoch``: loss, parameters updated.
 - ``compile`` (CUDA only): ``torch.compile`` of I3D in the fastest ``i3d`` setting: compile seconds, clips/s,
   speedup over eager.
 
@@ -58,11 +58,11 @@ from pipeline.fileio import file_sha256
 from pipeline.i3d import load_i3d
 from pipeline.provenance import make_attrs
 from pipeline.synthetic import SyntheticConfig, generate
-from vpn_head import finetune as ft
+from vpn_head import engine
 from vpn_head.config import VPNConfig
 from vpn_head.data import CachedClips
-from vpn_head.evaluate import make_loader
 from vpn_head.model import VPN
+from vpn_head.runtime import DistContext, make_loader
 from vpn_head.train import EpochShuffleSampler, train_epoch
 
 log = logging.getLogger("gpu_check")
@@ -271,7 +271,7 @@ def check_finetune(size: dict, device: torch.device, weights: str | None) -> dic
 
 def check_ddp(size: dict, device: torch.device, weights: str | None) -> dict:
     """A one-process ``DistributedDataParallel`` run: nccl (gloo on the CPU) process group of world size 1, the
-    fine-tune model wrapped in DDP, two optimizer steps through ``vpn_head.finetune.train_epoch``.
+    fine-tune model wrapped in DDP, two optimizer steps through ``vpn_head.engine.train_epoch``.
 
     ``torchrun`` with one process does not wrap the model (``vpn_head.finetune`` uses DDP from two processes up),
     so the group is made here; a second rank would need a second GPU.
@@ -295,8 +295,8 @@ def check_ddp(size: dict, device: torch.device, weights: str | None) -> dict:
         before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 autocast needs no loss scaling
-        stats = ft.train_epoch(wrapped, batches, optimizer, scaler, device, device.type == "cuda", 1,
-                               ft.DistContext(0, 1, 0), "ddp")
+        stats = engine.train_epoch(wrapped, batches, optimizer, scaler, device, device.type == "cuda", 1,
+                                   DistContext(0, 1, 0), "ddp")
         after = [p for p in model.parameters() if p.requires_grad]
         moved = sum(not torch.equal(a, b) for a, b in zip(before, after))
         return {"backend": backend, "world_size": dist.get_world_size(), "steps": len(batches),

@@ -16,12 +16,11 @@ from pipeline.datasets import get_dataset
 from pipeline.nucla import parse_sample_name
 from test_train import tiny_sample_id, write_tiny_cache
 from vpn_head.config import VPNConfig
-from vpn_head.evaluate import (
-    CheckpointError, confusion_matrix, evaluate_run, main, max_pool_scores, mean_class_accuracy, top1_accuracy,
-    video_scores,
-)
+from vpn_head.checkpoints import HEAD, CheckpointError, save_checkpoint
+from vpn_head.evaluate import evaluate_run, main
+from vpn_head.metrics import confusion_matrix, max_pool_scores, mean_class_accuracy, top1_accuracy, video_scores
 from vpn_head.model import VPN
-from vpn_head.train import TrainConfig, save_checkpoint
+from vpn_head.train import TrainConfig
 
 # ----------------------------------------------------------------------------------------------------------
 # metrics
@@ -119,7 +118,7 @@ def known_run(tmp_path_factory) -> Path:
     run.mkdir(parents=True)
     config = TrainConfig("nucla", "v3_12", variant="i3d", cache=str(cache), runs_dir=str(root / "runs"),
                          run_name="known")
-    save_checkpoint(run / "best.pt", epoch=7, model=model.state_dict(), train_config=config.to_dict(),
+    save_checkpoint(run / "best.pt", HEAD, epoch=7, model=model.state_dict(), train_config=config.to_dict(),
                     vpn_config=vpn_config.to_dict())
     return run
 

@@ -15,12 +15,16 @@ from pipeline.synthetic import TEMPLATE, TEMPLATE_LEFT_ACTIVE, TRUTH_FILE, Synth
     active_hand, generate, plan_samples
 from vpn_head import diagnostics as diag
 from vpn_head.config import PAPER_READING, VPNConfig
+from vpn_head.checkpoints import HEAD, save_checkpoint
 from vpn_head.data import CachedClips
-from vpn_head.evaluate import evaluate_run, make_loader, score_clips
+from vpn_head.engine import relative_gradients
+from vpn_head.evaluate import evaluate_run
 from vpn_head.losses import contrastive_loss, embedding_loss
 from vpn_head.model import VPN, VPNOutput
+from vpn_head.runtime import make_loader
+from vpn_head.scoring import score_clips
 from vpn_head.splits import CARVED_VAL, carve_validation, held_out_subjects, sample_subject
-from vpn_head.train import TrainConfig, save_checkpoint
+from vpn_head.train import GRAD_GROUPS, TrainConfig
 
 from test_train import SMALL_MODEL, write_tiny_cache
 from test_vpn_model import tiny_config, tiny_inputs
@@ -147,7 +151,7 @@ def test_evaluate_writes_pose_diagnostics_for_pose_variants(tmp_path):
                              run_name=variant, model=SMALL_MODEL if variant != "i3d" else {})
         vpn_config = config.vpn_config()
         config.run_dir.mkdir(parents=True)
-        save_checkpoint(config.run_dir / "best.pt", epoch=1, model=VPN(vpn_config).state_dict(),
+        save_checkpoint(config.run_dir / "best.pt", HEAD, epoch=1, model=VPN(vpn_config).state_dict(),
                         train_config=config.to_dict(), vpn_config=vpn_config.to_dict())
         metrics = evaluate_run(config.run_dir, "test", "best", device="cpu", manifest=str(tmp_path / "none.csv"))
         if variant == "i3d":
@@ -317,7 +321,6 @@ def test_default_synthetic_config_keeps_the_right_hand_and_idle_left_hand():
 
 def _init_step(variant: str, **overrides):
     from vpn_head.losses import vpn_loss
-    from vpn_head.train import relative_gradients
 
     torch.manual_seed(0)
     config = VPNConfig.for_dataset("ntu60", "cs", variant=variant, **overrides)
@@ -328,7 +331,7 @@ def _init_step(variant: str, **overrides):
     poses[:, 1] = 0
     out = model(features, poses)
     vpn_loss(out, torch.randint(0, 60, (16,), generator=g), config)["total"].backward()
-    return out, {k: float(v) for k, v in relative_gradients(model).items()}
+    return out, {k: float(v) for k, v in relative_gradients(model, GRAD_GROUPS).items()}
 
 
 def test_classification_gradient_reaches_the_pose_branch_at_init():
@@ -353,3 +356,25 @@ def test_default_embedding_does_not_collapse():
     default, _ = _init_step("vpn")
     assert mean_cosine(paper) > 0.7  # 0.999 on real Mixed_5c maps (issue 9); 0.81 on these random ones
     assert mean_cosine(default) < 0.2
+
+
+def test_make_fidelity_prepares_caches_then_trains_and_vpn_head_never_runs_tasks(tmp_path, capsys):
+    import shlex
+    import subprocess
+
+    from tests.conftest import REPO
+    from vpn_head import fidelity
+
+    dry = subprocess.run(["make", "-n", "fidelity", f"FID_DIR={tmp_path}", "FID_N=4", "SEEDS=0"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    steps = [shlex.split(line) for line in dry.splitlines() if " -m " in line and "pip" not in line]
+    assert [s[2] for s in steps] == ["vpn_head.fidelity", "tasks.cache", "vpn_head.fidelity"]
+    assert "--prepare-only" in steps[0] and "--prepare-only" not in steps[2]
+    assert steps[1][steps[1].index("--manifest") + 1] == f"{tmp_path}/manifest.csv"
+    assert steps[1][steps[1].index("--cache-dir") + 1] == f"{tmp_path}/cache"
+    # the training step without the cache step: a one-line reason, exit code 2
+    assert fidelity.main(["--work", str(tmp_path), "--n", "4", "--prepare-only"]) == 0
+    assert (tmp_path / "manifest.csv").is_file() and not (tmp_path / "cache").exists()
+    assert fidelity.main(["--work", str(tmp_path), "--n", "4", "--seeds", "0", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no cache" in err

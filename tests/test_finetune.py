@@ -24,14 +24,20 @@ from pipeline.datasets import DATASETS, get_dataset
 from pipeline.synthetic import SyntheticConfig, generate
 from tasks import cache as cache_tasks
 from tests.conftest import REPO
+from vpn_head import engine
 from vpn_head import finetune as ft
 from vpn_head.augment import (
     AugmentConfig, clip_indices, crop_keep_aspect, flip_clip, flip_permutation, flip_poses, jitter_box,
 )
+from vpn_head.checkpoints import HEAD, CheckpointError, save_checkpoint
 from vpn_head.config import VPNConfig
+from vpn_head.data import resolve_cache
+from vpn_head.engine import RunConfigError
+from vpn_head.finetune_config import FinetuneConfig, accumulation_steps
 from vpn_head.losses import vpn_loss
 from vpn_head.model import VPN
-from vpn_head.train import RunConfigError, save_checkpoint
+from vpn_head.pixels import PixelClips, StepSampler, sample_paths
+from vpn_head.runtime import DistContext
 
 TINY_HEAD = {"embed_dim": 16, "attention_hidden": 16, "gcn_channels": 8, "dropout": 0.0}
 NO_AUGMENT = AugmentConfig(flip_prob=0.0, temporal_jitter=False, box_scale=0.0, box_shift=0.0)
@@ -50,20 +56,20 @@ def data(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "manifest": root / "manifest.csv", "cache": root / "cache", "data": root / "data"}
 
 
-def tiny_config(data: dict[str, Path], runs: Path, **overrides) -> ft.FinetuneConfig:
+def tiny_config(data: dict[str, Path], runs: Path, **overrides) -> FinetuneConfig:
     # 8 synthetic videos are too few to carve a validation set out of train: these tests are about the mechanics
     values = dict(dataset="ntu60", protocol="cs", eval_split="test", epochs=2, batch_size=4, per_gpu_batch=2,
                   clip_len=8, crop_size=64,
                   model=TINY_HEAD, eval_clips=2, eval_crop_size=96, num_workers=0, manifest=str(data["manifest"]),
                   cache=str(data["cache"]), runs_dir=str(runs), run_name="tiny")
     values.update(overrides)
-    return ft.FinetuneConfig(**values)
+    return FinetuneConfig(**values)
 
 
-def train_clips(data: dict[str, Path], **kwargs) -> ft.PixelClips:
+def train_clips(data: dict[str, Path], **kwargs) -> PixelClips:
     kwargs = {"clip_len": 8, "crop_size": 64, **kwargs}
-    return ft.PixelClips(ft.find_cache(data["cache"], "ntu60"), "cs", "train", "ntu60",
-                         ft.sample_paths(data["manifest"]), **kwargs)
+    return PixelClips(resolve_cache(data["cache"], "ntu60"), "cs", "train", "ntu60",
+                         sample_paths(data["manifest"]), **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -156,19 +162,19 @@ def test_crop_keep_aspect_sets_the_short_side_and_keeps_the_layout():
 
 
 def test_accumulation_steps():
-    assert ft.accumulation_steps(16, 4, 1) == 4
-    assert ft.accumulation_steps(16, 4, 2) == 2
-    assert ft.accumulation_steps(16, 2, 8) == 1
+    assert accumulation_steps(16, 4, 1) == 4
+    assert accumulation_steps(16, 4, 2) == 2
+    assert accumulation_steps(16, 2, 8) == 1
     with pytest.raises(ValueError, match="not a multiple"):
-        ft.accumulation_steps(16, 4, 8)
+        accumulation_steps(16, 4, 8)
     with pytest.raises(ValueError, match="not a multiple"):
-        ft.accumulation_steps(16, 3, 1)
+        accumulation_steps(16, 3, 1)
 
 
 def test_step_sampler_deals_the_same_steps_to_any_world_size(data):
     clips = train_clips(data)  # 6 train clips: one step of 4, 2 clips left out
-    single = ft.StepSampler(clips, ft.DistContext(), 4, seed=1)
-    ranks = [ft.StepSampler(clips, ft.DistContext(rank, 2), 4, seed=1) for rank in (0, 1)]
+    single = StepSampler(clips, DistContext(), 4, seed=1)
+    ranks = [StepSampler(clips, DistContext(rank, 2), 4, seed=1) for rank in (0, 1)]
     for epoch in (0, 1):
         for sampler in (single, *ranks):
             sampler.set_epoch(epoch)
@@ -176,7 +182,7 @@ def test_step_sampler_deals_the_same_steps_to_any_world_size(data):
         assert len(keys) == 4 and all(key[0] == epoch for key in keys)
         assert sorted(k for r in ranks for k in r) == sorted(keys)
     with pytest.raises(ValueError, match="fewer than one step"):
-        ft.StepSampler(clips, ft.DistContext(), 16, seed=0)
+        StepSampler(clips, DistContext(), 16, seed=0)
 
 
 def test_pixel_clips_reproduce_the_cached_clip_and_poses(data):
@@ -220,16 +226,16 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(data):
 
 
 def test_bad_paths_give_clear_errors(data, tmp_path):
-    paths = ft.sample_paths(data["manifest"])
-    cache = ft.find_cache(data["cache"], "ntu60")
+    paths = sample_paths(data["manifest"])
+    cache = resolve_cache(data["cache"], "ntu60")
     with pytest.raises(FileNotFoundError, match="DATA_ROOT"):
-        ft.PixelClips(cache, "cs", "train", "ntu60", ft.sample_paths(data["manifest"], tmp_path))
+        PixelClips(cache, "cs", "train", "ntu60", sample_paths(data["manifest"], tmp_path))
     with pytest.raises(CacheError, match="not in the manifest"):
-        ft.PixelClips(cache, "cs", "train", "ntu60", dict(list(paths.items())[:2]))
+        PixelClips(cache, "cs", "train", "ntu60", dict(list(paths.items())[:2]))
     (tmp_path / "ntu60").mkdir()
     (tmp_path / "ntu60" / "LATEST").write_text("0123abcd\n")
-    with pytest.raises(CacheError, match="holds no cache.h5"):
-        ft.find_cache(tmp_path, "ntu60")
+    with pytest.raises(CacheError, match="no cache at"):
+        resolve_cache(tmp_path, "ntu60")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -257,8 +263,8 @@ def test_steps_update_i3d_and_lower_the_loss_on_a_fixed_batch(data, tmp_path):
     start = loss()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    row = ft.train_epoch(model, [(clips, poses, labels, None)] * 3, optimizer, scaler, torch.device("cpu"), False,
-                         accum=1, ctx=ft.DistContext(), description="test")
+    row = engine.train_epoch(model, [(clips, poses, labels, None)] * 3, optimizer, scaler, torch.device("cpu"), False,
+                         accum=1, ctx=DistContext(), description="test")
     assert row["train_samples_per_s"] > 0
     assert loss() < start
     assert not torch.allclose(model.i3d.Mixed_4b.b1b.conv3d.weight, before)
@@ -273,8 +279,8 @@ def test_freeze_until_keeps_early_blocks_fixed(data, tmp_path):
     frozen = model.i3d.Mixed_3c.b0.conv3d.weight.detach().clone()
     clips, poses, labels, _ = _fixed_batch(data)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    ft.train_epoch(model, [(clips, poses, labels, None)], optimizer, torch.amp.GradScaler("cpu", enabled=False),
-                   torch.device("cpu"), False, accum=1, ctx=ft.DistContext(), description="test")
+    engine.train_epoch(model, [(clips, poses, labels, None)], optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                   torch.device("cpu"), False, accum=1, ctx=DistContext(), description="test")
     torch.testing.assert_close(model.i3d.Mixed_3c.b0.conv3d.weight, frozen, rtol=0, atol=0)
     with pytest.raises(ValueError, match="unknown block"):
         ft.build_model(tiny_config(data, tmp_path, freeze_until="Mixed_9z"), t_p=20)
@@ -296,7 +302,7 @@ def test_score_windows_max_pools_softmax_over_clips_and_windows(data, tmp_path):
 
 def _head_run(run_dir: Path, head: VPN, dataset: str = "ntu60", protocol: str = "cs") -> None:
     run_dir.mkdir(parents=True)
-    save_checkpoint(run_dir / "best.pt", epoch=3, model=head.state_dict(),
+    save_checkpoint(run_dir / "best.pt", HEAD, epoch=3, model=head.state_dict(),
                     train_config={"dataset": dataset, "protocol": protocol}, vpn_config=head.config.to_dict())
 
 
@@ -316,7 +322,7 @@ def test_init_loads_a_head_run_and_refuses_one_that_does_not_fit(data, tmp_path)
         ft.build_model(tiny_config(data, tmp_path, model={}, init=str(tmp_path / "other")), t_p=20)
     with pytest.raises(ValueError, match="new head only"):
         tiny_config(data, tmp_path, init=str(tmp_path / "fits")).validate()
-    with pytest.raises(ft.CheckpointError, match="no best.pt or last.pt"):
+    with pytest.raises(CheckpointError, match="no best.pt or last.pt"):
         ft.build_model(tiny_config(data, tmp_path, model={}, init=str(tmp_path)), t_p=20)
 
 
@@ -424,8 +430,8 @@ def test_bf16_autocast_step_on_cuda(data, tmp_path):
     batch = (clips.to(device), poses.to(device), labels.to(device), None)
     before = model.i3d.Mixed_5c.b0.conv3d.weight.detach().clone()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    row = ft.train_epoch(model, [batch] * 2, optimizer, torch.amp.GradScaler("cuda", enabled=False), device, True,
-                         accum=2, ctx=ft.DistContext(), description="bf16")
+    row = engine.train_epoch(model, [batch] * 2, optimizer, torch.amp.GradScaler("cuda", enabled=False), device, True,
+                         accum=2, ctx=DistContext(), description="bf16")
     assert np.isfinite(row["train_loss"])
     assert model.i3d.Mixed_5c.b0.conv3d.weight.dtype == torch.float32
     assert not torch.allclose(model.i3d.Mixed_5c.b0.conv3d.weight, before)

@@ -161,6 +161,25 @@ def test_run_without_training_log_or_checkpoint_is_refused(tmp_path, runs):
         main(["--runs-dir", str(runs["runs"]), "--run", "i3d", "--samples", "-2"])
 
 
+@pytest.mark.parametrize("named_kind", [True, False])
+def test_fine_tune_run_is_refused_with_exit_code_2_and_a_one_line_reason(runs, tmp_path, capsys, named_kind):
+    """Its attention would come from cached frozen-I3D features, not from its own I3D: no figures, a reason."""
+    run = tmp_path / "ft"
+    run.mkdir()
+    (run / "train_log.csv").write_text((runs["runs"] / "vpn" / "train_log.csv").read_text())
+    ckpt = torch.load(runs["runs"] / "vpn" / "best.pt", weights_only=True)
+    ckpt["i3d"] = {}  # only a fine-tune checkpoint has the trunk's weights
+    if named_kind:
+        ckpt["kind"] = "finetune"
+    else:
+        ckpt.pop("kind")  # written before checkpoints named their kind
+    torch.save(ckpt, run / "best.pt")
+    assert main(["--runs-dir", str(tmp_path), "--run", "ft"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ft is an end-to-end fine-tune run" in err and "fine-tuned I3D" in err
+    assert not (run / "report").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # pieces
 

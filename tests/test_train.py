@@ -17,8 +17,10 @@ from pipeline.datasets import NUCLA_ACTION_IDS, get_dataset, protocol_label
 from pipeline.ntu import format_sample_id
 from vpn_head.ablate import ABLATIONS, ablate
 from vpn_head.data import CachedClips, EmptySplitError, resolve_cache, video_groups
-from vpn_head.evaluate import CheckpointError, load_checkpoint
-from vpn_head.train import LOG_COLUMNS, RunConfigError, TrainConfig, main, train
+from vpn_head import engine
+from vpn_head.checkpoints import CheckpointError, load_checkpoint
+from vpn_head.engine import RunConfigError
+from vpn_head.train import LOG_COLUMNS, TrainConfig, main, train
 
 SMALL_MODEL = {"embed_dim": 16, "attention_hidden": 16, "gcn_channels": 8}
 """Narrow embedding/attention layers keep the CPU steps fast; the features stay (1024, 8, 7, 7)."""
@@ -272,6 +274,20 @@ def test_bad_inputs_give_clear_errors(tiny_cache, tmp_path):
         train(tiny_config(tiny_cache, tmp_path, model={"no_such_field": 1}))
     with pytest.raises(EmptySplitError, match="'val'"):
         train(tiny_config(tiny_cache, tmp_path, eval_split="val"))
+
+
+def test_non_finite_loss_stops_training_naming_the_batch(tmp_path, monkeypatch):
+    folder = write_tiny_cache(tmp_path / "nucla")
+    real_loss = engine.vpn_loss
+
+    def nan_loss(out, labels, config):
+        losses = real_loss(out, labels, config)
+        return {**losses, "total": losses["total"] * float("nan")}
+
+    monkeypatch.setattr(engine, "vpn_loss", nan_loss)  # the loss the engine's epoch calls
+    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite loss nan at step 0 .*a\d\d_s\d\d_e\d\d_v\d\d"):
+        train(tiny_config(folder, tmp_path / "runs", epochs=1))
+    assert not (tmp_path / "runs" / "tiny" / "metrics.json").exists()
 
 
 def test_cli_exits_non_zero_with_one_line(tmp_path, capsys):

@@ -18,8 +18,10 @@ from typing import Any
 
 from pipeline.cache import CacheError
 from pipeline.datasets import get_dataset
+from pipeline.fileio import atomic_write_text
+from vpn_head.checkpoints import CheckpointError
 from vpn_head.config import PAPER_READING
-from vpn_head.evaluate import CheckpointError, atomic_write_bytes, evaluate_run
+from vpn_head.evaluate import evaluate_run
 from vpn_head.train import TrainConfig, add_training_arguments, config_from_args, train
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ def ablate(base: TrainConfig, tables: tuple[str, ...] = ("1", "2", "3"), test_sp
             f"lr {base.lr}, seed {base.seed}. The headline metric ({spec.metric}) is in bold.")
     text = markdown_table(results, tables, f"VPN ablations: {base.dataset} {base.protocol}", note, spec.metric)
     out = Path(base.runs_dir) / "ablation.md"
-    atomic_write_bytes(out, text.encode())
+    atomic_write_text(out, text)
     log.info("wrote %s", out)
     return out
 

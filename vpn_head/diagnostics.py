@@ -26,7 +26,7 @@ from torch import nn
 from pipeline import poses as pose_lib
 from pipeline.cache import open_cache
 from pipeline.datasets import DatasetSpec
-from pipeline.manifest import read_manifest, read_manifest_root
+from pipeline.manifest import read_manifest, resolve_data_root
 from pipeline.video import DecodeError, open_video
 from vpn_head.attention import apply_attention
 
@@ -169,7 +169,7 @@ def clip_joint_cells(cache_path: Path, rows: np.ndarray, sample_ids: np.ndarray,
         ``(cells (N, 2) or None, what was used or why nothing could be)``.
     """
     try:
-        root = Path(data_root) if data_root else read_manifest_root(manifest)
+        root = resolve_data_root(manifest, data_root)
         table = read_manifest(manifest).set_index("sample_id")
     except (OSError, ValueError, KeyError) as error:
         return None, f"no joint positions: {error}"

@@ -10,7 +10,10 @@ prints mean +- sd over the seeds and writes ``fidelity.json`` / ``fidelity.md``.
 
 ``make demo`` calls ``run_variants`` / ``format_table`` with one seed on its own small dataset.
 
-``python -m vpn_head.fidelity --work DIR [--n 240] [--seeds 0 1 2 3 4] [--epochs 30] [--model KEY=VALUE ...]``
+``python -m vpn_head.fidelity --work DIR --prepare-only [--n 240]`` writes ``DIR/data`` and ``DIR/manifest.csv``;
+``make fidelity`` caches them into ``DIR/cache`` (``tasks.cache``: this package never runs the pipeline's tasks),
+then ``python -m vpn_head.fidelity --work DIR [--n 240] [--seeds 0 1 2 3 4] [--epochs 30] [--model KEY=VALUE ...]``
+trains and tabulates.
 """
 
 from __future__ import annotations
@@ -30,12 +33,18 @@ import torch
 
 from pipeline.cache import CacheError
 from pipeline.datasets import get_dataset
+from pipeline.fileio import atomic_write_text
 from vpn_head import diagnostics as diag
 from vpn_head.config import VPNConfig
+from pipeline.manifest import main as manifest_main
+from pipeline.synthetic import SyntheticConfig, generate
+from vpn_head.cli import parse_override
 from vpn_head.data import CachedClips, resolve_cache
-from vpn_head.evaluate import evaluate_run, summarise, video_scores
+from vpn_head.evaluate import evaluate_run
+from vpn_head.metrics import summarise, video_scores
+from vpn_head.runtime import seed_everything
 from vpn_head.splits import CARVED_VAL
-from vpn_head.train import EpochShuffleSampler, TrainConfig, parse_override, seed_everything, train
+from vpn_head.train import EpochShuffleSampler, TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +195,12 @@ def format_table(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_dataset(work: Path, n: int, data_seed: int, weights: str | None) -> tuple[Path, Path, Path]:
-    """Generate (once), scan and cache the fidelity dataset under ``work``; returns (data_root, manifest, cache)."""
-    from pipeline.manifest import main as manifest_main
-    from pipeline.synthetic import SyntheticConfig, generate
-    from tasks.cache import main as cache_main
+def prepare_data(work: Path, n: int, data_seed: int) -> tuple[Path, Path]:
+    """Generate (once) and scan the fidelity dataset under ``work``; returns (data_root, manifest).
 
-    root, manifest, cache_dir = work / "data", work / "manifest.csv", work / "cache"
+    ``make fidelity`` then builds its cache (``tasks.cache``) into ``<work>/cache``.
+    """
+    root, manifest = work / "data", work / "manifest.csv"
     config = SyntheticConfig(n=n, seed=data_seed, **FIDELITY_DATA)
     stamp = root / "synthetic_config.json"
     wanted = json.loads(json.dumps(asdict(config)))
@@ -200,11 +208,7 @@ def build_dataset(work: Path, n: int, data_seed: int, weights: str | None) -> tu
         generate(root, config, overwrite=True)
     if manifest_main(["--dataset", "ntu60", "--data-root", str(root), "--out", str(manifest)]) != 0:
         raise CacheError("fidelity: the manifest step failed")
-    args = ["--dataset", "ntu60", "--protocol", "cs", "--manifest", str(manifest), "--cache-dir", str(cache_dir),
-            "--shard-size", "40", "--workers", "1", *(["--i3d-weights", weights] if weights else [])]
-    if cache_main(args) != 0:
-        raise CacheError("fidelity: the cache step failed")
-    return root, manifest, cache_dir
+    return root, manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,12 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
                         help="VPNConfig override for the pose variants (repeatable)")
     parser.add_argument("--no-oracle", dest="oracle", action="store_false")
-    parser.add_argument("--i3d-weights", default=None)
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the synthetic data and its manifest, then stop (make fidelity caches them next)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: <work>/fidelity.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        root, manifest, cache = build_dataset(args.work, args.n, args.data_seed, args.i3d_weights)
+        root, manifest = prepare_data(args.work, args.n, args.data_seed)
+        if args.prepare_only:
+            return 0
+        cache = resolve_cache(args.work / "cache", "ntu60")
         runs = args.work / "runs"
         per_seed, oracle = [], []
         for seed in args.seeds:
@@ -239,13 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = summarise_seeds(per_seed, oracle)
     out = args.out or args.work / "fidelity.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {"n": args.n, "seeds": args.seeds, "epochs": args.epochs, "model": dict(args.model),
               "checkpoint_selected_on": CARVED_VAL, "split": "test", "table": table}
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     text = (f"ntu60 cs test split, {len(args.seeds)} seed(s), best.pt chosen on {CARVED_VAL} (training subjects "
             f"held out), mean ± sd:\n\n{format_table(table)}\n")
-    out.with_suffix(".md").write_text(text)
+    atomic_write_text(out.with_suffix(".md"), text)
     print(text)
     return 0
 

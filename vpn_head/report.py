@@ -1,4 +1,4 @@
-"""Figures for a trained head run (``make report RUN=name``).
+"""Figures for a trained head run (``make report RUN=name``); fine-tune runs are refused (exit code 2).
 
 ``python -m vpn_head.report --runs-dir runs --run NAME [--cache C] [--manifest M] [--data-root D] [--samples 8]
 [--split test] [--checkpoint best]`` writes to ``runs/NAME/report/``:
@@ -40,10 +40,14 @@ from pipeline.cache import CacheError, open_cache
 from pipeline.contracts import CROP_SIZE
 from pipeline.crop import to_uint8_crops
 from pipeline.datasets import get_dataset
-from pipeline.manifest import read_manifest, read_manifest_root
-from pipeline.video import DEFAULT_BACKEND, DEFAULT_FALLBACK, DecodeError, read_clip
+from pipeline.fileio import atomic_path, atomic_write_text
+from pipeline.manifest import read_manifest, resolve_data_root
+from pipeline.video import DEFAULT_BACKEND, DEFAULT_FALLBACK, DecodeError, backends_for, read_clip
+from vpn_head.checkpoints import (
+    CHECKPOINT_NAMES, FINETUNE, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint,
+)
 from vpn_head.data import SPLITS, CachedClips, resolve_cache
-from vpn_head.evaluate import CHECKPOINT_NAMES, CheckpointError, evaluate_run, load_checkpoint, model_from_checkpoint
+from vpn_head.evaluate import evaluate_run
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,10 @@ DPI = 100
 
 class ReportError(RuntimeError):
     """The run cannot be reported on (missing run directory or training log)."""
+
+
+class UnsupportedRunError(ReportError):
+    """The run is of a kind the report does not draw (an end-to-end fine-tune)."""
 
 
 @dataclass(frozen=True)
@@ -87,9 +95,8 @@ def _new_figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, path: Path) -> None:
     """Write ``fig`` as PNG through a temporary file and ``os.replace``; no metadata, so the bytes are
     reproducible."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, metadata={"Software": None})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, metadata={"Software": None}, format="png")
 
 
 def _safe_name(text: str) -> str:
@@ -274,21 +281,22 @@ class _VideoSource:
 
     paths: dict[str, Path]
     problem: str
-    backends: tuple[str, ...]
+    backend: str
+    fallback: tuple[str, ...]
     crop_size: int
 
 
 def _video_source(manifest: Path, data_root: str | None, cache_config: dict[str, Any]) -> _VideoSource:
     backend = cache_config.get("backend", DEFAULT_BACKEND)
-    backends = (backend, *(b for b in cache_config.get("fallback", DEFAULT_FALLBACK) if b != backend))
+    fallback = tuple(cache_config.get("fallback", DEFAULT_FALLBACK))
     crop_size = int(cache_config.get("crop_size", CROP_SIZE))
     try:
-        root = Path(data_root) if data_root else read_manifest_root(manifest)
+        root = resolve_data_root(manifest, data_root)
         df = read_manifest(manifest)
     except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as error:
-        return _VideoSource({}, f"no videos ({error})", backends, crop_size)
+        return _VideoSource({}, f"no videos ({error})", backend, fallback, crop_size)
     paths = {sid: root / rel for sid, rel in zip(df["sample_id"], df["video_path"])}
-    return _VideoSource(paths, "", backends, crop_size)
+    return _VideoSource(paths, "", backend, fallback, crop_size)
 
 
 def _middle_crop(source: _VideoSource, sample_id: str, frame_indices: np.ndarray, box: np.ndarray
@@ -301,7 +309,7 @@ def _middle_crop(source: _VideoSource, sample_id: str, frame_indices: np.ndarray
         return None, f"{sample_id} is not in the manifest"
     if not path.exists():
         return None, f"video not found: {path}"
-    backends = ("frames",) if path.is_dir() else source.backends
+    backends = backends_for(path, source.backend, source.fallback)
     middle = np.asarray(frame_indices, dtype=np.int64)[[len(frame_indices) // 2]]  # (1,)
     try:
         frames, _ = read_clip(path, middle, backends)  # (1, H, W, 3)
@@ -433,8 +441,7 @@ def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 
     run_dir = Path(run_dir)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if checkpoint not in CHECKPOINT_NAMES:
-        raise ValueError(f"checkpoint must be one of {CHECKPOINT_NAMES}, got {checkpoint!r}")
+    ckpt_path = checkpoint_path(run_dir, checkpoint)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ValueError(f"samples must be an int >= 0, got {samples!r}")
     if not run_dir.is_dir():
@@ -442,8 +449,11 @@ def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 
     log_path = run_dir / "train_log.csv"
     if not log_path.is_file():
         raise ReportError(f"{run_dir} has no train_log.csv: no epoch of it has finished")
-    ckpt_path = run_dir / f"{checkpoint}.pt"
     ckpt = load_checkpoint(ckpt_path)
+    if ckpt["kind"] == FINETUNE:
+        raise UnsupportedRunError(f"{run_dir.name} is an end-to-end fine-tune run: its attention comes from pixels "
+                                  f"through its fine-tuned I3D, not from the cached features the report draws "
+                                  f"from; report its head run instead")
     model = model_from_checkpoint(ckpt, ckpt_path)
     train_config = ckpt["train_config"]
     dataset, protocol, variant = train_config["dataset"], train_config["protocol"], model.config.variant
@@ -490,9 +500,7 @@ def _write_index(path: Path, title: str, summary: str, figures: list[ReportFigur
     lines = [f"# {title}", "", f"{summary[0].upper()}{summary[1:]}.", ""]
     lines += [f"- [{fig.file}]({fig.file}): {' '.join(fig.caption.split())}" for fig in figures]
     lines += ["", *notes]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.data_root)
     except (ReportError, CacheError, CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, UnsupportedRunError) else 1
     print(f"{run_dir / REPORT_DIR / INDEX_NAME}: {len(figures)} figures")
     return 0
 
