@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pipeline import ntu, nucla, smarthome
 from pipeline.dataset_spec import DatasetSpec
-from pipeline.nucla import NUCLA_ACTION_IDS  # noqa: F401  (re-exported: tests/test_train.py imports it from here)
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (*ntu.SPECS, smarthome.SPEC, nucla.SPEC)}
 

@@ -70,14 +70,12 @@ from pipeline.ntu import SAMPLE_ID_RE, BodyRecord, write_skeleton
 from pipeline.synthetic_motion import (
     CAMERA_YAW_DEG, JOINT_INDEX, body_motion, place, project_color, project_depth, yaw_matrix,
 )
-from pipeline.synthetic_motion import TEMPLATE, TEMPLATE_LEFT_ACTIVE  # noqa: F401  (tests/test_fidelity.py imports)
 from pipeline.synthetic_plan import FPS, SamplePlan, SyntheticConfig, active_hand, plan_samples, random_stream
 from pipeline.synthetic_render import (
     BodyStyle, SyntheticSample, make_background, make_distractor, random_color, render_frame,
 )
 
 logger = logging.getLogger(__name__)
-_body_motion = body_motion  # the name tests/test_fidelity.py imports from here (it moved to synthetic_motion)
 
 RGB_DIR = "nturgb+d_rgb"
 SKELETON_DIR = "nturgb+d_skeletons"

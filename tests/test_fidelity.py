@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from pipeline.ntu import format_sample_id, parse_sample_id
-from pipeline.synthetic import TEMPLATE, TEMPLATE_LEFT_ACTIVE, TRUTH_FILE, SyntheticConfig, _body_motion, \
-    active_hand, generate, plan_samples
+from pipeline.synthetic import TRUTH_FILE, SyntheticConfig, active_hand, generate, plan_samples
+from pipeline.synthetic_motion import TEMPLATE, TEMPLATE_LEFT_ACTIVE, body_motion
 from vpn_head import diagnostics as diag
 from vpn_head.config import PAPER_READING, VPNConfig
 from vpn_head.checkpoints import HEAD, save_checkpoint
@@ -296,7 +296,7 @@ def test_random_active_hand_raises_the_active_arm_and_records_it(tmp_path):
     hands = [active_hand(take, config) for take in range(8)]
     assert set(hands) == {"right", "left"}
     plan = next(p for p in plan_samples(config) if hands[p.take] == "left")
-    joints = _body_motion(plan, config, 0)  # (T, 25, 3)
+    joints = body_motion(plan, config, 0)  # (T, 25, 3)
     wrist_left, wrist_right = joints[:, 6], joints[:, 10]  # NTU WristLeft, WristRight
     assert wrist_left[:, 2].mean() < wrist_right[:, 2].mean() - 0.1  # the left forearm points at the camera
     assert wrist_right[:, :2].std(axis=0).sum() > 0.02  # the hanging hand moves too
@@ -311,7 +311,7 @@ def test_default_synthetic_config_keeps_the_right_hand_and_idle_left_hand():
     config = SyntheticConfig(n=4, min_frames=30, max_frames=30)
     assert {active_hand(t, config) for t in range(4)} == {"right"}
     plan = plan_samples(config)[0]
-    joints = _body_motion(plan, config, 0)
+    joints = body_motion(plan, config, 0)
     assert joints[:, 7, :2].std(axis=0).sum() < 0.05  # HandLeft: only the small idle motion
 
 

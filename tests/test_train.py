@@ -13,7 +13,8 @@ from pipeline.cache import CacheError
 from pipeline.cache_merge import merge_shards
 from pipeline.cache_writer import ShardWriter
 from pipeline.provenance import make_attrs
-from pipeline.datasets import NUCLA_ACTION_IDS, get_dataset, protocol_label
+from pipeline.datasets import get_dataset, protocol_label
+from pipeline.nucla import NUCLA_ACTION_IDS
 from pipeline.ntu import format_sample_id
 from vpn_head.ablate import ABLATIONS, ablate
 from vpn_head.data import CachedClips, EmptySplitError, resolve_cache, video_groups
