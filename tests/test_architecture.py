@@ -6,6 +6,7 @@ These read the source (``ast``), so they see imports inside functions too, which
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,12 @@ def test_library_never_imports_luigi_or_tasks(name):
 def test_module_is_small_enough_to_read(name):
     lines = len(modules()[name].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{name}: {lines} lines (over {MAX_LINES}); split it by job"
+
+
+def test_readme_where_things_live_lists_exactly_the_modules():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `((?:pipeline|tasks|vpn_head)/\w+\.py)` \|", section, flags=re.M))
+    on_disk = {f"{package}/{path.name}" for package in PACKAGES for path in (REPO / package).glob("*.py")
+               if path.stem != "__init__"}
+    assert listed == on_disk, f"missing from README: {sorted(on_disk - listed)}; gone: {sorted(listed - on_disk)}"
