@@ -41,8 +41,8 @@ from torch.utils.data import Subset
 from pipeline import cache as cache_lib
 from pipeline.cache_merge import merge_shards
 from pipeline.cache_writer import ShardWriter
-from pipeline.contracts import CLIP_FRAMES, FEATURE_SHAPE
 from pipeline.datasets import get_dataset
+from pipeline.i3d_spec import CLIP_FRAMES, FEATURE_SHAPE
 from pipeline.provenance import make_attrs
 from vpn_head.config import VPNConfig
 from vpn_head.data import CachedClips

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline.contracts import CLIP_FRAMES, CROP_SIZE
 from pipeline.datasets import get_dataset
+from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE, feature_shape
 from vpn_head.augment import AugmentConfig
 from vpn_head.config import VARIANTS
 from vpn_head.trainer_config import TrainerConfig, check_fields, is_int
-
-I3D_STRIDE = (8, 32)
-"""Mixed_5c downsamples time by 8 and space by 32 (TF SAME padding rounds up)."""
-
 
 @dataclass(frozen=True)
 class FinetuneConfig(TrainerConfig):
@@ -78,12 +73,12 @@ class FinetuneConfig(TrainerConfig):
     @property
     def feature_time(self) -> int:
         """Time steps of the Mixed_5c map of a training clip."""
-        return math.ceil(self.clip_len / I3D_STRIDE[0])
+        return feature_shape(self.clip_len, self.crop_size)[1]
 
     @property
     def feature_size(self) -> int:
         """Side of the Mixed_5c map of a training crop."""
-        return math.ceil(self.crop_size / I3D_STRIDE[1])
+        return feature_shape(self.clip_len, self.crop_size)[2]
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from pipeline import crop, video
 from pipeline.cache import CacheError, open_cache
-from pipeline.contracts import CLIP_FRAMES, CROP_SIZE
+from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE
 from pipeline.manifest import read_manifest, resolve_data_root
 from pipeline.poses import align_frames, clip_poses, load_skeleton
 from vpn_head.augment import AugmentConfig, clip_indices, crop_keep_aspect, flip_clip, flip_poses, jitter_box

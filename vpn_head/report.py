@@ -37,10 +37,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.cache import CacheError, open_cache
-from pipeline.contracts import CROP_SIZE
 from pipeline.crop import to_uint8_crops
 from pipeline.datasets import get_dataset
 from pipeline.fileio import atomic_path, atomic_write_text
+from pipeline.i3d_spec import CROP_SIZE
 from pipeline.manifest import read_manifest, resolve_data_root
 from pipeline.video import DEFAULT_BACKEND, DEFAULT_FALLBACK, DecodeError, backends_for, read_clip
 from vpn_head.checkpoints import (
