@@ -36,7 +36,7 @@ from pipeline import cache_build, devices, extract
 from pipeline.config import CacheConfig
 from pipeline.defaults import DEFAULT_BACKEND, DEFAULT_COMPRESSION, DEFAULT_CROP_PAD, DEFAULT_SHARD_SIZE
 from pipeline.layout import FAILURES_NAME, MERGED_NAME, remove_stale_temp_files, shard_path, write_config
-from pipeline.manifest import read_manifest_root
+from pipeline.manifest import resolve_data_root
 
 log = logging.getLogger("tasks.cache")
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.manifest).is_file():
             raise FileNotFoundError(f"manifest {args.manifest} does not exist (run `make manifest` first)")
         config = cache_build.build_config(args)
-        data_root = args.data_root or read_manifest_root(args.manifest)
+        data_root = resolve_data_root(args.manifest, args.data_root)
         rows = cache_build.manifest_rows(args.manifest, config.protocol)
         if not rows:
             raise ValueError(f"{args.manifest} has no sample{' in protocol ' + args.protocol if args.protocol else ''}")

@@ -234,7 +234,7 @@ def test_bad_paths_give_clear_errors(data, tmp_path):
         PixelClips(cache, "cs", "train", "ntu60", dict(list(paths.items())[:2]))
     (tmp_path / "ntu60").mkdir()
     (tmp_path / "ntu60" / "LATEST").write_text("0123abcd\n")
-    with pytest.raises(CacheError, match="no cache at"):
+    with pytest.raises(CacheError, match="holds no cache.h5"):
         resolve_cache(tmp_path, "ntu60")
 
 

@@ -11,11 +11,11 @@ person box); ``StepSampler`` deals whole optimizer steps to the ranks.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from pipeline import crop, video
 from pipeline.cache import CacheError, open_cache
 from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE
 from pipeline.manifest import read_manifest, resolve_data_root
+from pipeline.per_process import PerProcess
 from pipeline.poses import align_frames, clip_poses, load_skeleton
 from vpn_head.augment import AugmentConfig, clip_indices, crop_keep_aspect, flip_clip, flip_poses, jitter_box
 from vpn_head.data import CachedClips, video_groups
@@ -102,16 +103,10 @@ class PixelClips(Dataset):
                                     f"this manifest?")
         self.clip_len, self.crop_size = clip_len, crop_size
         self.augment, self.seed = augment, seed
-        self._reader = None
-        self._reader_pid = -1
+        self._reader = PerProcess(functools.partial(open_cache, self.path))
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_reader"], state["_reader_pid"] = None, -1
-        return state
 
     def sample_ids_of(self, rows: np.ndarray) -> np.ndarray:
         """Sample ids of cache ``rows`` (as items report them), in the order given."""
@@ -119,10 +114,7 @@ class PixelClips(Dataset):
 
     def cached_poses(self, index: int) -> np.ndarray:
         """Poses of item ``index`` as cached, (2, 3, J, t_p); the reader opens lazily per process."""
-        if self._reader is None or self._reader_pid != os.getpid():
-            self._reader = open_cache(self.path)
-            self._reader_pid = os.getpid()
-        return self._reader.read_poses(int(self.rows[index]))
+        return self._reader.get().read_poses(int(self.rows[index]))
 
     def read_frames(self, sample_id: str, indices: np.ndarray) -> np.ndarray:
         """Decode frames ``indices`` of a sample's video: uint8 (len(indices), H, W, 3)."""
