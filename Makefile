@@ -113,8 +113,16 @@ fidelity: setup  ## does VPN beat I3D? synthetic data made for it, 5 seeds of i3
 # ---------------------------------------------------------------------------------------------------------
 # Every CLI option as a make variable (the CLI's name in upper case), pass-throughs, and the check that a
 # variable given on the command line is one the goal takes. VARS_<target> lists a target's variables; a goal
-# without such a list is not checked. DOC_[<target>_]<VAR> is the default `make help` shows where the CLI
+# without such a list is not checked. help-defaults.tsv holds the default `make help` shows where the CLI
 # decides it.
+
+HELP_DEFAULTS := help-defaults.tsv
+# VAR=value lines in, one "VAR=default ..." line out: a default of help-defaults.tsv (<target>_VAR, else VAR)
+# replaces the Makefile's value
+HELP_AWK = FNR == NR { if ($$0 !~ /^\#/) doc[$$1] = $$2; next } \
+  { v = substr($$0, 1, index($$0, "=") - 1); val = substr($$0, index($$0, "=") + 1); \
+    if ((t "_" v) in doc) val = doc[t "_" v]; else if (v in doc) val = doc[v]; \
+    printf "%s%s=%s", sep, v, val; sep = " " } END { print "" }
 
 NNODES     ?= 1
 RDZV       ?=
@@ -162,67 +170,8 @@ VARS_inspect := CACHE CACHE_DIR DATASET
 VARS_verify := CACHE CACHE_DIR
 VARS_fuzz := N
 VARS_export-pyskl := MANIFEST DATASET OUT CACHE DATA_ROOT WORKERS
-DOC_export-pyskl_WORKERS := 1
 VARS_clean-demo := DEMO_ROOT DEMO_DIR
 
-DOC_VALIDATE := 0 (1: parse every skeleton)
-DOC_RETRY_FAILED := 0 (1: retry samples whose content failed before)
-DOC_manifest_WORKERS := 2
-DOC_T_P := the dataset's (NTU 20, Smarthome 30, N-UCLA 5)
-DOC_CROP_PAD := 0.15
-DOC_BACKEND := opencv
-DOC_PRECISION := fp32
-DOC_COMPRESSION := zstd-1 (gzip-1: opens without hdf5plugin)
-DOC_EXTRACTOR := i3d
-DOC_DECODE_WORKERS := by device and cores
-DOC_cache_BATCH_SIZE := 4
-DOC_resume_BATCH_SIZE := 4
-DOC_cache_DEVICE := cuda when available
-DOC_resume_DEVICE := cuda when available
-DOC_DEVICE := auto
-DOC_BATCH_SIZE := 16
-DOC_eval_BATCH_SIZE := 32
-DOC_LR := 0.01
-DOC_MOMENTUM := 0.9
-DOC_WEIGHT_DECAY := 0
-DOC_LR_STEP := 10
-DOC_LR_GAMMA := 0.1
-DOC_EVAL_SPLIT := auto (val, else val_carved: training subjects held out)
-DOC_VAL_FRACTION := 0.2
-DOC_POSE_LR_SCALE := 1
-DOC_SHUFFLE_POSES := 0 (1: score with every video's poses taken from another video)
-DOC_eval_MANIFEST := manifests/<dataset>.csv (locates the key joint for the attention diagnostics)
-DOC_FID_DIR := data/fidelity
-DOC_FID_N := 240
-DOC_SEEDS := 0 1 2 3 4
-DOC_DETERMINISTIC := 1
-DOC_NUM_WORKERS := 2
-DOC_finetune_NUM_WORKERS := 4
-DOC_eval_NUM_WORKERS := 0
-DOC_AMP := on for CUDA
-DOC_COUPLER := 1
-DOC_POSE_BACKBONE := gcn
-DOC_EMBEDDING_LOSS := euclid
-DOC_PER_GPU_BATCH := 4
-DOC_CLIP_LEN := 64
-DOC_CROP_SIZE := 224
-DOC_FLIP_PROB := 0.5
-DOC_TEMPORAL_JITTER := 1
-DOC_BOX_SCALE := 0.1
-DOC_BOX_SHIFT := 0.1
-DOC_EVAL_CLIPS := 3
-DOC_EVAL_CROP_SIZE := 256
-DOC_finetune_VARIANT := the INIT run's, else vpn
-DOC_SPLIT := test
-DOC_CHECKPOINT := best
-DOC_TABLES := 1 2 3
-DOC_TEST_SPLIT := test
-DOC_SAMPLES := 8
-DOC_CACHE := CACHE_DIR's latest cache of DATASET
-DOC_eval_CACHE := the run's
-DOC_report_CACHE := the run's
-DOC_export-pyskl_CACHE := none: every frame of the skeleton files
-DOC_DEMO_EPOCHS := 30
 
 VARS_TARGETS := $(patsubst VARS_%,%,$(filter VARS_%,$(.VARIABLES)))
 CMDLINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command,$(firstword $(origin $(v)))),$(v)))
@@ -232,7 +181,7 @@ $(if $(UNUSED_VARS),$(warning warning: make $(or $(MAKECMDGOALS),help) does not 
 endif
 
 help-vars-%:
-	@$(if $(VARS_$*),echo "$(strip $(foreach v,$(VARS_$*),$(v)=$(or $(DOC_$*_$(v)),$(DOC_$(v)),$($(v)))))" | fold -s -w 104 | sed 's/^/                /',:)
+	@$(if $(VARS_$*),printf '%s\n' $(foreach v,$(VARS_$*),'$(v)=$(strip $($(v)))') | awk -F'\t' -v t='$*' '$(HELP_AWK)' $(HELP_DEFAULTS) - | fold -s -w 104 | sed 's/^/                /',:)
 
 inspect: setup  ## a cache's config, provenance, counts per split and class, failures, shapes: CACHE=dir|cache.h5
 	$(PY) -m pipeline.inspect_cache $(or $(CACHE),$(CACHE_DIR)/$(DATASET))

@@ -218,3 +218,15 @@ def test_validate_and_merge_show_progress(tmp_path, capsys):
     assert "validate: 100%" in capsys.readouterr().err
     build_cache(tmp_path, make_attrs({"dataset": "ntu60"}, ""), sizes=(1, 1))
     assert "merge:   0%|          | 0/2" in capsys.readouterr().err
+
+
+def test_help_shows_the_head_model_defaults_of_vpn_config():
+    """The model options default to ``VPNConfig``'s fields (the CLI leaves them unset): help must name those."""
+    from vpn_head.config import VPNConfig
+    result = subprocess.run(["make", "-s", "--no-print-directory", "help-vars-train-head"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    shown = dict(pair.split("=", 1) for pair in re.split(r" (?=[A-Z][A-Z0-9_]*=)", " ".join(result.stdout.split())))
+    config = VPNConfig.for_dataset("ntu60", "cs", variant="vpn")
+    assert shown["POSE_BACKBONE"] == config.pose_backbone
+    assert shown["COUPLER"] == str(int(config.coupler))
+    assert shown["EMBEDDING_LOSS"] == config.embedding_loss
