@@ -1,4 +1,7 @@
-"""Shared fixtures: where ../shared lives, and skips with a clear reason when it is absent."""
+"""Shared fixtures: where ../shared lives (skips with a clear reason when it is absent), one torch thread.
+
+Shared builders (tiny caches, test shards, synthetic datasets) live in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VPN_SHARED", REPO.parent / "shared"))
@@ -23,3 +27,12 @@ def shared_path(*parts: str) -> Path:
 def shared() -> Path:
     """Root of ../shared (skips when absent)."""
     return shared_path()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two threads stall each other (10x slower steps)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -17,87 +16,18 @@ import pytest
 
 from pipeline import cache, cache_format, failures, layout
 from pipeline.cache_merge import merge_shards
-from pipeline.cache_writer import ShardWriter, write_rows
+from pipeline.cache_writer import ShardWriter
 from pipeline.contracts import CACHE_ATTRS, CACHE_DATASETS, FAILURE_COLUMNS, FEATURE_SHAPE
 from pipeline.provenance import make_attrs
+from tests.conftest import REPO
+from tests.helpers import J, T_P, Records, build_cache, make_records, write_shard
 
-REPO = Path(__file__).resolve().parents[1]
-J, T_P = 25, 20
 CONFIG = {"dataset": "ntu60", "clip_frames": 64, "t_p": T_P, "data_root": Path("/data/ntu")}
-
-
-@dataclass
-class Records:
-    """The clips and failures of one test shard, kept to compare with what the reader returns."""
-
-    num_joints: int
-    t_p: int
-    protocols: tuple[str, ...]
-    features: list[np.ndarray] = field(default_factory=list)
-    poses: list[np.ndarray] = field(default_factory=list)
-    sample_ids: list[str] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
-    clip_index: list[int] = field(default_factory=list)
-    frame_indices: list[np.ndarray] = field(default_factory=list)
-    boxes: list[np.ndarray] = field(default_factory=list)
-    splits: dict[str, list[str]] = field(default_factory=dict)
-    failures: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.sample_ids)
-
-    def rows(self) -> list[dict]:
-        """``ShardWriter.append`` keyword arguments of every clip."""
-        return [dict(features=self.features[i], poses=self.poses[i], sample_id=self.sample_ids[i],
-                     label=self.labels[i], action=self.actions[i], clip_index=self.clip_index[i],
-                     frame_indices=self.frame_indices[i], box=self.boxes[i],
-                     splits={p: v[i] for p, v in self.splits.items()}) for i in range(len(self))]
-
-
-def write_shard(path: Path, records: Records, *, attrs: dict[str, str], **kwargs) -> None:
-    """Write ``records`` with the pipeline's one writer (``kwargs``: compression, atomic)."""
-    write_rows(path, records.rows(), num_joints=records.num_joints, t_p=records.t_p, attrs=attrs,
-               protocols=records.protocols, failures=records.failures, **kwargs)
-
-
-def make_records(n: int, *, seed: int = 0, prefix: str = "S001C001P001R001A", protocols=("cs", "cv"),
-                 num_joints: int = J) -> Records:
-    """n clips of post-ReLU-like float16 features (exact zeros included) and random metadata."""
-    rng = np.random.default_rng(seed)
-    records = Records(num_joints=num_joints, t_p=T_P, protocols=tuple(protocols),
-                      splits={p: [] for p in protocols})
-    for i in range(n):
-        records.features.append(np.maximum(rng.standard_normal(FEATURE_SHAPE, dtype=np.float32) * 3, 0)
-                                .astype(np.float16))
-        records.poses.append(rng.standard_normal((2, 3, num_joints, T_P)).astype(np.float32))
-        records.sample_ids.append(f"{prefix}{seed:02d}{i:02d}")
-        records.labels.append(int(rng.integers(60)))
-        records.actions.append(f"act é{i}")
-        records.clip_index.append(i % 2)
-        records.frame_indices.append(rng.integers(0, 300, 64))
-        records.boxes.append(rng.random(4) * 100)
-        for k, p in enumerate(protocols):
-            records.splits[p].append(("train", "test", "")[(i + k) % 3])
-    records.failures.append((f"{prefix}bad{seed}", "decode", f"shard {seed}: truncated, \"quoted\", comma"))
-    return records
 
 
 @pytest.fixture
 def attrs() -> dict[str, str]:
     return make_attrs(CONFIG, "ab" * 32)
-
-
-def build_cache(folder: Path, attrs: dict[str, str], sizes=(3, 0, 2)) -> tuple[list[Path], list[Records]]:
-    """Write one shard per size into ``folder`` and merge them into ``folder/cache.h5``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths, records = [], []
-    for k, n in enumerate(sizes):
-        records.append(make_records(n, seed=k))
-        paths.append(folder / f"shard_{k:05d}.h5")
-        write_shard(paths[-1], records[-1], attrs=attrs, atomic=True)
-    merge_shards(paths, folder / cache.MERGED_NAME)
-    return paths, records
 
 
 def concat(records: list[Records], name: str) -> np.ndarray:

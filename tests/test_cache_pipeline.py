@@ -22,10 +22,10 @@ from pipeline.layout import RUN_LOG
 from pipeline.provenance import make_attrs
 from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
-from pipeline.synthetic import SyntheticConfig, generate
 from tasks import cache as cache_tasks
 from vpn_head.data import resolve_cache
 from tests.conftest import REPO, shared_path
+from tests.helpers import synthetic_dataset
 
 PY = sys.executable
 
@@ -33,11 +33,7 @@ PY = sys.executable
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     """A small synthetic NTU dataset and its manifest."""
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, SyntheticConfig(n=12, seed=3, min_frames=30, max_frames=70))
-    df, _ = manifest.scan("ntu60", root)
-    manifest.write_manifest(df, root / "manifest.csv", data_root=root)
-    return root
+    return synthetic_dataset(tmp_path_factory.mktemp("synthetic"), n=12, seed=3, min_frames=30, max_frames=70)
 
 
 def _cache_cmd(root: Path, cache_dir: Path, *extra: str) -> list[str]:

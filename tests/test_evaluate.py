@@ -14,7 +14,7 @@ from sklearn.metrics import confusion_matrix as sklearn_confusion
 
 from pipeline.datasets import get_dataset
 from pipeline.nucla import parse_sample_name
-from test_train import tiny_sample_id, write_tiny_cache
+from tests.helpers import tiny_sample_id, write_tiny_cache
 from vpn_head.config import VPNConfig
 from vpn_head.checkpoints import HEAD, CheckpointError, save_checkpoint
 from vpn_head.evaluate import evaluate_run, main

@@ -13,6 +13,7 @@ from torch import nn
 from pipeline.ntu import format_sample_id, parse_sample_id
 from pipeline.synthetic import TRUTH_FILE, SyntheticConfig, active_hand, generate, plan_samples
 from pipeline.synthetic_motion import TEMPLATE, TEMPLATE_LEFT_ACTIVE, body_motion
+from tests.helpers import SMALL_MODEL, tiny_head_config, tiny_inputs, write_tiny_cache
 from vpn_head import diagnostics as diag
 from vpn_head.config import PAPER_READING, VPNConfig
 from vpn_head.checkpoints import HEAD, save_checkpoint
@@ -25,9 +26,6 @@ from vpn_head.runtime import make_loader
 from vpn_head.scoring import score_clips
 from vpn_head.splits import CARVED_VAL, carve_validation, held_out_subjects, sample_subject
 from vpn_head.train import GRAD_GROUPS, TrainConfig
-
-from test_train import SMALL_MODEL, write_tiny_cache
-from test_vpn_model import tiny_config, tiny_inputs
 
 
 # ---------------------------------------------------------------- validation carved by subject
@@ -218,7 +216,7 @@ def test_oracle_head_attends_the_given_cell():
 def test_head_options_train_every_parameter(overrides):
     from vpn_head.losses import vpn_loss
 
-    config = tiny_config(variant="vpn", **overrides)
+    config = tiny_head_config(variant="vpn", **overrides)
     model = VPN(config)
     features, poses = tiny_inputs(config)
     out = model(features, poses)
@@ -235,7 +233,7 @@ def test_head_options_train_every_parameter(overrides):
 
 
 def test_temporal_scale_mean1_averages_one_and_zero_init_is_uniform():
-    config = tiny_config(variant="attention", temporal_scale="mean1", attention_init="zero")
+    config = tiny_head_config(variant="attention", temporal_scale="mean1", attention_init="zero")
     out = VPN(config)(*tiny_inputs(config))
     torch.testing.assert_close(out.attention_temporal, torch.ones_like(out.attention_temporal))
     torch.testing.assert_close(out.attention_spatial, torch.full_like(out.attention_spatial, 0.5))
@@ -261,7 +259,7 @@ def test_normalised_pooling_is_the_attention_weighted_average_of_f():
 def test_max_dense_pooling_tells_which_joint_moved():
     """With mean pooling over joints, moving joint 0 or joint 2 of a symmetric chain by the same amount gives h*
     that differ only through the convolution borders; max_dense keeps the joint axis."""
-    config = tiny_config(variant="attention", pose_pool="max_dense", num_joints=3, t_p=4)
+    config = tiny_head_config(variant="attention", pose_pool="max_dense", num_joints=3, t_p=4)
     encoder = VPN(config).pose_encoder.eval()
     base = torch.zeros(1, 1, 3, 3, 4)
     first, last = base.clone(), base.clone()
@@ -281,7 +279,7 @@ def test_contrastive_embedding_loss_prefers_matched_pairs_and_has_no_collapsed_m
 
 
 def test_spatial_centring_removes_the_shared_feature_level():
-    config = tiny_config(variant="vpn", embedding_centre="spatial")
+    config = tiny_head_config(variant="vpn", embedding_centre="spatial")
     model = VPN(config).eval()
     features, poses = tiny_inputs(config)
     shifted = features + 5.0  # a level shared by every cell changes nothing after centring

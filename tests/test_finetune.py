@@ -21,9 +21,9 @@ from torch.utils.data import default_collate
 from pipeline import crop, manifest
 from pipeline.cache import CacheError, open_cache
 from pipeline.datasets import DATASETS, get_dataset
-from pipeline.synthetic import SyntheticConfig, generate
 from tasks import cache as cache_tasks
 from tests.conftest import REPO
+from tests.helpers import synthetic_dataset
 from vpn_head import engine
 from vpn_head import finetune as ft
 from vpn_head.augment import (
@@ -47,10 +47,8 @@ NO_AUGMENT = AugmentConfig(flip_prob=0.0, temporal_jitter=False, box_scale=0.0, 
 def data(tmp_path_factory) -> dict[str, Path]:
     """8 synthetic NTU videos (160 x 96, 24-40 frames), their manifest and a pixels-extractor cache."""
     root = tmp_path_factory.mktemp("finetune")
-    generate(root / "data", SyntheticConfig(n=8, seed=3, num_classes=2, frame_size=(160, 96), min_frames=24,
-                                            max_frames=40))
-    df, _ = manifest.scan("ntu60", root / "data")
-    manifest.write_manifest(df, root / "manifest.csv", data_root=root / "data")
+    synthetic_dataset(root / "data", n=8, seed=3, min_frames=24, max_frames=40, manifest_path=root / "manifest.csv",
+                      num_classes=2, frame_size=(160, 96))
     assert cache_tasks.main(["--dataset", "ntu60", "--manifest", str(root / "manifest.csv"), "--cache-dir",
                              str(root / "cache"), "--extractor", "pixels", "--shard-size", "8"]) == 0
     return {"root": root, "manifest": root / "manifest.csv", "cache": root / "cache", "data": root / "data"}
@@ -234,7 +232,7 @@ def test_bad_paths_give_clear_errors(data, tmp_path):
         PixelClips(cache, "cs", "train", "ntu60", dict(list(paths.items())[:2]))
     (tmp_path / "ntu60").mkdir()
     (tmp_path / "ntu60" / "LATEST").write_text("0123abcd\n")
-    with pytest.raises(CacheError, match="holds no cache.h5"):
+    with pytest.raises(CacheError, match="LATEST names .*0123abcd, which holds no cache.h5"):
         resolve_cache(tmp_path, "ntu60")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, shared_path
+from tests.conftest import REPO, shared_path
 
 from pipeline import i3d
 from pipeline.i3d import I3DConfig, InceptionI3d, extract_features, load_i3d, tf_same_padding, weights_sha256

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import cache_build, contracts, i3d_spec, layout, manifest
+from pipeline import cache_build, contracts, i3d_spec, layout
 from pipeline.cache import CacheError, open_cache
 from pipeline.config import CacheConfig
 from pipeline.extract import PixelFeatures
 from pipeline.fileio import file_sha256
-from pipeline.synthetic import SyntheticConfig, generate
-from tests.test_train import SMALL_MODEL
+from tests.helpers import SMALL_MODEL, synthetic_dataset
 from vpn_head.config import VPNConfig
 from vpn_head.train import TrainConfig, train
 
@@ -32,11 +31,8 @@ def test_the_spec_gives_the_paper_shapes_and_everything_derives_from_it():
 @pytest.fixture(scope="module")
 def short_clip_cache(tmp_path_factory):
     """A cache of 32-frame clips built by the pipeline's library (pixels extractor) from synthetic NTU data."""
-    root = tmp_path_factory.mktemp("data")
-    generate(root, SyntheticConfig(n=12, seed=3, min_frames=30, max_frames=60))
-    df, _ = manifest.scan("ntu60", root)
+    root = synthetic_dataset(tmp_path_factory.mktemp("data"), n=12, seed=3, min_frames=30, max_frames=60)
     manifest_path = root / "manifest.csv"
-    manifest.write_manifest(df, manifest_path, data_root=root)
     config = CacheConfig(dataset="ntu60", protocol="cs", manifest_sha256=file_sha256(manifest_path),
                          i3d_weights_sha256="none", extractor="pixels", clip_len=32, shard_size=6)
     cache_root = tmp_path_factory.mktemp("cache")

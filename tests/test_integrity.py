@@ -20,10 +20,9 @@ from pipeline.cache_writer import ShardWriter
 from pipeline.failures import read_failures
 from pipeline.integrity import check_integrity
 from pipeline.provenance import make_attrs
-from pipeline.synthetic import SyntheticConfig, generate
 from tasks import cache as cache_tasks
 from tests.conftest import REPO
-from tests.test_train import tiny_config, write_tiny_cache
+from tests.helpers import synthetic_dataset, tiny_config, write_tiny_cache
 from vpn_head import train as train_module
 
 PY = sys.executable
@@ -32,11 +31,7 @@ PY = sys.executable
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """6 synthetic NTU samples and their manifest."""
-    root = tmp_path_factory.mktemp("data")
-    generate(root, SyntheticConfig(n=6, seed=5, min_frames=30, max_frames=50))
-    df, _ = manifest.scan("ntu60", root)
-    manifest.write_manifest(df, root / "manifest.csv", data_root=root)
-    return root
+    return synthetic_dataset(tmp_path_factory.mktemp("data"), n=6, seed=5, min_frames=30, max_frames=50)
 
 
 def _argv(manifest_path: Path, cache_root: Path, *extra: str) -> list[str]:

@@ -4,7 +4,6 @@ multi-node torchrun, ``make help`` lists variables, ``make inspect`` and a cache
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -19,7 +18,7 @@ from pipeline import inspect_cache, manifest as manifest_cli, pyskl
 from pipeline.provenance import make_attrs
 from tasks import cache as cache_cli
 from tests.conftest import REPO, shared_path
-from tests.test_cache import build_cache, write_shard
+from tests.helpers import build_cache, write_shard
 from vpn_head import evaluate, finetune, train
 
 BASE = {"train-head": ["PROTOCOL=cs"], "finetune": ["PROTOCOL=cs"], "manifest": ["DATA_ROOT=/d"],

@@ -14,7 +14,7 @@ from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
 from pipeline.provenance import make_attrs
 from tests.conftest import shared_path
-from tests.test_cache import build_cache
+from tests.helpers import build_cache
 
 
 @pytest.fixture(scope="module")

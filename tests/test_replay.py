@@ -11,7 +11,7 @@ import torch
 from vpn_head import finetune, train
 from vpn_head.augment import AugmentConfig
 from vpn_head.evaluate import load_checkpoint
-from tests.test_train import tiny_config, write_tiny_cache
+from tests.helpers import tiny_config, write_tiny_cache
 
 
 @pytest.fixture(scope="module")

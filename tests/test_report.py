@@ -13,24 +13,15 @@ import torch
 from matplotlib.image import imread
 
 from pipeline import manifest
-from pipeline.synthetic import SyntheticConfig, generate
 from tasks import cache as cache_tasks
-from tests.test_train import SMALL_MODEL
+from tests.helpers import SMALL_MODEL, synthetic_dataset
 from vpn_head.report import (
     ReportError, main, make_report, per_class_accuracy, plot_training_curves, select_clips, upsample_attention,
 )
 from vpn_head.train import TrainConfig, train
 
 LINK = re.compile(r"^- \[([^\]]+)\]\(([^)]+)\): (.+)$")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +29,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """12 synthetic NTU videos (cv: 8 train, 4 test), their pixel-feature cache, a vpn and an i3d run."""
     root = tmp_path_factory.mktemp("report")
     data = root / "data"
-    generate(data, SyntheticConfig(n=12, seed=3, min_frames=30, max_frames=70))
-    df, _ = manifest.scan("ntu60", data)
-    manifest.write_manifest(df, root / "ntu60.csv", data_root=data)
+    synthetic_dataset(data, n=12, seed=3, min_frames=30, max_frames=70, manifest_path=root / "ntu60.csv")
     assert cache_tasks.main(["--dataset", "ntu60", "--manifest", str(root / "ntu60.csv"), "--cache-dir",
                              str(root / "cache"), "--extractor", "pixels", "--decode-workers", "0"]) == 0
     torch.set_num_threads(1)

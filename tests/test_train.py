@@ -10,12 +10,8 @@ import pytest
 import torch
 
 from pipeline.cache import CacheError
-from pipeline.cache_merge import merge_shards
-from pipeline.cache_writer import ShardWriter
-from pipeline.provenance import make_attrs
 from pipeline.datasets import get_dataset, protocol_label
-from pipeline.nucla import NUCLA_ACTION_IDS
-from pipeline.ntu import format_sample_id
+from tests.helpers import tiny_config, tiny_sample_id, write_tiny_cache
 from vpn_head.ablate import ABLATIONS, ablate
 from vpn_head.data import CachedClips, EmptySplitError, resolve_cache, video_groups
 from vpn_head import engine
@@ -23,87 +19,12 @@ from vpn_head.checkpoints import CheckpointError, load_checkpoint
 from vpn_head.engine import RunConfigError
 from vpn_head.train import LOG_COLUMNS, TrainConfig, main, train
 
-SMALL_MODEL = {"embed_dim": 16, "attention_hidden": 16, "gcn_channels": 8}
-"""Narrow embedding/attention layers keep the CPU steps fast; the features stay (1024, 8, 7, 7)."""
-_SPLIT_VIEW = {"train": 1, "val": 2, "test": 3}
-
-
-def tiny_sample_id(dataset: str, split: str, c: int, v: int) -> str:
-    """A genuine sample id of ``dataset`` for video ``v`` of class ``c`` (index in the full class list) in ``split``:
-    subject ``v % 5 + 1`` (so a split has several subjects), the split encoded in the view/camera/setup."""
-    spec = get_dataset(dataset)
-    subject = v % 5 + 1
-    if dataset == "nucla":
-        return f"a{NUCLA_ACTION_IDS[c]:02d}_s{subject:02d}_e{v:02d}_v{_SPLIT_VIEW[split]:02d}"
-    if dataset == "smarthome":
-        return f"{spec.classes[c]}_p{subject:02d}_r00_v{v:02d}_c{_SPLIT_VIEW[split]:02d}"
-    return format_sample_id(_SPLIT_VIEW[split], 1, subject, v + 1, c + 1)
-
-
-def write_tiny_cache(folder: Path, dataset: str = "nucla", classes: tuple[int, ...] = (0, 1, 2, 3),
-                     videos: dict[str, int | dict[int, int]] | None = None, clips: dict[str, int] | None = None,
-                     seed: int = 0, feature_fn=None) -> Path:
-    """Write a merged cache of separable clips: class c lifts feature channels [16c, 16c+16) and pose x.
-
-    Args:
-        folder: the cache directory to create (gets shard_00000.h5 and cache.h5).
-        dataset: registry name; every protocol of it gets the same split per video.
-        classes: indices into the dataset's FULL class list.
-        videos: videos per class per split (default train 6, test 2), or per split a {class: videos} dict.
-        clips: clips per video per split (default train 1, test 2).
-        seed: noise seed.
-        feature_fn: optional ``(class_index, sample_id, clip, rng) -> (1024, 8, 7, 7)`` features.
-
-    Returns:
-        ``folder``.
-    """
-    spec = get_dataset(dataset)
-    videos = videos or {"train": 6, "test": 2}
-    clips = clips or {"train": 1, "test": 2}
-    rng = np.random.default_rng(seed)
-    counts = {split: n if isinstance(n, dict) else dict.fromkeys(classes, n) for split, n in videos.items()}
-    rows = [(tiny_sample_id(dataset, split, c, v), c, split, k) for split in videos for c in classes
-            for v in range(counts[split].get(c, 0)) for k in range(clips[split])]
-    protocols = tuple(spec.protocols)
-    folder.mkdir(parents=True, exist_ok=True)
-    shard = folder / "shard_00000.h5"
-    with ShardWriter(shard, n_rows_max=len(rows), num_joints=spec.num_joints, t_p=spec.t_p,
-                     attrs=make_attrs({"dataset": dataset, "t_p": spec.t_p}, ""), protocols=protocols,
-                     compression="none") as writer:
-        for sample_id, c, split, k in rows:
-            if feature_fn is None:
-                features = rng.normal(0.0, 1.0, (1024, 8, 7, 7)).astype(np.float32)
-                features[16 * c:16 * (c + 1)] += 2.0
-            else:
-                features = feature_fn(c, sample_id, k, rng)
-            poses = rng.normal(0.0, 0.1, (2, 3, spec.num_joints, spec.t_p)).astype(np.float32)
-            poses[0, 0] += 0.5 * c
-            writer.append(features=features, poses=poses, sample_id=sample_id, label=c, action=spec.classes[c],
-                          clip_index=k, frame_indices=np.arange(64), box=np.array([0, 0, 8, 8]),
-                          splits={p: split for p in protocols})
-    merge_shards([shard], folder / "cache.h5")
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine two threads stall each other (10x slower steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory) -> Path:
     return write_tiny_cache(tmp_path_factory.mktemp("cache") / "nucla")
-
-
-def tiny_config(cache: Path, runs: Path, **overrides) -> TrainConfig:
-    values = dict(dataset="nucla", protocol="v3_12", variant="vpn", model=SMALL_MODEL, epochs=2, batch_size=8,
-                  lr=0.05, num_workers=0, cache=str(cache), runs_dir=str(runs), run_name="tiny", device="cpu")
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 # ----------------------------------------------------------------------------------------------------------

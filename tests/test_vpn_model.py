@@ -9,29 +9,12 @@ import math
 import pytest
 import torch
 
+from tests.helpers import CHAIN, tiny_head_config, tiny_inputs
 from vpn_head.attention import apply_attention, couple, resize_spatial_attention
-from vpn_head.config import PAPER_READING, VPNConfig
+from vpn_head.config import VPNConfig
 from vpn_head.losses import attention_regulariser, embedding_loss, vpn_loss
 from vpn_head.model import VPN, VPNOutput
 from vpn_head.pose_backbone import build_adjacency, graph_convolution, normalised_adjacency
-
-CHAIN = ((0, 1), (1, 2))  # 3-joint chain 0 - 1 - 2
-
-
-def tiny_config(**overrides) -> VPNConfig:
-    """A small head (3 joints, 16 channels) that runs in milliseconds, in the paper's reading (these tests check
-    the paper's equations; the departures from it are tested in test_fidelity.py)."""
-    values = dict(num_classes=4, num_joints=3, edges=CHAIN, t_p=4, feature_channels=16, embed_dim=8,
-                  attention_hidden=8, **PAPER_READING)
-    values.update(overrides)
-    return VPNConfig(**values)
-
-
-def tiny_inputs(config: VPNConfig, n: int = 4, size: tuple[int, int] = (7, 7), seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    features = torch.rand(n, config.feature_channels, config.feature_time, *size, generator=g)
-    poses = torch.randn(n, 2, 3, config.num_joints, config.t_p, generator=g)
-    return features, poses
 
 
 # ---------------------------------------------------------------- pose backbone (eq. 1)
@@ -74,7 +57,7 @@ def test_adjacency_comes_from_the_dataset_edge_list():
 # ---------------------------------------------------------------- attention (eq. 2-3)
 
 def test_attention_maps_shapes_and_normalisation():
-    model = VPN(tiny_config()).eval()
+    model = VPN(tiny_head_config()).eval()
     out = model(*tiny_inputs(model.config))
     assert out.attention_spatial.shape == (4, 7, 7) and out.attention_temporal.shape == (4, 8)
     torch.testing.assert_close(out.attention_temporal.sum(dim=1), torch.ones(4))
@@ -90,33 +73,37 @@ def test_coupler_is_the_outer_product_of_temporal_and_spatial_attention():
         assert a_st[n, t, i, j] == a_t[n, t] * a_s[n, i, j]
 
 
-def test_coupled_attention_gives_a_st_times_f_plus_f():
-    g = torch.Generator().manual_seed(3)
+def _attention_case(seed: int, rule):
+    """Random features (2, 3, 8, 7, 7), spatial and (softmaxed) temporal attention, and the output expected from
+    them, built frame by frame as ``rule(f[n, c, t], a_s[n], a_t[n, t])``."""
+    g = torch.Generator().manual_seed(seed)
     f = torch.randn(2, 3, 8, 7, 7, generator=g)
     a_s, a_t = torch.rand(2, 7, 7, generator=g), torch.softmax(torch.randn(2, 8, generator=g), dim=1)
-    out = apply_attention(f, a_s, a_t, coupler=True)
     expected = torch.empty_like(f)
     for n, c, t in itertools.product(range(2), range(3), range(8)):
-        expected[n, c, t] = a_t[n, t] * a_s[n] * f[n, c, t] + f[n, c, t]
-    torch.testing.assert_close(out, expected)
+        expected[n, c, t] = rule(f[n, c, t], a_s[n], a_t[n, t])
+    return f, a_s, a_t, expected
+
+
+def test_coupled_attention_gives_a_st_times_f_plus_f():
+    f, a_s, a_t, expected = _attention_case(3, lambda f_t, s, t: t * s * f_t + f_t)
+    torch.testing.assert_close(apply_attention(f, a_s, a_t, coupler=True), expected)
 
 
 def test_uncoupled_attention_applies_spatial_then_temporal():
-    g = torch.Generator().manual_seed(4)
-    f = torch.randn(2, 3, 8, 7, 7, generator=g)
-    a_s, a_t = torch.rand(2, 7, 7, generator=g), torch.softmax(torch.randn(2, 8, generator=g), dim=1)
+    def spatial_then_temporal(f_t, s, t):
+        f_s = s * f_t + f_t
+        return t * f_s + f_s  # = (1 + A_S)(1 + A_T) f
+
+    f, a_s, a_t, expected = _attention_case(4, spatial_then_temporal)
     out = apply_attention(f, a_s, a_t, coupler=False)
-    expected = torch.empty_like(f)
-    for n, c, t in itertools.product(range(2), range(3), range(8)):
-        f_s = a_s[n] * f[n, c, t] + f[n, c, t]
-        expected[n, c, t] = a_t[n, t] * f_s + f_s  # = (1 + A_S)(1 + A_T) f
     torch.testing.assert_close(out, expected)
     assert not torch.allclose(out, apply_attention(f, a_s, a_t, coupler=True))
 
 
 @pytest.mark.parametrize("coupler", [True, False])
 def test_model_applies_the_documented_attention(coupler):
-    model = VPN(tiny_config(coupler=coupler)).eval()
+    model = VPN(tiny_head_config(coupler=coupler)).eval()
     features, poses = tiny_inputs(model.config)
     f_prime, aux = model.forward_features(features, poses)
     expected = apply_attention(features, aux["attention_spatial"], aux["attention_temporal"], coupler)
@@ -174,40 +161,40 @@ def test_loss_weights_per_variant():
     l_a = attention_regulariser(out.attention_spatial, out.attention_temporal)
     assert l_a > 0 and l_e > 0
 
-    vpn = vpn_loss(out, labels, tiny_config(variant="vpn"))
+    vpn = vpn_loss(out, labels, tiny_head_config(variant="vpn"))
     torch.testing.assert_close(vpn["total"], 0.8 * l_c + 0.2 * l_e + 1e-5 * l_a)
     torch.testing.assert_close(vpn["classification"], l_c)
     torch.testing.assert_close(vpn["embedding"], l_e)
     torch.testing.assert_close(vpn["attention"], l_a)
 
-    attention = vpn_loss(out, labels, tiny_config(variant="attention"))
+    attention = vpn_loss(out, labels, tiny_head_config(variant="attention"))
     torch.testing.assert_close(attention["total"], l_c + 1e-5 * l_a)
     assert attention["embedding"].item() == 0.0
 
-    i3d = vpn_loss(out, labels, tiny_config(variant="i3d"))
+    i3d = vpn_loss(out, labels, tiny_head_config(variant="i3d"))
     torch.testing.assert_close(i3d["total"], l_c)
     assert i3d["embedding"].item() == 0.0 and i3d["attention"].item() == 0.0
 
-    kl = vpn_loss(out, labels, tiny_config(embedding_loss="bikl"))
+    kl = vpn_loss(out, labels, tiny_head_config(embedding_loss="bikl"))
     torch.testing.assert_close(kl["embedding"], embedding_loss(out.f_e, out.p_e, "bikl"))
 
 
 def test_vpn_loss_rejects_bad_labels_and_missing_outputs():
     out, labels = _fixed_output()
     with pytest.raises(ValueError, match=r"labels must be int64 of shape \(3,\)"):
-        vpn_loss(out, labels.float(), tiny_config())
+        vpn_loss(out, labels.float(), tiny_head_config())
     with pytest.raises(ValueError, match=r"labels must be int64 of shape \(3,\)"):
-        vpn_loss(out, labels[:2], tiny_config())
+        vpn_loss(out, labels[:2], tiny_head_config())
     out.f_e = None
     with pytest.raises(ValueError, match="f_e"):
-        vpn_loss(out, labels, tiny_config(variant="vpn"))
+        vpn_loss(out, labels, tiny_head_config(variant="vpn"))
 
 
 # ---------------------------------------------------------------- spatial embedding (eq. 4)
 
 def test_embedding_maps_have_unit_spectral_norm():
     torch.manual_seed(0)
-    model = VPN(tiny_config(feature_channels=8, embed_dim=16)).train()
+    model = VPN(tiny_head_config(feature_channels=8, embed_dim=16)).train()
 
     def sigma_max(projection: torch.nn.Module) -> float:
         return torch.linalg.matrix_norm(projection.weight.detach(), ord=2).item()
@@ -223,7 +210,7 @@ def test_embedding_maps_have_unit_spectral_norm():
 
 
 def test_embedding_uses_original_features_summed_over_time():
-    model = VPN(tiny_config()).eval()
+    model = VPN(tiny_head_config()).eval()
     features, poses = tiny_inputs(model.config)
     out = model(features, poses)
     f_s = features.sum(dim=2).flatten(1)  # (N, C * 49)
@@ -240,7 +227,7 @@ VARIANT_GRID = list(itertools.product(("i3d", "attention", "vpn"), ("gcn", "lstm
 @pytest.mark.parametrize("variant, backbone, coupler", VARIANT_GRID)
 def test_every_trainable_parameter_gets_a_gradient(variant, backbone, coupler):
     torch.manual_seed(0)
-    config = tiny_config(variant=variant, pose_backbone=backbone, coupler=coupler)
+    config = tiny_head_config(variant=variant, pose_backbone=backbone, coupler=coupler)
     model = VPN(config).train()
     features, poses = tiny_inputs(config)
     losses = vpn_loss(model(features, poses), torch.tensor([0, 1, 2, 3]), config)
@@ -256,7 +243,7 @@ def test_every_trainable_parameter_gets_a_gradient(variant, backbone, coupler):
                                                ("vpn", "lstm")])
 def test_overfits_a_tiny_batch(variant, backbone):
     torch.manual_seed(0)
-    config = tiny_config(variant=variant, pose_backbone=backbone, feature_channels=32)
+    config = tiny_head_config(variant=variant, pose_backbone=backbone, feature_channels=32)
     g = torch.Generator().manual_seed(6)
     labels = torch.arange(8) % 4
     class_signal = 0.3 * torch.randn(4, 32, generator=g)  # (classes, C)
@@ -283,7 +270,7 @@ def test_overfits_a_tiny_batch(variant, backbone):
 @pytest.mark.parametrize("train", [True, False])
 def test_zero_padded_second_body_equals_single_body(backbone, train):
     torch.manual_seed(0)
-    model = VPN(tiny_config(pose_backbone=backbone, dropout=0.0)).train(train)
+    model = VPN(tiny_head_config(pose_backbone=backbone, dropout=0.0)).train(train)
     features, poses = tiny_inputs(model.config)
     poses[:, 1] = 0.0
     padded = model(features, poses)
@@ -293,7 +280,7 @@ def test_zero_padded_second_body_equals_single_body(backbone, train):
 
 
 def test_second_body_changes_the_output_when_present():
-    model = VPN(tiny_config()).eval()
+    model = VPN(tiny_head_config()).eval()
     features, poses = tiny_inputs(model.config)
     with_second = model(features, poses).attention_temporal
     poses[:, 1] = 0.0
@@ -301,7 +288,7 @@ def test_second_body_changes_the_output_when_present():
 
 
 def test_clip_without_any_body_still_runs():
-    model = VPN(tiny_config()).eval()
+    model = VPN(tiny_head_config()).eval()
     features, poses = tiny_inputs(model.config)
     poses[1] = 0.0
     out = model(features, poses)
@@ -309,7 +296,7 @@ def test_clip_without_any_body_still_runs():
 
 
 def test_i3d_variant_is_fully_convolutional_and_ignores_poses():
-    model = VPN(tiny_config(variant="i3d")).eval()
+    model = VPN(tiny_head_config(variant="i3d")).eval()
     for shape in ((2, 16, 8, 9, 12), (2, 16, 4, 7, 7)):
         features = torch.rand(shape)
         out = model(features, None)
@@ -318,7 +305,7 @@ def test_i3d_variant_is_fully_convolutional_and_ignores_poses():
 
 
 def test_attention_variant_on_larger_map_resizes_spatial_attention_bilinearly():
-    model = VPN(tiny_config()).eval()
+    model = VPN(tiny_head_config()).eval()
     features, poses = tiny_inputs(model.config, size=(9, 12))
     f_prime, aux = model.forward_features(features, poses)
     a_s = aux["attention_spatial"]
@@ -330,7 +317,7 @@ def test_attention_variant_on_larger_map_resizes_spatial_attention_bilinearly():
 
 
 def test_embedding_of_a_larger_map_pools_to_the_attention_grid():
-    model = VPN(tiny_config()).eval()
+    model = VPN(tiny_head_config()).eval()
     features, poses = tiny_inputs(model.config)
     upsampled = features.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)  # (N, C, 8, 14, 14)
     torch.testing.assert_close(model(upsampled, poses).f_e, model(features, poses).f_e)
@@ -366,12 +353,12 @@ def test_config_for_dataset_and_json_round_trip():
 ])
 def test_bad_config_raises_value_error(overrides, message):
     with pytest.raises(ValueError, match=message):
-        VPN(tiny_config(**overrides))
+        VPN(tiny_head_config(**overrides))
 
 
 def test_bad_config_dicts_and_datasets_raise_value_error():
     with pytest.raises(ValueError, match="unknown VPNConfig field"):
-        VPNConfig.from_dict({**tiny_config().to_dict(), "lr": 0.1})
+        VPNConfig.from_dict({**tiny_head_config().to_dict(), "lr": 0.1})
     with pytest.raises(ValueError, match="missing required"):
         VPNConfig.from_dict({"num_classes": 4})
     with pytest.raises(ValueError, match="protocol"):
@@ -390,14 +377,14 @@ def test_bad_config_dicts_and_datasets_raise_value_error():
     ((4, 16, 8, 7, 7), (4, 3, 3, 4), r"poses .*\(N=4, B>=1, 3, 3, 4\)"),
 ])
 def test_wrong_input_shapes_name_the_expected_shape(features_shape, poses_shape, message):
-    model = VPN(tiny_config())
+    model = VPN(tiny_head_config())
     with pytest.raises(ValueError, match=message):
         model(torch.rand(features_shape), torch.rand(poses_shape))
 
 
 def test_missing_poses_or_integer_features_raise_value_error():
-    model = VPN(tiny_config())
+    model = VPN(tiny_head_config())
     with pytest.raises(ValueError, match="needs poses"):
         model(torch.rand(2, 16, 8, 7, 7), None)
     with pytest.raises(ValueError, match="floating-point"):
-        VPN(tiny_config(variant="i3d"))(torch.ones(2, 16, 8, 7, 7, dtype=torch.int64))
+        VPN(tiny_head_config(variant="i3d"))(torch.ones(2, 16, 8, 7, 7, dtype=torch.int64))
