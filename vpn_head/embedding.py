@@ -5,8 +5,9 @@ pooled to the S x S grid of the spatial attention (an identity for the usual 7 x
 embedding keeps the spatial layout that the pose logits ``z1`` describe.
 
 ``embedding_centre`` (not in the paper): I3D Mixed_5c features are non-negative and every person crop has a similar
-layout, so f_e of every video points the same way (cosine 0.999 measured on the demo, still 0.993 after removing
-each channel's spatial mean) and the paper's Euclidean loss has a trivial minimum that ignores the pose.
+layout, so f_e of every video points the same way (also after removing each channel's spatial mean; the cosines
+are in the README, "Does the pose steer the head?") and the paper's Euclidean loss has a trivial minimum that
+ignores the pose.
 ``spatial`` subtracts each channel's mean over the grid from f_s; ``batch`` standardises every (channel, cell) of
 f_s over the videos (BatchNorm without affine parameters, running statistics at test time), so f_e describes
 how this video differs from the others.
