@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import add_config_options
 from vpn_head.trainer_config import EVAL_SPLITS
+
+SIMPLE_FIELDS: tuple[str, ...] = (
+    "epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "val_fraction", "seed",
+    "num_workers", "device", "runs_dir",
+)
+"""Shared config fields whose option is ``--<field-name>``, typed and defaulted from the config."""
 
 
 def default_run_name(dataset: str, protocol: str, variant: str) -> str:
@@ -32,24 +39,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: Any, model_h
     parser.add_argument("--protocol", required=True)
     parser.add_argument("--model", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
                         help=model_help)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="clips per optimizer step")
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--lr-step", type=int, default=defaults.lr_step)
-    parser.add_argument("--lr-gamma", type=float, default=defaults.lr_gamma)
+    add_config_options(parser, defaults, SIMPLE_FIELDS, helps={
+        "batch_size": "clips per optimizer step",
+        "val_fraction": "share of training subjects carved out as val_carved"})
     parser.add_argument("--eval-split", default=defaults.eval_split, choices=EVAL_SPLITS,
                         help="split that chooses best.pt (auto: val, else val_carved from train by subject)")
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
-                        help="share of training subjects carved out as val_carved")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-deterministic", dest="deterministic", action="store_false")
-    parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="mixed precision, bf16 where supported (default: on for CUDA)")
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--runs-dir", default=defaults.runs_dir)
 
 
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, section: str,
