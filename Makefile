@@ -103,11 +103,13 @@ demo: setup  ## synthetic data -> manifest -> cache -> i3d, attention, vpn heads
 	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --cameras-per-take 1 --hand-amplitude 0.2 --active-hand random --passive-hand-amplitude 0.2 --overwrite
 	$(PY) -m pipeline.manifest --dataset ntu60 --data-root $(DEMO_ROOT) --out $(DEMO_DIR)/manifest.csv
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(DEMO_DIR)/manifest.csv --cache-dir $(DEMO_DIR)/cache --shard-size 32 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
+	$(PY) -m pipeline.crop_joints --cache $(DEMO_DIR)/cache --dataset ntu60 --manifest $(DEMO_DIR)/manifest.csv
 	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --manifest $(DEMO_DIR)/manifest.csv --epochs $(or $(DEMO_EPOCHS),30)
 
 fidelity: setup  ## does VPN beat I3D? synthetic data made for it, 5 seeds of i3d/attention/vpn + oracle [FID_N=240] [SEEDS="0 1 2 3 4"] [FID_ARGS=]
 	$(PY) -m vpn_head.fidelity --work $(or $(FID_DIR),data/fidelity) --n $(or $(FID_N),240) --prepare-only $(FID_ARGS)
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(or $(FID_DIR),data/fidelity)/manifest.csv --cache-dir $(or $(FID_DIR),data/fidelity)/cache --shard-size 40 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
+	$(PY) -m pipeline.crop_joints --cache $(or $(FID_DIR),data/fidelity)/cache --dataset ntu60 --manifest $(or $(FID_DIR),data/fidelity)/manifest.csv
 	$(PY) -m vpn_head.fidelity --work $(or $(FID_DIR),data/fidelity) --n $(or $(FID_N),240) --seeds $(or $(SEEDS),0 1 2 3 4) --epochs $(EPOCHS) --out bench/results/fidelity.json $(FID_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ noflag = $(if $(filter 0 no false,$($(1))),$(2),)
 bool = $(if $(filter 1 yes true,$($(1))),--$(2),$(if $(filter 0 no false,$($(1))),--no-$(2),))
 each = $(foreach v,$($(1)),$(2) $(v))
 
-CACHE_OPTS = --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(or $(CLIPS_PER_VIDEO),$(CLIPS)) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(CACHE_ARGS)
+CACHE_OPTS = --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(or $(CLIPS_PER_VIDEO),$(CLIPS)) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(CACHE_ARGS)
 COMMON_TRAIN_OPTS = $(call each,MODEL,--model) $(call opt,BATCH_SIZE,--batch-size) $(call opt,LR,--lr) $(call opt,MOMENTUM,--momentum) $(call opt,WEIGHT_DECAY,--weight-decay) $(call opt,LR_STEP,--lr-step) $(call opt,LR_GAMMA,--lr-gamma) $(call opt,EVAL_SPLIT,--eval-split) $(call opt,VAL_FRACTION,--val-fraction) $(call given_opt,SEED,--seed) $(call noflag,DETERMINISTIC,--no-deterministic) $(call opt,NUM_WORKERS,--num-workers) $(call bool,AMP,amp) $(call opt,DEVICE,--device)
 HEAD_OPTS = $(COMMON_TRAIN_OPTS) $(call flag,IN_MEMORY,--in-memory) $(call opt,POSE_LR_SCALE,--pose-lr-scale)
 FINETUNE_OPTS = $(COMMON_TRAIN_OPTS) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call opt,FREEZE_UNTIL,--freeze-until) $(call flag,FROZEN_BN,--frozen-bn) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,FLIP_PROB,--flip-prob) $(call noflag,TEMPORAL_JITTER,--no-temporal-jitter) $(call opt,BOX_SCALE,--box-scale) $(call opt,BOX_SHIFT,--box-shift) $(call given_opt,VARIANT,--variant) $(call opt,EVAL_CLIPS,--eval-clips) $(call opt,EVAL_CROP_SIZE,--eval-crop-size) $(call flag,FORCE_NEW,--force-new) $(call flag,EVAL_ONLY,--eval-only) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint)
@@ -148,7 +150,7 @@ MULTINODE = $(filter-out 1,$(NNODES))
 LAUNCH = $(if $(MULTINODE),$(if $(RDZV),,$(error RDZV=host:port is required with NNODES=$(NNODES): the rendezvous endpoint every node reaches)))$(if $(or $(filter-out 1,$(GPUS)),$(MULTINODE)),$(VENV)/bin/torchrun $(if $(MULTINODE),--nnodes $(NNODES) --rdzv-backend c10d --rdzv-endpoint $(RDZV) $(call opt,RDZV_ID,--rdzv-id),--standalone) --nproc_per_node $(GPUS),$(PY))
 
 COMMON_VARS := PYTHON_SYS
-CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD BACKEND PRECISION COMPRESSION EXTRACTOR DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED CACHE_ARGS
+CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD CLIP_LEN CROP_SIZE BACKEND PRECISION COMPRESSION EXTRACTOR DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED CACHE_ARGS
 TRAIN_VARS := MODEL BATCH_SIZE LR MOMENTUM WEIGHT_DECAY LR_STEP LR_GAMMA EVAL_SPLIT VAL_FRACTION SEED DETERMINISTIC NUM_WORKERS AMP DEVICE TRAIN_ARGS
 VARS_setup :=
 VARS_test := PYTEST_ARGS
@@ -189,6 +191,36 @@ inspect: setup  ## a cache's config, provenance, counts per split and class, fai
 export-pyskl: setup  ## MANIFEST's poses as a pyskl/mmaction2 annotation pickle: OUT=x.pkl [CACHE=dir]
 	$(call need,OUT,the pickle to write)
 	$(PY) -m pipeline.pyskl --manifest $(MANIFEST) --out $(OUT) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call given_opt,WORKERS,--workers)
+
+# the head recipe's yardstick and the joint-anchored attention's input (issue 18)
+.PHONY: probe joints
+VARS_probe := DATASET PROTOCOL CACHE CACHE_DIR RUNS_DIR SEED EVAL_SPLIT
+VARS_joints := DATASET CACHE CACHE_DIR MANIFEST DATA_ROOT
+probe: setup  ## linear probe (logistic regression on pooled, standardised features; C chosen on val/val_carved): DATASET= PROTOCOL= [CACHE=…] [SEED=0]
+	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
+	$(PY) -m vpn_head.probe --dataset $(DATASET) --protocol $(PROTOCOL) --cache $(CACHE_ROOT) --runs-dir $(RUNS_DIR) --seed $(SEED) $(call opt,EVAL_SPLIT,--eval-split)
+
+joints: setup  ## write a cache's crop joints (for MODEL="spatial_attention=joints"): [CACHE=dir] MANIFEST=csv [DATA_ROOT=…]
+	$(PY) -m pipeline.crop_joints --cache $(CACHE_ROOT) --dataset $(DATASET) --manifest $(MANIFEST) $(call opt,DATA_ROOT,--data-root)
+
+# the paper's two-stage path (section 3.3): fine-tune I3D end to end, cache the fine-tuned I3D's Mixed_5c features
+# into their own cache root, train and evaluate the head on them. Needs `make cache` of the same manifest first (the
+# fine-tune reads its boxes and poses). On a CPU use CLIP_LEN=32 CROP_SIZE=112 (and say so); the paper's 64 x 224
+# where a GPU is.
+TS_RUN   ?= $(DATASET)_$(PROTOCOL)_two_stage
+TS_CACHE ?= $(CACHE_DIR)/two-stage
+FT_EPOCHS ?= $(EPOCHS)
+TS_CLIP  = $(or $(CLIP_LEN),64)
+TS_CROP  = $(or $(CROP_SIZE),224)
+TS_SHAPE = $(shell $(PY) -c "from pipeline.i3d_spec import feature_shape as f; c, t, h, w = f($(TS_CLIP), $(TS_CROP)); print(f'--model feature_time={t} --model feature_size={h}')")
+.PHONY: two-stage
+VARS_two-stage := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR RUNS_DIR CLIP_LEN CROP_SIZE FT_EPOCHS EPOCHS VARIANT TS_RUN TS_CACHE I3D_WEIGHTS PER_GPU_BATCH GPUS MODEL TRAIN_ARGS
+two-stage: setup  ## fine-tune I3D, cache its features (TS_CACHE), train + evaluate the head: DATASET= PROTOCOL= [CLIP_LEN=32 CROP_SIZE=112] [FT_EPOCHS=] [EPOCHS=]
+	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
+	$(LAUNCH) -m vpn_head.finetune --dataset $(DATASET) --protocol $(PROTOCOL) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --runs-dir $(RUNS_DIR) --run $(TS_RUN)_i3d --epochs $(FT_EPOCHS) --variant $(VARIANT) --clip-len $(TS_CLIP) --crop-size $(TS_CROP) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(TRAIN_ARGS)
+	$(PY) -m tasks.cache --dataset $(DATASET) $(call opt,PROTOCOL,--protocol) --manifest $(MANIFEST) --cache-dir $(TS_CACHE) --i3d-weights $(RUNS_DIR)/$(TS_RUN)_i3d/best.pt --clip-len $(TS_CLIP) --crop-size $(TS_CROP) $(call opt,DATA_ROOT,--data-root)
+	$(PY) -m vpn_head.train --dataset $(DATASET) --protocol $(PROTOCOL) --variant $(VARIANT) --epochs $(EPOCHS) --cache $(TS_CACHE) --runs-dir $(RUNS_DIR) --run $(TS_RUN)_head $(TS_SHAPE) $(call each,MODEL,--model) $(TRAIN_ARGS)
+	$(PY) -m vpn_head.evaluate --runs-dir $(RUNS_DIR) --run $(TS_RUN)_head --dataset $(DATASET) --split test --cache $(TS_CACHE) --manifest $(MANIFEST) $(call opt,DATA_ROOT,--data-root)
 
 # cost at scale and the prepared GPU run (issue 13)
 GPU_CHECK_OUT ?= bench/results/gpu_check.json

@@ -63,7 +63,7 @@ from pipeline.datasets import get_dataset
 from pipeline.defaults import DEFAULT_COMPRESSION
 from pipeline.extract import ShardStats
 from pipeline.failures import append_failures, read_failures, write_failures
-from pipeline.i3d_spec import CLIP_FRAMES, FEATURE_SHAPE
+from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE, FEATURE_SHAPE
 from pipeline.integrity import record_integrity
 from pipeline.manifest import read_manifest, read_manifest_root, scan, write_manifest
 from pipeline.ntu import format_sample_id, parse_sample_id, read_missing_list
@@ -214,7 +214,8 @@ def cache_config(manifest: Path, shard_size: int) -> CacheConfig:
     """The ``pixels``-extractor NTU-120 config of ``manifest`` (as ``make cache`` would build it)."""
     args = argparse.Namespace(dataset="ntu120", protocol="", extractor="pixels", i3d_weights="", manifest=manifest,
                               clips_per_video=1, t_p=0, crop_pad=0.15, backend="opencv", precision="fp32",
-                              compression=DEFAULT_COMPRESSION, shard_size=shard_size)
+                              compression=DEFAULT_COMPRESSION, shard_size=shard_size, clip_len=CLIP_FRAMES,
+                              crop_size=CROP_SIZE)
     return cache_build.build_config(args)
 
 

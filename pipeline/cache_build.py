@@ -66,6 +66,7 @@ def build_config(args: argparse.Namespace) -> CacheConfig:
                        manifest_sha256=file_sha256(args.manifest),
                        i3d_weights_sha256=weights_sha, extractor=args.extractor, clips_per_video=args.clips_per_video,
                        t_p=args.t_p or spec.t_p, crop_pad=args.crop_pad, backend=args.backend,
+                       clip_len=args.clip_len, crop_size=args.crop_size,
                        precision=args.precision, compression=args.compression, shard_size=args.shard_size)
 
 

@@ -328,14 +328,20 @@ def _first(names: Sequence[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
+FINETUNE_KIND = "finetune"
+"""``kind`` of a ``make finetune`` checkpoint (``vpn_head.checkpoints``; pipeline/ never imports vpn_head)."""
+
+
 def load_weights(model: InceptionI3d, path: str | Path) -> None:
     """Load a state-dict file into ``model`` strictly, with clear errors.
 
-    Keys of the logits head (``logits.*``) in the file are ignored when the model has no head.
+    Keys of the logits head (``logits.*``) in the file are ignored when the model has no head. A checkpoint of
+    ``make finetune`` (a dict with ``kind == "finetune"``) gives its fine-tuned I3D (its ``i3d`` entry): the
+    paper's two-stage path (section 3.3), ``make cache I3D_WEIGHTS=runs/<fine-tune>/best.pt``.
 
     Args:
         model: The model to fill.
-        path: File written by ``torch.save(state_dict)``.
+        path: File written by ``torch.save(state_dict)``, or a fine-tune checkpoint.
 
     Raises:
         ValueError: The file is unreadable, not a state dict, or its keys/shapes do not match the model.
@@ -345,6 +351,8 @@ def load_weights(model: InceptionI3d, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)
         raise ValueError(f"cannot read I3D weights {path}: {type(err).__name__}: {err}") from err
+    if isinstance(state, dict) and state.get("kind") == FINETUNE_KIND:
+        state = state.get("i3d")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"I3D weights {path} is not a state dict of tensors (got {type(state).__name__})")
     if model.cfg.final_endpoint != "Logits":

@@ -61,7 +61,7 @@ def subsample_positions(clip_len: int, t_p: int) -> np.ndarray:
     return np.floor(np.linspace(0, clip_len - 1, t_p) + 0.5).astype(np.int64)
 
 
-def _fill_from_nearest(body: np.ndarray) -> np.ndarray:
+def fill_from_nearest(body: np.ndarray) -> np.ndarray:
     """(T, J, 3) with NaN frames -> each NaN frame copies the nearest present frame; all-NaN -> zeros."""
     present = np.flatnonzero(np.isfinite(body).all(axis=(1, 2)))
     if len(present) == 0:
@@ -82,7 +82,7 @@ def clip_poses(joints3d: np.ndarray, t_p: int, centre_joint: int) -> np.ndarray:
         float32 (2, 3, J, t_p).
     """
     picked = joints3d[subsample_positions(len(joints3d), t_p)]  # (t_p, 2, J, 3)
-    bodies = np.stack([_fill_from_nearest(picked[:, b]) for b in range(picked.shape[1])], axis=1)  # (t_p, 2, J, 3)
+    bodies = np.stack([fill_from_nearest(picked[:, b]) for b in range(picked.shape[1])], axis=1)  # (t_p, 2, J, 3)
     present = np.isfinite(picked).all(axis=(2, 3)).any(axis=0)  # (2,)
     origin = bodies[0, 0, centre_joint] if present[0] else np.zeros(3, dtype=np.float32)
     bodies = np.where(present[None, :, None, None], bodies - origin, 0.0)

@@ -34,6 +34,7 @@ import torch
 
 from pipeline import cache_build, devices, extract
 from pipeline.config import CacheConfig
+from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE
 from pipeline.defaults import DEFAULT_BACKEND, DEFAULT_COMPRESSION, DEFAULT_CROP_PAD, DEFAULT_SHARD_SIZE
 from pipeline.layout import FAILURES_NAME, MERGED_NAME, remove_stale_temp_files, shard_path, write_config
 from pipeline.manifest import resolve_data_root
@@ -110,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     parser.add_argument("--clips-per-video", type=int, default=1)
     parser.add_argument("--t-p", type=int, default=0, help="poses per clip (default: the dataset's)")
+    parser.add_argument("--clip-len", type=int, default=CLIP_FRAMES,
+                        help="frames per I3D clip (the paper's 64; e.g. 32 for a CPU-sized two-stage run)")
+    parser.add_argument("--crop-size", type=int, default=CROP_SIZE, help="side of the I3D input (the paper's 224)")
     parser.add_argument("--crop-pad", type=float, default=DEFAULT_CROP_PAD)
     parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=("opencv", "pyav", "decord"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))

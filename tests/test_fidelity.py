@@ -194,14 +194,16 @@ def test_peak_hits_and_joint_cells():
 def test_oracle_head_attends_the_given_cell():
     maps = diag.oracle_maps(np.array([[3, 4], [-1, -1]]), 7)
     assert maps[0].argmax() == 3 * 7 + 4 and maps[0].max() == 1.0 and (maps[1] == 0.5).all()
-    head = diag.OracleAttentionHead(4, 8, 3, dropout=0.0, temporal_scale="mean1")
+    config = VPNConfig(num_classes=3, num_joints=3, edges=((0, 1),), variant="attention", feature_channels=4,
+                       dropout=0.0, temporal_scale="mean1")
+    head = diag.OracleAttentionHead(config)
     features = torch.zeros(1, 4, 8, 7, 7)
     features[0, 0, :, 3, 4] = 1.0
     with torch.no_grad():
         head.classifier.weight.zero_()
         head.classifier.bias.zero_()
         head.classifier.weight[0, 0] = 1.0
-        attended = head(features, torch.from_numpy(maps[:1]))
+        attended = head(features, torch.from_numpy(maps[:1])).logits
     assert attended[0, 0].item() == pytest.approx(2.0 / 49)  # (1 + A_T A_S) f with A_T = A_S = 1 at the cell
 
 
@@ -366,8 +368,9 @@ def test_make_fidelity_prepares_caches_then_trains_and_vpn_head_never_runs_tasks
     dry = subprocess.run(["make", "-n", "fidelity", f"FID_DIR={tmp_path}", "FID_N=4", "SEEDS=0"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     steps = [shlex.split(line) for line in dry.splitlines() if " -m " in line and "pip" not in line]
-    assert [s[2] for s in steps] == ["vpn_head.fidelity", "tasks.cache", "vpn_head.fidelity"]
-    assert "--prepare-only" in steps[0] and "--prepare-only" not in steps[2]
+    assert [s[2] for s in steps] == ["vpn_head.fidelity", "tasks.cache", "pipeline.crop_joints", "vpn_head.fidelity"]
+    assert "--prepare-only" in steps[0] and "--prepare-only" not in steps[3]
+    assert steps[2][steps[2].index("--cache") + 1] == f"{tmp_path}/cache"
     assert steps[1][steps[1].index("--manifest") + 1] == f"{tmp_path}/manifest.csv"
     assert steps[1][steps[1].index("--cache-dir") + 1] == f"{tmp_path}/cache"
     # the training step without the cache step: a one-line reason, exit code 2

@@ -396,3 +396,17 @@ def test_random_init_features_survive_float16():
         feat = model.forward_features(torch.rand(1, 3, 16, 64, 64) * 2 - 1)  # (1, 1024, 2, 2, 2)
     half = feat.half()
     assert torch.isfinite(half).all() and half.float().std() > 0.1 and (half != 0).float().mean() > 0.2
+
+
+def test_a_finetune_checkpoint_gives_its_fine_tuned_i3d(tmp_path) -> None:
+    """The paper's two-stage path: `make cache I3D_WEIGHTS=runs/<fine-tune>/best.pt` extracts with the fine-tuned I3D."""
+    from vpn_head.checkpoints import FINETUNE, save_checkpoint
+
+    tuned = load_i3d(None, seed=4)
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, FINETUNE, epoch=3, model={}, i3d=tuned.state_dict(), train_config={"dataset": "ntu60"})
+    loaded = load_i3d(path)
+    torch.testing.assert_close(loaded.state_dict(), tuned.state_dict(), rtol=0, atol=0)
+    save_checkpoint(path, FINETUNE, epoch=3, model={})
+    with pytest.raises(ValueError, match="not a state dict"):
+        load_i3d(path)

@@ -8,6 +8,12 @@ attention can move a cell's weight by 1/8 at most when A_T is spread over time; 
 ``attention_init="zero"`` starts the last layer of both branches at zero (A_S = 0.5, A_T uniform for every
 video), as the authors' code does.
 
+Joint-anchored A_S (``spatial_attention="joints"``, not in the paper): the spatial branch gives one logit per
+joint of each body, ``w = softmax(z1)``, and ``A_S = sum_j w_j K_j`` with ``K_j`` a Gaussian bump (``sigma`` grid
+cells) at joint j's crop-plane position, averaged over the t_p pose times (``joint_anchored_map``). The pose
+decides which joints matter, the skeleton's geometry where they are; a free 49-cell map has to learn both from
+the classification loss alone.
+
 Coupler on (eq. 3): ``A_ST[t, i, j] = A_T[t] * A_S[i, j]`` (the outer product of the two maps, as the equation
 says) and ``f' = A_ST * f + f``, broadcast over channels.
 
@@ -32,32 +38,68 @@ class PoseAttention(nn.Module):
     """Two tanh-MLP branches from h* to the spatial (S * S) and temporal (T) attention logits (eq. 2)."""
 
     def __init__(self, pose_dim: int, hidden: int, feature_time: int, feature_size: int,
-                 temporal_scale: str = "sum1", zero_init: bool = False):
+                 temporal_scale: str = "sum1", zero_init: bool = False, anchors: int = 0, sigma: float = 0.75):
+        """``anchors`` > 0 makes A_S joint-anchored over that many joints (bodies x J), with bumps of ``sigma``
+        cells; 0 gives the paper's free S x S map."""
         super().__init__()
         self.feature_size = feature_size
+        self.anchors, self.sigma = anchors, sigma
         self.temporal_factor = float(feature_time) if temporal_scale == "mean1" else 1.0
-        self.spatial = nn.Sequential(nn.Linear(pose_dim, hidden), nn.Tanh(), nn.Linear(hidden, feature_size ** 2))
+        self.spatial = nn.Sequential(nn.Linear(pose_dim, hidden), nn.Tanh(),
+                                     nn.Linear(hidden, anchors or feature_size ** 2))
         self.temporal = nn.Sequential(nn.Linear(pose_dim, hidden), nn.Tanh(), nn.Linear(hidden, feature_time))
         if zero_init:
             for branch in (self.spatial, self.temporal):
                 nn.init.zeros_(branch[-1].weight)
                 nn.init.zeros_(branch[-1].bias)
 
-    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, joints_xy: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Compute the attention maps from the pose feature.
 
         Args:
             h: h*, (N, pose_dim).
+            joints_xy: the crop joints (N, B, 2, J, t_p) with B * J = ``anchors``, for joint-anchored A_S.
 
         Returns:
-            ``(z1, a_s, a_t)``: spatial logits (N, S * S), A_S = sigmoid(z1) as (N, S, S), A_T = softmax(z2)
-            (times T with ``temporal_scale="mean1"``) (N, T).
+            ``(z1, a_s, a_t)``: spatial logits (N, S * S), or (N, B * J) joint logits when joint-anchored; A_S
+            (N, S, S) = sigmoid(z1), or ``joint_anchored_map(softmax(z1))``; A_T = softmax(z2) (times T with
+            ``temporal_scale="mean1"``) (N, T).
         """
-        z1 = self.spatial(h)  # (N, 49)
+        z1 = self.spatial(h)  # (N, 49) or (N, B * J)
         z2 = self.temporal(h)  # (N, 8)
-        a_s = torch.sigmoid(z1).unflatten(1, (self.feature_size, self.feature_size))  # (N, 7, 7)
+        if self.anchors:
+            a_s = joint_anchored_map(torch.softmax(z1, dim=1), joints_xy, self.feature_size, self.sigma)  # (N, 7, 7)
+        else:
+            a_s = torch.sigmoid(z1).unflatten(1, (self.feature_size, self.feature_size))  # (N, 7, 7)
         a_t = torch.softmax(z2, dim=1) * self.temporal_factor  # (N, 8)
         return z1, a_s, a_t
+
+
+OFF_GRID = -100.0
+"""Where an absent joint (NaN crop position) is put: so far from the crop that its bump is 0 on the grid."""
+
+
+def joint_anchored_map(weights: torch.Tensor, joints_xy: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """``A_S = sum_j w_j K_j``: Gaussian bumps at the joints' crop positions, weighted per joint.
+
+    Args:
+        weights: (N, B * J) non-negative joint weights (softmax: they sum to 1, so A_S <= 1).
+        joints_xy: (N, B, 2, J, t_p) crop-plane (x, y) in [0, 1] (NaN where absent).
+        size: S of the S x S grid; cell (r, c) is centred at ((c + 0.5) / S, (r + 0.5) / S).
+        sigma: bump width in cells.
+
+    Returns:
+        (N, S, S).
+    """
+    n, bodies, _, joints, times = joints_xy.shape
+    xy = torch.nan_to_num(joints_xy.float(), nan=OFF_GRID).permute(0, 1, 3, 4, 2).reshape(n, bodies * joints, times, 2)
+    centres = (torch.arange(size, device=xy.device, dtype=xy.dtype) + 0.5) / size  # (S,)
+    dx = (xy[..., 0, None] - centres) * size  # (N, K, t_p, S) in cells
+    dy = (xy[..., 1, None] - centres) * size  # (N, K, t_p, S)
+    bumps = torch.exp(-(dy[..., :, None] ** 2 + dx[..., None, :] ** 2) / (2 * sigma ** 2))  # (N, K, t_p, S, S)
+    kernels = bumps.mean(dim=2)  # (N, K, S, S)
+    return torch.einsum("nk,nkrc->nrc", weights.to(kernels.dtype), kernels)  # (N, S, S)
 
 
 def couple(a_s: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,8 @@ ATTENTION_INITS: tuple[str, ...] = ("default", "zero")
 ATTENTION_POOLINGS: tuple[str, ...] = ("sum", "normalised")
 EMBEDDING_INPUTS: tuple[str, ...] = ("z1", "a_s")
 EMBEDDING_CENTRES: tuple[str, ...] = ("none", "spatial", "batch")
+FEATURE_NORMS: tuple[str, ...] = ("none", "batch")
+SPATIAL_ATTENTIONS: tuple[str, ...] = ("grid", "joints")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,18 @@ class VPNConfig:
             affine parameters): without it f_e describes what all videos share (the features' non-negative level
             and the person's silhouette), not how this video differs.
         embedding_temperature: softmax temperature of the ``contrastive`` embedding loss.
+        spatial_attention: how A_S is made: ``grid`` (the paper: A_S = sigmoid(z1), one free logit per cell of the
+            S x S grid) or ``joints`` (not in the paper: z1 has one logit per joint of each body, w = softmax(z1), and
+            A_S = sum_j w_j K_j, where K_j is a Gaussian bump of ``joint_sigma`` cells at joint j's position in the
+            crop, averaged over the t_p pose times; the pose branch chooses *which* joints matter and the
+            skeleton's 2D geometry says *where* they are). Needs the cache's crop joints
+            (``pipeline.crop_joints``), fed as pose channels 3-4.
+        joint_sigma: width in grid cells of each joint's bump for ``spatial_attention="joints"``.
+        feature_norm: what the classifier sees after the global average pool: ``none`` (the pooled features, the
+            paper) or ``batch`` (each channel standardised over the batch, BatchNorm without affine parameters,
+            running statistics at test time). Pooled Mixed_5c features are non-negative with a large shared level
+            and small differences between videos; without standardisation SGD at the paper's rate leaves the
+            classifier far below a logistic-regression probe on the same features (README, "Head recipe").
         alpha: adjacency weight of two joints joined by a bone.
         beta: adjacency weight of two joints not joined by a bone.
         feature_channels: C of the I3D Mixed_5c feature map (defaults: ``pipeline.i3d_spec.FEATURE_SHAPE``, the
@@ -113,6 +127,14 @@ class VPNConfig:
     embedding_input: str = "z1"
     embedding_centre: str = "batch"
     embedding_temperature: float = 0.1
+    feature_norm: str = "none"
+    spatial_attention: str = "grid"
+    joint_sigma: float = 0.75
+
+    @property
+    def pose_channels(self) -> int:
+        """Channels of the pose input: 3 (x, y, z), plus the crop joints' (x, y) for ``spatial_attention="joints"``."""
+        return 5 if self.spatial_attention == "joints" else 3
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field and what it must be."""
@@ -125,8 +147,11 @@ class VPNConfig:
         _choice("attention_pooling", self.attention_pooling, ATTENTION_POOLINGS)
         _choice("embedding_input", self.embedding_input, EMBEDDING_INPUTS)
         _choice("embedding_centre", self.embedding_centre, EMBEDDING_CENTRES)
-        if (not isinstance(self.embedding_temperature, (int, float)) or isinstance(self.embedding_temperature, bool)
-                or not math.isfinite(self.embedding_temperature) or self.embedding_temperature <= 0):
+        _choice("feature_norm", self.feature_norm, FEATURE_NORMS)
+        _choice("spatial_attention", self.spatial_attention, SPATIAL_ATTENTIONS)
+        if not is_positive_number(self.joint_sigma):
+            raise ValueError(f"VPNConfig.joint_sigma must be a finite number > 0, got {self.joint_sigma!r}")
+        if not is_positive_number(self.embedding_temperature):
             raise ValueError(f"VPNConfig.embedding_temperature must be a finite number > 0, "
                              f"got {self.embedding_temperature!r}")
         for name in ("num_classes", "num_joints", "t_p", "feature_channels", "feature_time", "feature_size",
@@ -196,6 +221,11 @@ class VPNConfig:
         config = cls(**values)
         config.validate()
         return config
+
+
+def is_positive_number(value: Any) -> bool:
+    """A finite int or float (not a bool) above 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from pipeline import layout
 from pipeline.cache import CacheError, CacheReader, open_cache
 from pipeline.contracts import MAX_BODIES
+from pipeline.crop_joints import read_crop_joints
 from pipeline.per_process import PerProcess
 from pipeline.datasets import DatasetSpec, get_dataset, protocol_label
 from vpn_head.splits import CARVED_VAL, carve_validation
@@ -126,7 +127,7 @@ class CachedClips(Dataset):
 
     def __init__(self, path: str | os.PathLike, protocol: str, split: str, in_memory: bool = False,
                  dataset: str | None = None, feature_dtype: torch.dtype = torch.float32,
-                 carve_fraction: float = 0.0, carve_seed: int = 0) -> None:
+                 carve_fraction: float = 0.0, carve_seed: int = 0, crop_joints: bool = False) -> None:
         """Index the split (and load it when ``in_memory`` and it fits).
 
         Args:
@@ -139,6 +140,9 @@ class CachedClips(Dataset):
             carve_fraction: with ``split="train"`` and a value > 0, leave out the training clips of this share
                 of the training subjects; ``split="val_carved"`` returns exactly those clips.
             carve_seed: chooses the carved subjects.
+            crop_joints: append each clip's crop joints (``pipeline.crop_joints``, the cache folder's side file)
+                to its poses as channels 3-4, (2, 5, J, t_p): the input of ``spatial_attention="joints"``. The
+                pose-shuffle diagnostic then moves them with the 3D poses, as the pose they are part of.
 
         Raises:
             CacheError: missing or unreadable cache, wrong dataset, unknown protocol or split, empty split.
@@ -184,7 +188,9 @@ class CachedClips(Dataset):
             self.labels = labels[keep]
             self.sample_ids = all_ids[keep]
             self.feature_shape = reader.feature_shape
-            self.pose_shape = (MAX_BODIES, 3, reader.num_joints, reader.t_p)
+            self.pose_shape = (MAX_BODIES, 5 if crop_joints else 3, reader.num_joints, reader.t_p)
+            self._crop_joints = (read_crop_joints(self.path, reader.sample_ids, reader.frame_indices,
+                                                  reader.boxes)[self.rows] if crop_joints else None)
             self.in_memory = in_memory and self._fits_in_memory()
             if self.in_memory:
                 self._load(reader)
@@ -221,7 +227,9 @@ class CachedClips(Dataset):
         for start in range(0, len(self), LOAD_BLOCK_ROWS):
             block = reader.read_rows(self.rows[start:start + LOAD_BLOCK_ROWS], dtype=np.float16)
             self._features[start:start + LOAD_BLOCK_ROWS] = block["features"]
-            self._poses[start:start + LOAD_BLOCK_ROWS] = block["poses"]
+            self._poses[start:start + LOAD_BLOCK_ROWS, :, :3] = block["poses"]
+        if self._crop_joints is not None:
+            self._poses[:, :, 3:] = self._crop_joints
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -233,6 +241,8 @@ class CachedClips(Dataset):
         else:
             reader = self._reader.get()  # this process's reader (a forked worker opens its own)
             features, poses = reader.read_features(row, dtype=np.float16), reader.read_poses(row)
+            if self._crop_joints is not None:
+                poses = np.concatenate([poses, self._crop_joints[index]], axis=1)  # (2, 5, J, t_p)
         features = torch.from_numpy(features).to(self.feature_dtype)  # (C, T, H, W)
         return features, torch.from_numpy(poses), int(self.labels[index]), row
 

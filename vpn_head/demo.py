@@ -16,6 +16,7 @@ import sys
 
 from pipeline.cache import CacheError
 from vpn_head.fidelity import VARIANTS, format_table, run_variants, summarise_seeds, train_oracle
+from vpn_head.probe import run_probe
 from vpn_head.splits import CARVED_VAL
 
 
@@ -35,13 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         results = run_variants(args.cache_dir, args.runs_dir, args.seed, args.epochs, tuple(args.variants),
                                manifest=args.manifest, dataset=args.dataset, protocol=args.protocol)
         oracle = [train_oracle(args.cache_dir, args.seed, args.epochs, args.manifest, None, args.dataset,
-                               args.protocol)]
+                               args.protocol, runs_dir=args.runs_dir)]
+        probe = [run_probe(args.cache_dir, args.dataset, args.protocol, args.seed)]
     except (CacheError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\n{args.dataset} {args.protocol}, test split ({results[0]['num_videos']} videos; synthetic data; "
-          f"best.pt chosen on {CARVED_VAL}, seed {args.seed}):")
-    print(format_table(summarise_seeds([results], oracle)))
+          f"best.pt and the probe's C chosen on {CARVED_VAL}; shuffled = test poses permuted across videos; "
+          f"seed {args.seed}):")
+    print(format_table(summarise_seeds([results], oracle, probe)))
     return 0
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from pipeline import poses as pose_lib
 from pipeline.cache import open_cache
@@ -29,6 +31,8 @@ from pipeline.datasets import DatasetSpec
 from pipeline.manifest import read_manifest, resolve_data_root
 from pipeline.video import DecodeError, open_video
 from vpn_head.attention import apply_attention
+from vpn_head.config import VPNConfig
+from vpn_head.model import PooledNorm, VPNOutput
 
 TRUTH_FILE = "synthetic_truth.csv"
 """Written by ``pipeline.synthetic`` under DATA_ROOT: each sample's class-carrying joint (``active_joint``)."""
@@ -259,27 +263,42 @@ def oracle_maps(cells: np.ndarray, size: int, sigma: float = 0.75) -> np.ndarray
 class OracleAttentionHead(nn.Module):
     """The VPN classifier on ``A_ST * f + f`` with A_S given (not predicted) and A_T uniform.
 
-    Args:
-        feature_channels: C.
-        feature_time: T.
-        num_classes: classes.
-        dropout: before the classifier.
-        temporal_scale: ``sum1`` (A_T = 1/T, the paper's scale) or ``mean1`` (A_T = 1).
-        residual: keep the ``+ f`` of eq. 3.
-        normalise: attention-weighted average pooling (``VPNConfig.attention_pooling="normalised"``).
+    It takes the given maps where a pose variant takes poses, ``head(features, a_s) -> VPNOutput``, so the one
+    training engine (``vpn_head.engine``) trains it like any head. ``config`` (an ``attention``-variant
+    ``VPNConfig``) supplies how the attention is applied (``temporal_scale``, ``attention_residual``,
+    ``attention_pooling``) and the classifier (``feature_norm``, ``dropout``).
     """
 
-    def __init__(self, feature_channels: int, feature_time: int, num_classes: int, dropout: float,
-                 temporal_scale: str = "sum1", residual: bool = True, normalise: bool = False):
+    def __init__(self, config: VPNConfig):
         super().__init__()
-        self.residual, self.normalise = residual, normalise
-        self.a_t_value = 1.0 / feature_time if temporal_scale == "sum1" else 1.0
-        self.feature_time = feature_time
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(feature_channels, num_classes)
+        self.config = config
+        self.a_t_value = 1.0 / config.feature_time if config.temporal_scale == "sum1" else 1.0
+        self.feature_norm = PooledNorm(config.feature_channels) if config.feature_norm == "batch" else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.feature_channels, config.num_classes)
 
-    def forward(self, features: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
-        """features (N, C, T, H, W), a_s (N, S, S) -> logits (N, num_classes)."""
-        a_t = features.new_full((features.shape[0], self.feature_time), self.a_t_value)  # (N, T)
-        f_prime = apply_attention(features, a_s, a_t, True, self.residual, self.normalise)  # (N, C, T, H, W)
-        return self.classifier(self.dropout(f_prime.mean(dim=(2, 3, 4))))  # (N, num_classes)
+    def forward(self, features: torch.Tensor, a_s: torch.Tensor) -> VPNOutput:
+        """features (N, C, T, H, W), a_s (N, S, S) -> ``VPNOutput`` (logits (N, K), the maps; no embedding)."""
+        cfg = self.config
+        a_t = features.new_full((features.shape[0], cfg.feature_time), self.a_t_value)  # (N, T)
+        f_prime = apply_attention(features, a_s, a_t, True, cfg.attention_residual,
+                                  cfg.attention_pooling == "normalised")  # (N, C, T, H, W)
+        pooled = self.feature_norm(f_prime.mean(dim=(2, 3, 4)))  # (N, C)
+        return VPNOutput(self.classifier(self.dropout(pooled)), a_s, a_t, None, None)  # logits (N, K)
+
+
+class OracleClips(Dataset):
+    """A split's clips with their oracle A_S maps in the place of poses: items ``(features, a_s, label, row)``."""
+
+    def __init__(self, clips: Any, maps: np.ndarray):
+        self.clips, self.maps = clips, torch.from_numpy(maps)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        features, _, label, row = self.clips[index]
+        return features, self.maps[index], label, row
+
+    def sample_ids_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.clips.sample_ids_of(rows)

@@ -33,14 +33,16 @@ from torch.nn.utils.parametrizations import spectral_norm
 class SpatialEmbedding(nn.Module):
     """Projects the time-summed feature map and the spatial attention logits into one embedding space."""
 
-    def __init__(self, feature_channels: int, feature_size: int, embed_dim: int, centre: str = "none"):
+    def __init__(self, feature_channels: int, feature_size: int, embed_dim: int, centre: str = "none",
+                 pose_dim: int | None = None):
+        """``pose_dim``: size of the pose side (default S * S; the joint logits' B * J when A_S is joint-anchored)."""
         super().__init__()
         self.feature_size = feature_size
         self.centre = centre
         self.batch_norm = (nn.BatchNorm1d(feature_channels * feature_size ** 2, affine=False)
                            if centre == "batch" else None)
         self.visual = spectral_norm(nn.Linear(feature_channels * feature_size ** 2, embed_dim, bias=False))  # T_v
-        self.pose = spectral_norm(nn.Linear(feature_size ** 2, embed_dim, bias=False))  # T_p
+        self.pose = spectral_norm(nn.Linear(pose_dim or feature_size ** 2, embed_dim, bias=False))  # T_p
 
     def forward(self, f: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed video and pose.

@@ -85,7 +85,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     uses_pose = model.config.variant != "i3d"
     # pose variants are scored twice (own and shuffled poses): hold the split in RAM when it fits, read it once
     clips = CachedClips(cache_path, protocol, split, in_memory=uses_pose, dataset=dataset,
-                        feature_dtype=torch.float16)
+                        feature_dtype=torch.float16, crop_joints=model.config.spatial_attention == "joints")
     torch_device = resolve_device(device)
     model.to(torch_device)
     amp = torch_device.type == "cuda" and train_config.get("amp") is not False
@@ -99,7 +99,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         shuffled_probs, _, _ = score_clips(model, make_loader(clips, batch_size, num_workers, torch_device),
                                            torch_device, amp, replace_poses=record["poses"][source])
         manifest_path = Path(manifest) if manifest else Path("manifests") / f"{dataset}.csv"
-        cells, note = diag.clip_joint_cells(cache_path, rows, sample_ids, record["poses"], clips.spec,
+        cells, note = diag.clip_joint_cells(cache_path, rows, sample_ids, record["poses"][:, :, :3], clips.spec,
                                             manifest_path, Path(data_root) if data_root else None,
                                             model.config.feature_size)
         own_video, video_labels, _ = video_scores(probs, labels, sample_ids)

@@ -42,9 +42,14 @@ from vpn_head.cli import parse_override
 from vpn_head.data import CachedClips, resolve_cache
 from vpn_head.evaluate import evaluate_run
 from vpn_head.metrics import summarise, video_scores
+from vpn_head.probe import run_probe
 from vpn_head.runtime import seed_everything
 from vpn_head.splits import CARVED_VAL
-from vpn_head.train import EpochShuffleSampler, TrainConfig, train
+from vpn_head import engine
+from vpn_head.checkpoints import HEAD, load_checkpoint
+from vpn_head.runtime import loss_scaler, make_loader
+from vpn_head.scoring import score_clips
+from vpn_head.train import EpochShuffleSampler, TrainConfig, make_optimizer, train
 
 log = logging.getLogger(__name__)
 
@@ -53,101 +58,101 @@ FIDELITY_DATA = dict(cameras_per_take=1, hand_amplitude_m=0.2, active_hand="rand
 """``SyntheticConfig`` fields of the fidelity dataset (besides ``n`` and ``seed``)."""
 
 
+HEAD_FIELDS: tuple[str, ...] = ("feature_norm", "dropout")
+"""``VPNConfig`` fields the ``i3d`` head has too (the classifier's); the other overrides concern the pose branch."""
+
+
 def run_variants(cache: str, runs_dir: str, seed: int, epochs: int, variants: tuple[str, ...] = VARIANTS,
                  model: dict[str, Any] | None = None, manifest: str | None = None, data_root: str | None = None,
-                 dataset: str = "ntu60", protocol: str = "cs") -> list[dict[str, Any]]:
+                 dataset: str = "ntu60", protocol: str = "cs", train_overrides: dict[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
     """Train (or resume) and evaluate each variant with one seed.
+
+    Args:
+        model: ``VPNConfig`` overrides; the ``i3d`` head takes only its ``HEAD_FIELDS``.
+        train_overrides: ``TrainConfig`` fields for every variant (``optimizer``, ``lr``, ``weight_decay``, ...).
 
     Returns:
         One test ``metrics.json`` dict per variant (``best.pt``, chosen on the validation split).
     """
     results = []
     for variant in variants:
-        overrides = dict(model or {}) if variant != "i3d" else {}
+        overrides = {k: v for k, v in (model or {}).items() if variant != "i3d" or k in HEAD_FIELDS}
+        trainer = dict(train_overrides or {})
         config = TrainConfig(dataset=dataset, protocol=protocol, variant=variant, epochs=epochs, cache=cache,
-                             runs_dir=runs_dir, run_name=run_name(dataset, protocol, variant, overrides, seed),
-                             seed=seed, num_workers=0, in_memory=True, model=overrides)
+                             runs_dir=runs_dir, run_name=run_name(dataset, protocol, variant, overrides, seed, trainer),
+                             seed=seed, num_workers=0, in_memory=True, model=overrides, **trainer)
         train(config)
         results.append(evaluate_run(config.run_dir, split="test", checkpoint="best", cache=cache,
                                     manifest=manifest, data_root=data_root, device="cpu"))
     return results
 
 
-def run_name(dataset: str, protocol: str, variant: str, model: dict[str, Any], seed: int) -> str:
-    """``<variant>[_<model hash>]_seed<seed>``: pose variants carry a hash of their resolved ``VPNConfig``, so runs
-    of other head settings (``--model``, or changed defaults) land beside them instead of clashing."""
-    if variant == "i3d":
-        return f"i3d_seed{seed}"
+def run_name(dataset: str, protocol: str, variant: str, model: dict[str, Any], seed: int,
+             train_overrides: dict[str, Any] | None = None) -> str:
+    """``<variant>_<hash>_seed<seed>``: the hash covers the resolved ``VPNConfig`` and the trainer overrides, so runs
+    of other head settings (``--model``, ``--train``, or changed defaults) land beside them instead of clashing."""
     resolved = VPNConfig.for_dataset(dataset, protocol, variant=variant, **model).to_dict()
-    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:8]
+    key = {"model": resolved, "train": dict(sorted((train_overrides or {}).items()))} if train_overrides else resolved
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return f"{variant}_{digest}_seed{seed}"
 
 
-def _split_arrays(clips: CachedClips) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """(features float16 (N, C, T, H, W), labels (N,), sample ids) of a loaded split."""
-    features = torch.stack([clips[i][0] for i in range(len(clips))])
-    return features, torch.from_numpy(clips.labels), clips.sample_ids
-
-
 def train_oracle(cache: str, seed: int, epochs: int, manifest: str, data_root: str | None,
-                 dataset: str = "ntu60", protocol: str = "cs", model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train the oracle head (A_S fixed on the key joint's cell, A_T uniform) with the head trainer's schedule.
+                 dataset: str = "ntu60", protocol: str = "cs", model: dict[str, Any] | None = None,
+                 train_overrides: dict[str, Any] | None = None, runs_dir: str | None = None) -> dict[str, Any]:
+    """Train the oracle head (A_S fixed on the key joint's cell, A_T uniform) through the training engine.
 
     ``model`` holds the pose variants' ``VPNConfig`` overrides: the oracle applies its attention the same way
-    (``temporal_scale``, ``attention_residual``).
+    (``temporal_scale``, ``attention_residual``, ``attention_pooling``) and has the same classifier
+    (``feature_norm``); ``train_overrides`` the trainer's (``optimizer``, ``lr``, ...). The run lands in
+    ``<runs_dir>/oracle_<hash>_seed<seed>`` (default: beside the cache, ``<cache root>/../runs``) with the
+    engine's checkpoints and logs, so it resumes like any head run.
 
     The checkpoint is chosen on ``val_carved`` like the variants'; returns its test ``top1``/``mean_class``.
     """
-    defaults = TrainConfig(dataset, protocol)
+    overrides, trainer = dict(model or {}), dict(train_overrides or {})
     path = resolve_cache(cache, dataset)
+    runs = runs_dir or str(Path(cache).parent / "runs")
+    name = "oracle" + run_name(dataset, protocol, "attention", overrides, seed, trainer)[len("attention"):]
+    config = TrainConfig(dataset=dataset, protocol=protocol, variant="attention", epochs=epochs, cache=str(path),
+                         runs_dir=runs, run_name=name, seed=seed, num_workers=0, in_memory=True, model=overrides,
+                         **trainer)
+    config.validate()
+    vpn_config = config.vpn_config()
     spec = get_dataset(dataset)
-    sets = {name: CachedClips(path, protocol, name, True, dataset, torch.float16,
-                              carve_fraction=defaults.val_fraction, carve_seed=seed)
-            for name in ("train", CARVED_VAL, "test")}
-    data = {}
-    for name, clips in sets.items():
-        features, labels, ids = _split_arrays(clips)
+    sets = {}
+    for split in ("train", CARVED_VAL, "test"):
+        clips = CachedClips(path, protocol, split, True, dataset, torch.float16,
+                            carve_fraction=config.val_fraction, carve_seed=seed)
         poses = np.stack([clips[i][1].numpy() for i in range(len(clips))])
-        cells, note = diag.clip_joint_cells(path, clips.rows, ids, poses, spec, Path(manifest),
-                                            Path(data_root) if data_root else None, features.shape[-1])
+        cells, note = diag.clip_joint_cells(path, clips.rows, clips.sample_ids, poses, spec, Path(manifest),
+                                            Path(data_root) if data_root else None, clips.feature_shape[-1])
         if cells is None:
             raise CacheError(f"oracle: {note}")
-        data[name] = (features, torch.from_numpy(diag.oracle_maps(cells, features.shape[-1])), labels, ids)
+        sets[split] = diag.OracleClips(clips, diag.oracle_maps(cells, clips.feature_shape[-1]))
+    run_dir = engine.prepare_run_dir(config.run_dir, HEAD, config, vpn_config, force_new=False)
     seed_everything(seed, deterministic=True)
-    head_config = VPNConfig.for_dataset(dataset, protocol, variant="attention", **(model or {}))
-    head = diag.OracleAttentionHead(features.shape[1], features.shape[2], head_config.num_classes,
-                                    head_config.dropout, head_config.temporal_scale, head_config.attention_residual,
-                                    head_config.attention_pooling == "normalised")
-    optimizer = torch.optim.SGD(head.parameters(), lr=defaults.lr, momentum=defaults.momentum)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, defaults.lr_step, defaults.lr_gamma)
-    features, maps, labels, _ = data["train"]
-    sampler = EpochShuffleSampler(len(labels), seed)
+    device = torch.device("cpu")
+    head = diag.OracleAttentionHead(vpn_config)
+    optimizer = make_optimizer(config, head)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, config.lr_gamma)
+    run = engine.Run(HEAD, run_dir, config, vpn_config, head, optimizer, scheduler, loss_scaler(device, False),
+                     device, False, spec.metric, CARVED_VAL)
+    progress = engine.resume(run)
+    sampler = EpochShuffleSampler(len(sets["train"]), seed)
+    loaders = {split: make_loader(clips, config.batch_size, 0, device, sampler if split == "train" else None, seed)
+               for split, clips in sets.items()}
 
-    def score(name: str) -> dict[str, float]:
-        f, m, y, ids = data[name]
-        head.eval()
-        with torch.no_grad():
-            probs = torch.softmax(head(f.float(), m), dim=1).numpy()
-        video_probs, video_labels, _ = video_scores(probs, y.numpy(), ids)
+    def score(split: str) -> dict[str, float]:
+        probs, labels, rows = score_clips(head, loaders[split], device)
+        video_probs, video_labels, _ = video_scores(probs, labels, sets[split].sample_ids_of(rows))
         return summarise(video_labels, video_probs.argmax(axis=1))
 
-    best, best_state = -math.inf, None
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler))
-        head.train()
-        for start in range(0, len(order), defaults.batch_size):
-            batch = order[start:start + defaults.batch_size]
-            loss = torch.nn.functional.cross_entropy(head(features[batch].float(), maps[batch]), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        value = score(CARVED_VAL)[spec.metric]
-        if value > best:
-            best, best_state = value, {k: v.clone() for k, v in head.state_dict().items()}
-    head.load_state_dict(best_state)
-    return {"variant": "oracle", **score("test"), "checkpoint_selected_on": CARVED_VAL}
+    if progress.epoch < epochs:
+        engine.fit(run, progress, head, loaders["train"], sampler, lambda: score(CARVED_VAL), lambda _: {})
+    head.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    return {"variant": "oracle", **score("test"), "checkpoint_selected_on": CARVED_VAL, "run": run_dir.name}
 
 
 def _stat(values: list[float]) -> dict[str, float]:
@@ -156,8 +161,10 @@ def _stat(values: list[float]) -> dict[str, float]:
             "values": [float(v) for v in array]}
 
 
-def summarise_seeds(per_seed: list[list[dict[str, Any]]], oracle: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sd over seeds of each variant's test top-1, shuffled-pose top-1 and attention statistics."""
+def summarise_seeds(per_seed: list[list[dict[str, Any]]], oracle: list[dict[str, Any]],
+                    probe: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Mean and sd over seeds of each variant's test top-1, shuffled-pose top-1 and attention statistics, then the
+    oracle's and the linear probe's test scores."""
     table: dict[str, Any] = {}
     for results in zip(*per_seed):
         variant = results[0]["variant"]
@@ -169,9 +176,10 @@ def summarise_seeds(per_seed: list[list[dict[str, Any]]], oracle: list[dict[str,
                 if key in results[0]["attention"]:
                     row[key] = _stat([r["attention"][key] for r in results])
         table[variant] = row
-    if oracle:
-        table["oracle"] = {"top1": _stat([r["top1"] for r in oracle]),
-                           "mean_class": _stat([r["mean_class"] for r in oracle])}
+    for name, results in (("oracle", oracle), ("probe", probe or [])):
+        if results:
+            table[name] = {"top1": _stat([r["top1"] for r in results]),
+                           "mean_class": _stat([r["mean_class"] for r in results])}
     return table
 
 
@@ -221,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--model", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
                         help="VPNConfig override for the pose variants (repeatable)")
+    parser.add_argument("--train", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
+                        help="TrainConfig override for every variant and the oracle, e.g. optimizer=adamw (repeatable)")
     parser.add_argument("--no-oracle", dest="oracle", action="store_false")
+    parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear-probe row")
     parser.add_argument("--prepare-only", action="store_true",
                         help="write the synthetic data and its manifest, then stop (make fidelity caches them next)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: <work>/fidelity.json)")
@@ -233,25 +244,29 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cache = resolve_cache(args.work / "cache", "ntu60")
         runs = args.work / "runs"
-        per_seed, oracle = [], []
+        per_seed, oracle, probe = [], [], []
+        trainer = dict(args.train)
         for seed in args.seeds:
             per_seed.append(run_variants(str(cache), str(runs), seed, args.epochs, tuple(args.variants),
-                                         dict(args.model), str(manifest), str(root)))
+                                         dict(args.model), str(manifest), str(root), train_overrides=trainer))
             if args.oracle:
                 oracle.append(train_oracle(str(cache), seed, args.epochs, str(manifest), str(root),
-                                           model=dict(args.model)))
-            print(f"seed {seed}: " + ", ".join(f"{r['variant']} {r['top1']:.3f}" for r in per_seed[-1] + oracle[-1:]),
-                  flush=True)
+                                           model=dict(args.model), train_overrides=trainer, runs_dir=str(runs)))
+            if args.probe:
+                probe.append(run_probe(cache, "ntu60", "cs", seed))
+            print(f"seed {seed}: " + ", ".join(f"{r['variant']} {r['top1']:.3f}"
+                                               for r in per_seed[-1] + oracle[-1:] + probe[-1:]), flush=True)
     except (CacheError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    table = summarise_seeds(per_seed, oracle)
+    table = summarise_seeds(per_seed, oracle, probe)
     out = args.out or args.work / "fidelity.json"
     record = {"n": args.n, "seeds": args.seeds, "epochs": args.epochs, "model": dict(args.model),
+              "train": dict(args.train),
               "checkpoint_selected_on": CARVED_VAL, "split": "test", "table": table}
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
-    text = (f"ntu60 cs test split, {len(args.seeds)} seed(s), best.pt chosen on {CARVED_VAL} (training subjects "
-            f"held out), mean ± sd:\n\n{format_table(table)}\n")
+    text = (f"ntu60 cs test split, {len(args.seeds)} seed(s), best.pt (and the probe's C) chosen on {CARVED_VAL} "
+            f"(training subjects held out), shuffled = test poses permuted across videos, mean ± sd:\n\n{format_table(table)}\n")
     atomic_write_text(out.with_suffix(".md"), text)
     print(text)
     return 0

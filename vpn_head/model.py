@@ -6,7 +6,7 @@ Read top to bottom::
     h* --PoseAttention--> z1 (N, 49), A_S (N, 7, 7), A_T (N, 8)                 [attention.py, eq. 2]
     f (N, C, 8, H, W), A_S, A_T --apply_attention--> f' (N, C, 8, H, W)         [attention.py, eq. 3]
     f, z1 --SpatialEmbedding--> f_e, P_e (N, embed_dim)                         [embedding.py, eq. 4]
-    f' --GAP over (T, H, W), dropout, linear--> logits (N, num_classes)         [classifier]
+    f' --GAP over (T, H, W), feature_norm, dropout, linear--> logits (N, K)    [classifier]
 
 Variants (paper Table 1): ``i3d`` (l1) is the classifier on f alone (no pose, poses may be None);
 ``attention`` (l2) adds the pose attention; ``vpn`` (l3) adds the spatial embedding. The losses live in
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.contracts import MAX_BODIES
 from vpn_head.attention import PoseAttention, apply_attention
 from vpn_head.config import VPNConfig
 from vpn_head.embedding import SpatialEmbedding
@@ -49,6 +50,31 @@ class VPNOutput:
     p_e: torch.Tensor | None
 
 
+class PooledNorm(nn.BatchNorm1d):
+    """BatchNorm without affine parameters over the pooled features (``VPNConfig.feature_norm="batch"``).
+
+    The running statistics start from the first training batch's, not from BatchNorm's (0, 1): pooled Mixed_5c
+    features share a large positive level, and an average that starts at 0 is still far from it after a few
+    dozen steps (0.9^20 of the level is left after 20), which would put every test clip off the training
+    distribution on a small dataset. A training batch of one clip (the last of an epoch) cannot be standardised
+    by its own statistics; it is normalised with the running ones instead of failing.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__(channels, affine=False)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (N, C)."""
+        if self.training and pooled.shape[0] < 2:
+            return nn.functional.batch_norm(pooled, self.running_mean, self.running_var, training=False,
+                                            eps=self.eps)
+        if self.training and int(self.num_batches_tracked) == 0:
+            with torch.no_grad():
+                self.running_mean.copy_(pooled.mean(dim=0))
+                self.running_var.copy_(pooled.var(dim=0))
+        return super().forward(pooled)
+
+
 class VPN(nn.Module):
     """The VPN head; its parts depend on ``config.variant`` (see the module doc)."""
 
@@ -58,12 +84,16 @@ class VPN(nn.Module):
         self.config = config
         uses_pose = config.variant != "i3d"
         self.pose_encoder = PoseEncoder(config) if uses_pose else None
+        anchors = MAX_BODIES * config.num_joints if config.spatial_attention == "joints" else 0
         self.attention = (PoseAttention(POSE_FEATURE_DIM, config.attention_hidden, config.feature_time,
-                                        config.feature_size, config.temporal_scale, config.attention_init == "zero")
+                                        config.feature_size, config.temporal_scale, config.attention_init == "zero",
+                                        anchors, config.joint_sigma)
                           if uses_pose else None)
+        pose_side = anchors if anchors and config.embedding_input == "z1" else config.feature_size ** 2
         self.embedding = (SpatialEmbedding(config.feature_channels, config.feature_size, config.embed_dim,
-                                           config.embedding_centre)
+                                           config.embedding_centre, pose_side)
                           if config.variant == "vpn" else None)
+        self.feature_norm = PooledNorm(config.feature_channels) if config.feature_norm == "batch" else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.feature_channels, config.num_classes)
 
@@ -78,11 +108,13 @@ class VPN(nn.Module):
             raise ValueError(f"features must be a floating-point tensor of shape {expected}; got {got}")
         if self.pose_encoder is None:
             return
-        expected = f"(N={features.shape[0]}, B>=1, 3, {cfg.num_joints}, {cfg.t_p})"
+        bodies = MAX_BODIES if cfg.spatial_attention == "joints" else "B>=1"
+        expected = f"(N={features.shape[0]}, {bodies}, {cfg.pose_channels}, {cfg.num_joints}, {cfg.t_p})"
         if poses is None:
             raise ValueError(f"variant {cfg.variant!r} needs poses of shape {expected}; got None")
         if (not poses.is_floating_point() or poses.dim() != 5 or poses.shape[0] != features.shape[0]
-                or poses.shape[1] < 1 or poses.shape[2:] != (3, cfg.num_joints, cfg.t_p)):
+                or poses.shape[1] < 1 or poses.shape[2:] != (cfg.pose_channels, cfg.num_joints, cfg.t_p)
+                or (cfg.spatial_attention == "joints" and poses.shape[1] != MAX_BODIES)):
             raise ValueError(f"poses must be a floating-point tensor of shape {expected}; got {tuple(poses.shape)}")
 
     def forward_features(self, features: torch.Tensor, poses: torch.Tensor | None
@@ -91,7 +123,8 @@ class VPN(nn.Module):
 
         Args:
             features: I3D Mixed_5c map f (N, C, T, H, W), float.
-            poses: (N, B, 3, J, t_p), absent bodies all zero; ignored (may be None) for variant ``i3d``.
+            poses: (N, B, 3, J, t_p), absent bodies all zero; with ``spatial_attention="joints"`` (N, 2, 5, J, t_p),
+                channels 3-4 the crop joints (``pipeline.crop_joints``); ignored (may be None) for variant ``i3d``.
 
         Returns:
             ``(f_prime, aux)``: the attended map (N, C, T, H, W) (f itself for ``i3d``) and a dict with keys
@@ -101,8 +134,9 @@ class VPN(nn.Module):
         aux: dict[str, torch.Tensor | None] = dict(attention_spatial=None, attention_temporal=None, f_e=None, p_e=None)
         if self.pose_encoder is None:
             return features, aux
-        h = self.pose_encoder(poses)  # (N, 128)
-        z1, a_s, a_t = self.attention(h)  # (N, 49), (N, 7, 7), (N, 8)
+        h = self.pose_encoder(poses[:, :, :3])  # (N, 128)
+        joints_xy = poses[:, :, 3:] if self.config.spatial_attention == "joints" else None  # (N, 2, 2, J, t_p)
+        z1, a_s, a_t = self.attention(h, joints_xy)  # (N, 49) or (N, 2 * J), (N, 7, 7), (N, 8)
         f_prime = apply_attention(features, a_s, a_t, self.config.coupler, self.config.attention_residual,
                                   self.config.attention_pooling == "normalised")  # (N, C, T, H, W)
         aux.update(attention_spatial=a_s, attention_temporal=a_t)
@@ -112,8 +146,9 @@ class VPN(nn.Module):
         return f_prime, aux
 
     def forward_head(self, f_prime: torch.Tensor) -> torch.Tensor:
-        """Global average pool over (T, H, W), dropout, linear: (N, C, T, H, W) -> logits (N, num_classes)."""
-        pooled = f_prime.mean(dim=(2, 3, 4))  # (N, C)
+        """Global average pool over (T, H, W), ``feature_norm``, dropout, linear: (N, C, T, H, W) -> logits
+        (N, num_classes)."""
+        pooled = self.feature_norm(f_prime.mean(dim=(2, 3, 4)))  # (N, C)
         return self.classifier(self.dropout(pooled))  # (N, num_classes)
 
     def forward(self, features: torch.Tensor, poses: torch.Tensor | None = None) -> VPNOutput:

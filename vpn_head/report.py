@@ -485,7 +485,8 @@ def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 
 
     notes = [f"Confusion matrix: [../eval_{split}/confusion.png](../eval_{split}/confusion.png)."]
     if variant in ATTENTION_VARIANTS:
-        clips = CachedClips(cache_path, protocol, split, dataset=dataset)
+        clips = CachedClips(cache_path, protocol, split, dataset=dataset,
+                            crop_joints=model.config.spatial_attention == "joints")
         manifest_path = Path(manifest) if manifest is not None else Path("manifests") / f"{dataset}.csv"
         figures += attention_figures(model, clips, cache_path, manifest_path,
                                      str(data_root) if data_root is not None else None, samples, out_dir)

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Sampler
 
 from pipeline.cache import CacheError
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 GRAD_GROUPS: tuple[str, ...] = ("pose_encoder", "attention", "embedding", "classifier")
 """Module groups whose relative gradient norm ||grad|| / ||weight|| is logged each epoch (mean over steps)."""
 LOG_COLUMNS: tuple[str, ...] = (*engine.TRAIN_COLUMNS, *(f"grad_{g}" for g in GRAD_GROUPS))
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class TrainConfig(TrainerConfig):
             paper uses one learning rate (1.0); on frozen features the pose branch's relative gradient is orders of
             magnitude below the classifier's (see ``grad_*`` in ``train_log.csv``), so it barely moves at 1.0.
         in_memory: load the splits into RAM first, when they fit.
+        optimizer: ``sgd`` (the paper: momentum ``momentum``, L2 ``weight_decay``) or ``adamw`` (Adam with
+            decoupled ``weight_decay``; ``momentum`` unused).
 
     ``run_name`` defaults to ``<dataset>_<protocol>_<variant>``; each DataLoader worker opens the HDF5 file itself.
     """
@@ -75,6 +79,7 @@ class TrainConfig(TrainerConfig):
     model: dict[str, Any] = field(default_factory=dict)
     pose_lr_scale: float = 1.0
     in_memory: bool = False
+    optimizer: str = "sgd"
 
     @property
     def run_dir(self) -> Path:
@@ -91,7 +96,8 @@ class TrainConfig(TrainerConfig):
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if "variant" in self.model:
             raise ValueError("give the variant as TrainConfig.variant, not in model overrides")
-        check_fields(self, {"pose_lr_scale": is_number(self.pose_lr_scale) and self.pose_lr_scale > 0})
+        check_fields(self, {"pose_lr_scale": is_number(self.pose_lr_scale) and self.pose_lr_scale > 0,
+                            "optimizer": self.optimizer in OPTIMIZERS})
         self.vpn_config()
 
     def identity(self) -> dict[str, Any]:
@@ -131,13 +137,14 @@ def _clips(config: TrainConfig, cache: Path, split: str, carve: bool = False) ->
     ``carve`` the training split leaves out the subjects of ``val_carved``."""
     fraction = config.val_fraction if (carve or split == CARVED_VAL) else 0.0
     return CachedClips(cache, config.protocol, split, config.in_memory, config.dataset, torch.float16,
-                       carve_fraction=fraction, carve_seed=config.seed)
+                       carve_fraction=fraction, carve_seed=config.seed,
+                       crop_joints=config.vpn_config().spatial_attention == "joints")
 
 
-def parameter_groups(model: VPN, lr: float, pose_lr_scale: float) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, lr: float, pose_lr_scale: float) -> list[dict[str, Any]]:
     """SGD parameter groups: everything at ``lr`` first, then the pose branch (pose backbone and attention
     network) at ``lr * pose_lr_scale`` (left out when the model has no pose branch)."""
-    pose = [p for name in ("pose_encoder", "attention") if getattr(model, name) is not None
+    pose = [p for name in ("pose_encoder", "attention") if getattr(model, name, None) is not None
             for p in getattr(model, name).parameters()]
     pose_ids = {id(p) for p in pose}
     groups = [{"params": [p for p in model.parameters() if id(p) not in pose_ids], "lr": lr}]
@@ -146,9 +153,17 @@ def parameter_groups(model: VPN, lr: float, pose_lr_scale: float) -> list[dict[s
     return groups
 
 
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``parameter_groups`` (the pose branch at ``lr * pose_lr_scale``)."""
+    groups = parameter_groups(model, config.lr, config.pose_lr_scale)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
 def _check_shapes(clips: CachedClips, vpn_config: VPNConfig) -> None:
     want_poses = (vpn_config.num_joints, vpn_config.t_p)
-    have_poses = clips.pose_shape[2:]
+    have_poses = (clips.pose_shape[3], clips.pose_shape[4]) if len(clips.pose_shape) == 5 else clips.pose_shape[2:]
     if want_poses != have_poses:
         raise CacheError(f"{clips.path}: poses have (J, t_p) = {have_poses}, the model expects {want_poses}")
     want_features = (vpn_config.feature_channels, vpn_config.feature_time)
@@ -204,8 +219,7 @@ def train(config: TrainConfig, force_new: bool = False) -> dict[str, Any]:
 
     seed_everything(config.seed, config.deterministic)
     model = VPN(vpn_config).to(device)
-    optimizer = torch.optim.SGD(parameter_groups(model, config.lr, config.pose_lr_scale), lr=config.lr,
-                                momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     run = engine.Run(HEAD, run_dir, config, vpn_config, model, optimizer, scheduler, loss_scaler(device, amp),
                      device, amp, train_set.spec.metric, eval_set.split, LOG_COLUMNS, grad_groups=GRAD_GROUPS)
@@ -237,6 +251,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose-lr-scale", type=float, default=defaults.pose_lr_scale,
                         help="learning-rate multiplier of the pose backbone and attention network")
     parser.add_argument("--in-memory", action="store_true", help="load the splits into RAM when they fit")
+    parser.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS,
+                        help="sgd (the paper) or adamw")
     parser.add_argument("--cache", default=defaults.cache, help="cache root, cache directory or cache.h5")
 
 
@@ -245,7 +261,7 @@ def config_from_args(args: argparse.Namespace, variant: str, model: dict[str, An
     return TrainConfig(
         dataset=args.dataset, protocol=args.protocol, variant=variant, model=model, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        pose_lr_scale=args.pose_lr_scale,
+        pose_lr_scale=args.pose_lr_scale, optimizer=args.optimizer,
         lr_step=args.lr_step, lr_gamma=args.lr_gamma, eval_split=args.eval_split, val_fraction=args.val_fraction,
         seed=args.seed,
         deterministic=args.deterministic, num_workers=args.num_workers, in_memory=args.in_memory, amp=args.amp,
