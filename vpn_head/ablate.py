@@ -102,16 +102,19 @@ def markdown_table(results: dict[str, dict[str, Any]], tables: tuple[str, ...], 
     """The ablation tables as markdown, accuracies in percent; ``headline`` names the metric to bold."""
     lines = [f"# {title}", "", note, ""]
     for table in tables:
-        lines += [f"## {TABLE_TITLES[table]}", "", "| Model | run | top-1 (%) | mean per-class (%) |",
-                  "|---|---|---:|---:|"]
+        lines += [f"## {TABLE_TITLES[table]}", "",
+                  "| Model | run | top-1 (%) | mean per-class (%) | top-1 with shuffled poses (%) |",
+                  "|---|---|---:|---:|---:|"]
         for ablation in ABLATIONS:
             if ablation.table != table:
                 continue
             metrics = results[ablation.run]
             cells = {name: f"{100 * metrics[name]:.1f}" for name in ("top1", "mean_class")}
             cells[headline] = f"**{cells[headline]}**"
+            shuffled = metrics.get("pose_shuffle")
+            cells["shuffled"] = f"{100 * shuffled['top1']:.1f}" if isinstance(shuffled, dict) else "-"
             row = ablation.row.replace("|", "\\|")
-            lines.append(f"| {row} | {ablation.run} | {cells['top1']} | {cells['mean_class']} |")
+            lines.append(f"| {row} | {ablation.run} | {cells['top1']} | {cells['mean_class']} | {cells['shuffled']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -139,7 +142,8 @@ def ablate(base: TrainConfig, tables: tuple[str, ...] = ("1", "2", "3"), test_sp
     spec = get_dataset(base.dataset)
     note = (f"Accuracies on the {test_split} split, per video (max-pool of clip scores), of each run's best "
             f"checkpoint by {selected_on} {spec.metric}. Epochs: {base.epochs}, batch {base.batch_size}, "
-            f"lr {base.lr}, seed {base.seed}. The headline metric ({spec.metric}) is in bold.")
+            f"lr {base.lr}, seed {base.seed}. The headline metric ({spec.metric}) is in bold. \"Shuffled poses\": the "
+            f"same checkpoint with every test video's poses taken from another video (- for the pose-free I3D row).")
     text = markdown_table(results, tables, f"VPN ablations: {base.dataset} {base.protocol}", note, spec.metric)
     out = Path(base.runs_dir) / "ablation.md"
     atomic_write_text(out, text)

@@ -4,8 +4,11 @@
 
 ``make demo`` runs it after generating the synthetic dataset, its manifest and its cache. It prints the columns of
 ``make fidelity`` (``vpn_head.fidelity``) for one seed: test top-1 of ``best.pt`` chosen on the validation set
-carved from the training subjects, top-1 with the test poses shuffled across videos, the attention statistics,
-and the oracle head. Runs resume like any ``make train-head`` run, so a second ``make demo`` only re-prints it.
+carved from the training subjects, top-1 with the test poses shuffled across videos, the attention statistics;
+the pose variants twice, with the paper's free 7 x 7 A_S and with the joint-anchored one (``fidelity.JOINT_ANCHORED``,
+rows ``(joints)``; ``make demo`` writes the crop joints after the cache); the oracle head; and the linear probe on the
+same features (``vpn_head.probe``, its C chosen on the same validation set). Runs resume like any ``make train-head``
+run, so a second ``make demo`` only re-prints it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import sys
 
 from pipeline.cache import CacheError
-from vpn_head.fidelity import VARIANTS, format_table, run_variants, summarise_seeds, train_oracle
+from vpn_head.fidelity import JOINT_ANCHORED, VARIANTS, format_table, run_variants, summarise_seeds, train_oracle
 from vpn_head.probe import run_probe
 from vpn_head.splits import CARVED_VAL
 
@@ -35,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_variants(args.cache_dir, args.runs_dir, args.seed, args.epochs, tuple(args.variants),
                                manifest=args.manifest, dataset=args.dataset, protocol=args.protocol)
+        pose_variants = tuple(v for v in args.variants if v != "i3d")
+        results += run_variants(args.cache_dir, args.runs_dir, args.seed, args.epochs, pose_variants, JOINT_ANCHORED,
+                                args.manifest, dataset=args.dataset, protocol=args.protocol, label=" (joints)")
         oracle = [train_oracle(args.cache_dir, args.seed, args.epochs, args.manifest, None, args.dataset,
                                args.protocol, runs_dir=args.runs_dir)]
         probe = [run_probe(args.cache_dir, args.dataset, args.protocol, args.seed)]

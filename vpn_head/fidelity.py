@@ -58,19 +58,25 @@ FIDELITY_DATA = dict(cameras_per_take=1, hand_amplitude_m=0.2, active_hand="rand
 """``SyntheticConfig`` fields of the fidelity dataset (besides ``n`` and ``seed``)."""
 
 
+JOINT_ANCHORED: dict[str, Any] = {"spatial_attention": "joints", "attention_pooling": "normalised",
+                                  "attention_residual": False}
+"""The joint-anchored option (issue 18): A_S from per-joint weights at the joints' crop positions, and the head's pool
+the attention-weighted average of f (the oracle shows the paper's ``A_ST f + f`` with a global average cannot use a
+perfect map). ``make demo`` prints its rows beside the defaults'; ``make fidelity FID_ARGS="--model …"`` takes it."""
 HEAD_FIELDS: tuple[str, ...] = ("feature_norm", "dropout")
 """``VPNConfig`` fields the ``i3d`` head has too (the classifier's); the other overrides concern the pose branch."""
 
 
 def run_variants(cache: str, runs_dir: str, seed: int, epochs: int, variants: tuple[str, ...] = VARIANTS,
                  model: dict[str, Any] | None = None, manifest: str | None = None, data_root: str | None = None,
-                 dataset: str = "ntu60", protocol: str = "cs", train_overrides: dict[str, Any] | None = None
-                 ) -> list[dict[str, Any]]:
+                 dataset: str = "ntu60", protocol: str = "cs", train_overrides: dict[str, Any] | None = None,
+                 label: str = "") -> list[dict[str, Any]]:
     """Train (or resume) and evaluate each variant with one seed.
 
     Args:
         model: ``VPNConfig`` overrides; the ``i3d`` head takes only its ``HEAD_FIELDS``.
         train_overrides: ``TrainConfig`` fields for every variant (``optimizer``, ``lr``, ``weight_decay``, ...).
+        label: appended to each variant's row name in ``summarise_seeds`` (``" (joints)"``).
 
     Returns:
         One test ``metrics.json`` dict per variant (``best.pt``, chosen on the validation split).
@@ -83,8 +89,9 @@ def run_variants(cache: str, runs_dir: str, seed: int, epochs: int, variants: tu
                              runs_dir=runs_dir, run_name=run_name(dataset, protocol, variant, overrides, seed, trainer),
                              seed=seed, num_workers=0, in_memory=True, model=overrides, **trainer)
         train(config)
-        results.append(evaluate_run(config.run_dir, split="test", checkpoint="best", cache=cache,
-                                    manifest=manifest, data_root=data_root, device="cpu"))
+        metrics = evaluate_run(config.run_dir, split="test", checkpoint="best", cache=cache, manifest=manifest,
+                               data_root=data_root, device="cpu")
+        results.append({**metrics, "label": variant + label})
     return results
 
 
@@ -167,7 +174,7 @@ def summarise_seeds(per_seed: list[list[dict[str, Any]]], oracle: list[dict[str,
     oracle's and the linear probe's test scores."""
     table: dict[str, Any] = {}
     for results in zip(*per_seed):
-        variant = results[0]["variant"]
+        variant = results[0].get("label", results[0]["variant"])
         row = {"top1": _stat([r["top1"] for r in results]), "mean_class": _stat([r["mean_class"] for r in results])}
         if isinstance(results[0].get("pose_shuffle"), dict):
             row["shuffled_top1"] = _stat([r["pose_shuffle"]["top1"] for r in results])
