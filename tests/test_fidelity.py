@@ -367,7 +367,7 @@ def test_make_fidelity_prepares_caches_then_trains_and_vpn_head_never_runs_tasks
 
     dry = subprocess.run(["make", "-n", "fidelity", f"FID_DIR={tmp_path}", "FID_N=4", "SEEDS=0"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
-    steps = [shlex.split(line) for line in dry.splitlines() if " -m " in line and "-m pip" not in line]
+    steps = [shlex.split(line) for line in dry.splitlines() if " -m " in line and " -m pip " not in line]
     assert [s[2] for s in steps] == ["vpn_head.fidelity", "tasks.cache", "pipeline.crop_joints", "vpn_head.fidelity"]
     assert "--prepare-only" in steps[0] and "--prepare-only" not in steps[3]
     assert steps[2][steps[2].index("--cache") + 1] == f"{tmp_path}/cache"
