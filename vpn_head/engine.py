@@ -32,9 +32,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import parametrize
-from tqdm import tqdm
 
 from pipeline.fileio import atomic_write_csv, atomic_write_json
+from pipeline.progress import show_progress
 from vpn_head.checkpoints import (
     FINETUNE, HEAD, CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint,
 )
@@ -271,7 +271,7 @@ def train_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     steps = 0
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    bar = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=not ctx.is_main)
+    bar = show_progress(loader, description, unit="batch", disable=not ctx.is_main)
     for step, (inputs, poses, labels, rows) in enumerate(bar):
         micro = step % accum
         inputs = inputs.to(device, non_blocking=True).float()  # (B, C, T, H, W) features or (B, 3, T, S, S) clips
