@@ -173,6 +173,13 @@ VARS_export-pyskl := MANIFEST DATASET OUT CACHE DATA_ROOT WORKERS
 VARS_clean-demo := DEMO_ROOT DEMO_DIR
 
 
+# --- comparing runs (issue 20)
+.PHONY: runs
+VARS_runs := RUNS_DIR RUNS_FORMAT
+runs: setup  ## compare the runs under RUNS_DIR: kind, variant, epochs, best val, test, pose-shuffle drop, config [RUNS_FORMAT=markdown]
+	$(PY) -m vpn_head.runs_table --runs-dir $(RUNS_DIR) $(call opt,RUNS_FORMAT,--format)
+
+
 VARS_TARGETS := $(patsubst VARS_%,%,$(filter VARS_%,$(.VARIABLES)))
 CMDLINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command,$(firstword $(origin $(v)))),$(v)))
 ifeq ($(filter-out $(VARS_TARGETS),$(MAKECMDGOALS)),)
