@@ -77,8 +77,9 @@ def test_resume_appends_without_repeating_an_epoch(tiny_cache, tmp_path):
 
 
 def test_a_log_ahead_of_its_checkpoint_is_reconciled(tiny_cache, tmp_path):
-    """Killed after logging epoch 2 but before its checkpoint, with a torn line: the resumed run logs epoch 2 once,
-    from the epoch that really ran; an epoch the checkpoint holds but the log lost comes back from the history."""
+    """A log that holds an epoch 2 its checkpoint does not (an older last.pt restored) and a torn line, and lost
+    epoch 1: the resumed run logs epoch 2 once, from the epoch that really ran, and epoch 1 comes back from the
+    checkpoint's history."""
     train(tiny_config(tiny_cache, tmp_path, epochs=1))
     run = tmp_path / "tiny"
     events = _events(run)

@@ -14,7 +14,7 @@ from vpn_head.checkpoints import load_checkpoint, model_from_checkpoint
 from vpn_head.config import VPNConfig
 from vpn_head.data import CachedClips
 from vpn_head.model import VPN
-from vpn_head.report import main
+from vpn_head.report import main, make_report
 from vpn_head.report_tsne import NoEmbeddingError, class_colours, clip_embeddings, draw_tsne, embed_tsne
 from vpn_head.train import train
 
@@ -90,6 +90,9 @@ def test_embeddings_of_a_trained_vpn_and_the_cli_refusal_for_i3d(tmp_path, capsy
     index = (tmp_path / "runs" / "i3d" / "report" / "index.md").read_text()
     assert "no spatial embedding (f_e, P_e): no t-SNE figure" in index
     assert not (tmp_path / "runs" / "i3d" / "report" / "tsne_embedding.png").exists()
+    make_report(tmp_path / "runs" / "vpn", samples=0, tsne_clips=2)
+    index = (tmp_path / "runs" / "vpn" / "report" / "index.md").read_text()
+    assert "The test split has 2 clip(s): too few for the t-SNE figure (at least 3)." in index
     with pytest.raises(SystemExit) as exit_info:
         main(["--runs-dir", str(tmp_path / "runs"), "--run", "vpn", "--tsne-clips", "-1"])
     assert exit_info.value.code == 2 and "--tsne-clips must be >= 0" in capsys.readouterr().err

@@ -10,9 +10,10 @@ The training engine writes it for both trainers (rank 0 only):
   returns (``status`` ``complete`` or ``stopped`` short of the asked epochs) or raises (``failed``,
   ``interrupted``; ``error`` names the exception).
 
-Opening the log reconciles it with the checkpoint it resumes from: epoch records past the checkpoint's epoch (a
-run killed after logging, before its checkpoint) and repeated epochs are dropped, epochs the checkpoint holds but
-the log lacks are added from its history, and a torn last line is dropped. So each epoch appears exactly once.
+Opening the log reconciles it with the checkpoint it resumes from, so each epoch appears exactly once: epoch
+records the checkpoint does not hold (``last.pt`` replaced by an older copy) and repeated epochs are dropped,
+epochs the checkpoint holds but the log lacks (a process killed between writing ``last.pt`` and the log line)
+are added from its history, marked ``recovered_from_checkpoint``, and a torn line is dropped.
 """
 
 from __future__ import annotations

@@ -505,8 +505,10 @@ def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 
         log.info("%s: variant %s has no spatial embedding: no t-SNE figure", run_dir.name, variant)
     elif tsne_clips:
         figure = _tsne_figure(model, clips, tsne_clips, out_dir / TSNE_NAME, heading, split)
-        figures += [figure] if isinstance(figure, ReportFigure) else []
-        notes += [figure] if isinstance(figure, str) else []
+        if isinstance(figure, ReportFigure):
+            figures.append(figure)
+        else:
+            notes.append(figure)
     _write_index(out_dir / INDEX_NAME, f"Report: {heading}", summary, figures, notes)
     log.info("wrote %d figures to %s", len(figures), out_dir)
     return figures
