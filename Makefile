@@ -97,7 +97,7 @@ bench: setup  ## benchmarks (JSON under bench/results/)
 
 report: setup  ## figures for a run: RUN=name
 	$(call need,RUN,the run to draw)
-	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint) $(call given_opt,MANIFEST,--manifest)
+	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint) $(call given_opt,MANIFEST,--manifest) $(call opt,TSNE_CLIPS,--tsne-clips)
 
 demo: setup  ## synthetic data -> manifest -> cache -> i3d, attention, vpn heads + oracle -> the fidelity columns, minutes on CPU
 	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --cameras-per-take 1 --hand-amplitude 0.2 --active-hand random --passive-hand-amplitude 0.2 --overwrite
@@ -165,7 +165,7 @@ VARS_eval := RUN RUN_DIR DATASET PROTOCOL VARIANT SPLIT CACHE RUNS_DIR CHECKPOIN
 VARS_ablate := DATASET PROTOCOL EPOCHS CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN_MEMORY POSE_LR_SCALE TABLES PREFIX TEST_SPLIT
 VARS_finetune := CONFIG DATASET PROTOCOL EPOCHS MANIFEST DATA_ROOT CACHE CACHE_DIR RUNS_DIR RUN INIT I3D_WEIGHTS GPUS NNODES RDZV RDZV_ID $(TRAIN_VARS) PER_GPU_BATCH FREEZE_UNTIL FROZEN_BN CLIP_LEN CROP_SIZE FLIP_PROB TEMPORAL_JITTER BOX_SCALE BOX_SHIFT VARIANT EVAL_CLIPS EVAL_CROP_SIZE FORCE_NEW EVAL_ONLY SPLIT CHECKPOINT
 VARS_bench := I3D_WEIGHTS ONLY
-VARS_report := RUN RUNS_DIR CACHE MANIFEST DATA_ROOT SAMPLES SPLIT CHECKPOINT
+VARS_report := RUN RUNS_DIR CACHE MANIFEST DATA_ROOT SAMPLES SPLIT CHECKPOINT TSNE_CLIPS
 VARS_demo := DEMO_N DEMO_ROOT DEMO_DIR DEMO_EPOCHS SEED I3D_WEIGHTS
 VARS_fidelity := FID_DIR FID_N SEEDS EPOCHS I3D_WEIGHTS FID_ARGS
 VARS_inspect := CACHE CACHE_DIR DATASET
@@ -173,6 +173,13 @@ VARS_verify := CACHE CACHE_DIR
 VARS_fuzz := N
 VARS_export-pyskl := MANIFEST DATASET OUT CACHE DATA_ROOT WORKERS
 VARS_clean-demo := DEMO_ROOT DEMO_DIR
+
+
+# --- comparing runs (issue 20)
+.PHONY: runs
+VARS_runs := RUNS_DIR RUNS_FORMAT
+runs: setup  ## compare the runs under RUNS_DIR: kind, variant, epochs, best val, test, pose-shuffle drop, config [RUNS_FORMAT=markdown]
+	$(PY) -m vpn_head.runs_table --runs-dir $(RUNS_DIR) $(call opt,RUNS_FORMAT,--format)
 
 
 VARS_TARGETS := $(patsubst VARS_%,%,$(filter VARS_%,$(.VARIABLES)))

@@ -10,7 +10,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from pipeline.cache import CacheReader
 from pipeline.cache_format import (
@@ -21,6 +20,7 @@ from pipeline.failures import write_failures
 from pipeline.fileio import atomic_path
 from pipeline.integrity import record_integrity
 from pipeline.layout import FAILURES_NAME, CacheError
+from pipeline.progress import show_progress
 from pipeline.provenance import utc_now
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def merge_shards(shard_paths: Sequence[str | Path], out_path: str | Path) -> Non
     out_path = Path(out_path)
     if not shard_paths:
         raise CacheError(f"{out_path}: no shards to merge")
-    readers = [CacheReader(p) for p in tqdm(shard_paths, desc="merge", unit="shard", leave=False)]
+    readers = [CacheReader(p) for p in show_progress(shard_paths, "merge", unit="shard")]
     try:
         for reader in readers:
             if reader.is_merged or reader.path.resolve() == out_path.resolve():

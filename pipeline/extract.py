@@ -46,6 +46,7 @@ from pipeline.i3d_spec import FEATURE_CHANNELS, SPATIAL_STRIDE, TEMPORAL_STRIDE
 from pipeline.integrity import check_integrity
 from pipeline.layout import CacheError
 from pipeline.ntu import SkeletonFormatError
+from pipeline.progress import show_progress
 
 log = logging.getLogger(__name__)
 
@@ -326,11 +327,9 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
         workers: DataLoader worker processes decoding and cropping (0 = in the main process).
         batch_size: clips per I3D forward pass.
         device: where I3D runs.
-        progress: show a tqdm bar.
+        progress: report progress (``pipeline.progress``: a bar on a terminal, else log lines).
         record_as: the shard's final path, for its integrity record (default ``out_path``).
     """
-    from tqdm import tqdm
-
     spec = get_dataset(config.dataset)
     loader = DataLoader(PreparedSamples(rows, Path(data_root), config), batch_size=None, shuffle=False,
                         num_workers=workers, collate_fn=_keep, prefetch_factor=2 if workers else None,
@@ -368,8 +367,8 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
     with ShardWriter(out_path, n_rows_max=n_rows_max, num_joints=spec.num_joints, t_p=config.t_p, attrs=attrs,
                      protocols=tuple(spec.protocols), compression=config.compression, record_as=record_as,
                      clip_len=config.clip_len, crop_size=config.crop_size) as writer:
-        bar = tqdm(loader, total=len(rows), desc=Path(out_path).name.split("-luigi")[0], unit="video",
-                   disable=not progress, leave=False)
+        bar = show_progress(loader, Path(out_path).name.split("-luigi")[0], total=len(rows), unit="video",
+                            disable=not progress)
         for item in bar:
             stats.samples += 1
             if isinstance(item, SampleFailure):

@@ -24,12 +24,12 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from pipeline import pose_pickle
 from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
 from pipeline.datasets import DATASETS, DatasetSpec, get_dataset
 from pipeline.fileio import atomic_path, atomic_write_json
+from pipeline.progress import show_progress
 from pipeline.sample_files import SampleFiles, ScanReport, printable, relative
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ def _validate(df: pd.DataFrame, root: Path, workers: int) -> None:
     paths = [root / p for p in df.loc[todo, "skeleton_path"]]
     dataset = df["dataset"].iloc[0]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        problems = list(tqdm(pool.map(validate_skeleton, [dataset] * len(paths), paths, chunksize=32),
-                             total=len(paths), desc="validate", unit="skeleton", dynamic_ncols=True))
+        results = pool.map(validate_skeleton, [dataset] * len(paths), paths, chunksize=32)
+        problems = list(show_progress(results, "validate", total=len(paths), unit="skeleton"))
     df.loc[todo, PROBLEM_COLUMN] = problems
 
 

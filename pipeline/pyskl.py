@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from pipeline import poses
 from pipeline.cache import CacheError, open_cache
@@ -37,6 +36,7 @@ from pipeline.cli import run_cli
 from pipeline.datasets import get_dataset
 from pipeline.fileio import atomic_path
 from pipeline.manifest import read_manifest, resolve_data_root
+from pipeline.progress import show_progress
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _from_skeletons(df: pd.DataFrame, data_root: Path, workers: int) -> Iterable
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
         results = (pool.map(_skeleton_annotation, rows, [data_root] * len(rows), chunksize=32) if pool
                    else (_skeleton_annotation(row, data_root) for row in rows))
-        for row, result in zip(rows, tqdm(results, total=len(rows), desc="export", unit="sample")):
+        for row, result in zip(rows, show_progress(results, "export", total=len(rows), unit="sample")):
             if isinstance(result, str):
                 log.warning("skipped %s: %s", row["sample_id"], result)
             else:
@@ -102,7 +102,7 @@ def _from_cache(df: pd.DataFrame, cache_path: str | Path) -> Iterable[dict[str, 
         rows_of: dict[str, list[int]] = {}
         for i, sample_id in enumerate(reader.sample_ids):
             rows_of.setdefault(str(sample_id), []).append(i)
-        for row in tqdm(df.to_dict("records"), desc="export", unit="sample"):
+        for row in show_progress(df.to_dict("records"), "export", unit="sample"):
             rows = sorted(rows_of.get(row["sample_id"], []), key=lambda i: reader.clip_index[i])
             if not rows:
                 continue

@@ -348,6 +348,10 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(data, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert _log_rows(tmp_path / "straight") == _log_rows(tmp_path / "staged")
+    events = [json.loads(line) for line in (tmp_path / "staged" / "events.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]  # the engine's log, resumed once
+    assert [(e["kind"], e["start_epoch"]) for e in events if e["event"] == "run_start"] == [("finetune", 0),
+                                                                                             ("finetune", 1)]
     run = tmp_path / "straight"
     assert {p.name for p in (run / "eval_test").iterdir()} == {"confusion.csv", "confusion.png", "predictions.csv",
                                                                "metrics.json"}

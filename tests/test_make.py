@@ -4,6 +4,8 @@ multi-node torchrun, ``make help`` lists variables, ``make inspect`` and a cache
 from __future__ import annotations
 
 import argparse
+import io
+import logging
 import os
 import re
 import shlex
@@ -14,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import inspect_cache, manifest as manifest_cli, pyskl
+from pipeline import inspect_cache, manifest as manifest_cli, progress, pyskl
 from pipeline.provenance import make_attrs
 from tasks import cache as cache_cli
 from tests.conftest import REPO, shared_path
@@ -212,11 +214,26 @@ def test_a_gzip_cache_opens_with_plain_h5py_and_a_zstd_one_needs_the_plugin(tmp_
 # progress where a user waits
 
 
-def test_validate_and_merge_show_progress(tmp_path, capsys):
-    manifest_cli.scan("ntu60", shared_path("samples", "ntu"), validate=True, workers=1)
-    assert "validate: 100%" in capsys.readouterr().err
-    build_cache(tmp_path, make_attrs({"dataset": "ntu60"}, ""), sizes=(1, 1))
-    assert "merge:   0%|          | 0/2" in capsys.readouterr().err
+def test_validate_and_merge_show_progress(tmp_path, capsys, caplog, monkeypatch):
+    """A bar on a terminal; in a log file (pytest's captured stderr is none) plain lines, here one per item."""
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    samples = shared_path("samples", "ntu")
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stderr", terminal := Terminal())
+        manifest_cli.scan("ntu60", samples, validate=True, workers=1)
+        build_cache(tmp_path / "a", make_attrs({"dataset": "ntu60"}, ""), sizes=(1, 1))
+    shown = terminal.getvalue()
+    assert "validate:   0%|          | 0/1" in shown and "merge:   0%|          | 0/2" in shown
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="pipeline.progress"):
+        manifest_cli.scan("ntu60", samples, validate=True, workers=1)
+        build_cache(tmp_path / "b", make_attrs({"dataset": "ntu60"}, ""), sizes=(1, 1))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(re.match(r"validate: (\d+)/\1 skeleton \(100%\)", line) for line in lines), lines
+    assert "merge: 2/2 shard (100%)" in " ".join(lines) and "\r" not in capsys.readouterr().err
 
 
 def test_help_shows_the_head_model_defaults_of_vpn_config():

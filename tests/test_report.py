@@ -65,8 +65,8 @@ def test_vpn_report_overlays_attention_on_video_frames_and_is_deterministic(runs
     figures = make_report(run, samples=3, manifest=runs["manifest"])
     report = run / "report"
     pngs = sorted(p.name for p in report.glob("*.png"))
-    assert len(pngs) == 2 + 3 and sorted(f.file for f in figures) == pngs
-    assert "training_curves.png" in pngs and "per_class_accuracy.png" in pngs
+    assert len(pngs) == 3 + 3 and sorted(f.file for f in figures) == pngs
+    assert {"training_curves.png", "per_class_accuracy.png", "tsne_embedding.png"} <= set(pngs)
     for name in pngs:
         _check_png(report / name)
     index = _index(report)
@@ -74,6 +74,8 @@ def test_vpn_report_overlays_attention_on_video_frames_and_is_deterministic(runs
     attention = [name for name in pngs if name.startswith("attention_")]
     assert all("middle frame's person crop" in index[name] for name in attention)
     assert "embedding" in index["training_curves.png"]  # a vpn run logs every loss term
+    # the paper's t-SNE figure: the 4 test clips' f_e and P_e, one map
+    assert index["tsne_embedding.png"].startswith("t-SNE of the spatial embeddings of 4 test clips (4 classes)")
     # the 4 cv test videos are one per class: the first three classes in class order come first
     test_ids = [name.split("_", 2)[2][:-4] for name in attention]
     assert [int(sid[-3:]) for sid in test_ids] == [1, 2, 3]
@@ -90,13 +92,14 @@ def test_missing_video_or_manifest_draws_the_heatmap_alone_and_says_so(runs, tmp
     make_report(run, samples=2, manifest=runs["manifest"], data_root=tmp_path / "elsewhere")
     index = _index(run / "report")
     attention = sorted(name for name in index if name.startswith("attention_"))
-    assert len(attention) == 2 and len(list((run / "report").glob("*.png"))) == 4  # old figures removed
+    assert len(attention) == 2 and len(list((run / "report").glob("*.png"))) == 5  # old figures removed
     for name in attention:
         assert "heatmap alone" in index[name] and "video not found" in index[name]
         _check_png(run / "report" / name)
-    make_report(run, samples=1, manifest=tmp_path / "none.csv")
+    make_report(run, samples=1, manifest=tmp_path / "none.csv", tsne_clips=0)
     (caption,) = [c for name, c in _index(run / "report").items() if name.startswith("attention_")]
     assert "heatmap alone" in caption and "none" in caption
+    assert not (run / "report" / "tsne_embedding.png").exists()  # tsne_clips=0: no t-SNE figure
 
 
 def test_i3d_report_skips_attention_with_a_note(runs):
@@ -106,6 +109,7 @@ def test_i3d_report_skips_attention_with_a_note(runs):
     assert sorted(p.name for p in report.glob("*.png")) == ["per_class_accuracy.png", "training_curves.png"]
     assert sorted(_index(report)) == ["per_class_accuracy.png", "training_curves.png"]
     assert "no pose attention" in (report / "index.md").read_text()
+    assert "'i3d' has no spatial embedding (f_e, P_e): no t-SNE figure" in (report / "index.md").read_text()
     assert "zero throughout" in _index(report)["training_curves.png"]
 
 

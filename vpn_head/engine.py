@@ -10,8 +10,9 @@ its data, model and optimizer, describes them in a ``Run`` and calls ``prepare_r
   trainer's sampler depends only on ``(seed, epoch)``.
 - ``fit``: per epoch ``train_epoch`` (``accum`` micro-batches per optimizer step, autocast, DDP without gradient
   sync between micro-batches), the scheduler step, the trainer's score on its eval split, ``best.pt`` when the
-  headline metric improves, ``last.pt``, and rewritten ``train_log.csv`` and ``metrics.json``. Under torchrun
-  rank 0 writes; every rank's RNG state goes into ``last.pt``.
+  headline metric improves, ``last.pt``, rewritten ``train_log.csv`` and ``metrics.json``, and one line of
+  ``events.jsonl`` (``vpn_head.events``: run start, every epoch, run end). Under torchrun rank 0 writes; every
+  rank's RNG state goes into ``last.pt``.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import parametrize
-from tqdm import tqdm
 
 from pipeline.fileio import atomic_write_csv, atomic_write_json
+from pipeline.progress import show_progress
 from vpn_head.checkpoints import (
     FINETUNE, HEAD, CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint,
 )
 from vpn_head.config import VPNConfig
+from vpn_head.events import EventLog
 from vpn_head.losses import vpn_loss
 from vpn_head.runtime import DistContext, autocast, barrier, gather, rng_state, set_rng_state
 from vpn_head.trainer_config import TrainerConfig
@@ -271,7 +273,7 @@ def train_epoch(model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer,
     steps = 0
     optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    bar = tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True, disable=not ctx.is_main)
+    bar = show_progress(loader, description, unit="batch", disable=not ctx.is_main)
     for step, (inputs, poses, labels, rows) in enumerate(bar):
         micro = step % accum
         inputs = inputs.to(device, non_blocking=True).float()  # (B, C, T, H, W) features or (B, 3, T, S, S) clips
@@ -337,6 +339,27 @@ def fit(run: Run, progress: Progress, model: nn.Module, loader: Any, sampler: An
     Returns:
         The run's ``metrics.json`` content (empty on ranks other than 0).
     """
+    events = EventLog(run.run_dir, run.log_columns, progress.history) if run.ctx.is_main else None
+    if events is not None:
+        events.run_start(run.kind, run.run_dir.name, progress.epoch, run.config.epochs,
+                         {CONFIG_SECTIONS[run.kind]: run.config.to_dict(), "model": run.vpn_config.to_dict()})
+    try:
+        summary = _epochs(run, progress, model, loader, sampler, score, summary_fields, events)
+    except BaseException as error:
+        if events is not None:
+            events.run_end("interrupted" if isinstance(error, KeyboardInterrupt) else "failed", progress.epoch,
+                           progress.best_epoch, progress.best_value, f"{type(error).__name__}: {error}")
+        raise
+    if events is not None:
+        events.run_end("complete" if progress.epoch >= run.config.epochs else "stopped", progress.epoch,
+                       progress.best_epoch, progress.best_value)
+    return summary
+
+
+def _epochs(run: Run, progress: Progress, model: nn.Module, loader: Any, sampler: Any,
+            score: Callable[[], dict[str, float] | None], summary_fields: Callable[[Progress], dict[str, Any]],
+            events: EventLog | None) -> dict[str, Any]:
+    """``fit``'s epoch loop; ``events`` (rank 0) gets each finished epoch's row."""
     config, ctx = run.config, run.ctx
     summary: dict[str, Any] = {}
     for epoch in range(progress.epoch, config.epochs):
@@ -363,6 +386,7 @@ def fit(run: Run, progress: Progress, model: nn.Module, loader: Any, sampler: An
                             scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(),
                             rng=rng if run.kind == FINETUNE else rng[0], progress=asdict(progress))
             summary = write_logs(run, progress, summary_fields(progress))
+            events.epoch(row)
             log.info("epoch %d/%d: loss %.4f, train acc %.3f, %s top-1 %.4f, mean-class %.4f, %.1f clips/s",
                      epoch + 1, config.epochs, row["train_loss"], row["train_acc"], run.eval_split, scores["top1"],
                      scores["mean_class"], row["train_samples_per_s"])

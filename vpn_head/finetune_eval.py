@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
-from tqdm import tqdm
 
+from pipeline.progress import show_progress
 from vpn_head.checkpoints import FINETUNE, checkpoint_path, load_checkpoint, model_from_checkpoint
 from vpn_head.data import resolve_cache
 from vpn_head.finetune_config import FinetuneConfig
@@ -75,7 +75,7 @@ def score_videos(model: FinetuneVPN, videos: PixelVideos, config: FinetuneConfig
     share, positions = _rank_share(videos, ctx)
     loader = make_loader(share, None, config.num_workers, device, seed=config.seed, prefetch_factor=PREFETCH)
     scores = []
-    for clips, poses, _, _ in tqdm(loader, desc="evaluate", unit="video", leave=False, disable=not ctx.is_main):
+    for clips, poses, _, _ in show_progress(loader, "evaluate", unit="video", disable=not ctx.is_main):
         clips = clips.to(device, non_blocking=True)  # (K, 3, T, h, w)
         poses = poses.to(device, non_blocking=True) if uses_pose else None  # (K, 2, 3, J, t_p)
         with autocast(device, amp):

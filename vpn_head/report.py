@@ -1,7 +1,7 @@
 """Figures for a trained head run (``make report RUN=name``); fine-tune runs are refused (exit code 2).
 
 ``python -m vpn_head.report --runs-dir runs --run NAME [--cache C] [--manifest M] [--data-root D] [--samples 8]
-[--split test] [--checkpoint best]`` writes to ``runs/NAME/report/``:
+[--split test] [--checkpoint best] [--tsne-clips 500]`` writes to ``runs/NAME/report/``:
 
 * ``training_curves.png``: the train loss terms per epoch (one panel per term that is not identically zero),
   train clip accuracy and the per-epoch evaluation scores, with the learning rate on a secondary axis;
@@ -11,6 +11,9 @@
   the spatial attention A_S (7 x 7) upsampled over the middle frame of the clip's person crop (re-decoded from
   the video with the cache's frame indices and box), and the temporal attention A_T as bars under it. When the
   video cannot be read the 7 x 7 map is drawn alone and the caption says why;
+* ``tsne_embedding.png`` (variant ``vpn``): t-SNE of the split's f_e and P_e, coloured by class, circles for
+  video and triangles for pose (``vpn_head.report_tsne``; up to ``--tsne-clips`` clips, chosen as the attention
+  clips are). Variants without the spatial embedding get a note in ``index.md`` instead;
 * ``index.md``: every figure with a one-line caption.
 
 Clips are chosen deterministically (one per class in class order, then a second per class, ...), the model runs
@@ -48,6 +51,7 @@ from vpn_head.checkpoints import (
 )
 from vpn_head.data import SPLITS, CachedClips, resolve_cache
 from vpn_head.evaluate import evaluate_run
+from vpn_head.report_tsne import MIN_CLIPS, clip_embeddings, draw_tsne, embed_tsne
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,9 @@ SCORE_COLUMNS: dict[str, str] = {
     "train_acc": "train clip accuracy", "eval_top1": "eval top-1", "eval_mean_class": "eval mean per-class",
 }
 ATTENTION_VARIANTS: tuple[str, ...] = ("attention", "vpn")
+TSNE_NAME = "tsne_embedding.png"
+TSNE_CLIPS = 500
+"""Clips in the t-SNE figure by default (2 points each; t-SNE's cost grows with the square of the points)."""
 DPI = 100
 
 
@@ -417,7 +424,7 @@ def attention_figures(model: torch.nn.Module, clips: CachedClips, cache_path: Pa
 
 def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 8, checkpoint: str = "best",
                 cache: str | os.PathLike | None = None, manifest: str | os.PathLike | None = None,
-                data_root: str | os.PathLike | None = None) -> list[ReportFigure]:
+                data_root: str | os.PathLike | None = None, tsne_clips: int = TSNE_CLIPS) -> list[ReportFigure]:
     """Write the figures of a head run and their ``index.md`` to ``<run_dir>/report/``.
 
     Args:
@@ -428,6 +435,7 @@ def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 
         cache: cache path; default the one the run was trained on.
         manifest: manifest CSV for the video paths; default ``manifests/<dataset>.csv``.
         data_root: folder the manifest's paths are relative to; default the manifest's side file.
+        tsne_clips: clips of the split in the t-SNE figure of f_e and P_e (variant ``vpn``; 0: no figure).
 
     Returns:
         The figures written, in index order.
@@ -442,8 +450,9 @@ def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     ckpt_path = checkpoint_path(run_dir, checkpoint)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
-        raise ValueError(f"samples must be an int >= 0, got {samples!r}")
+    for name, value in (("samples", samples), ("tsne_clips", tsne_clips)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such run (train it first with `make train-head`)")
     log_path = run_dir / "train_log.csv"
@@ -484,17 +493,41 @@ def make_report(run_dir: str | os.PathLike, split: str = "test", samples: int = 
                                 f"drawn), mean per-class dashed"))
 
     notes = [f"Confusion matrix: [../eval_{split}/confusion.png](../eval_{split}/confusion.png)."]
+    clips = CachedClips(cache_path, protocol, split, dataset=dataset,
+                        crop_joints=model.config.spatial_attention == "joints")
     if variant in ATTENTION_VARIANTS:
-        clips = CachedClips(cache_path, protocol, split, dataset=dataset,
-                            crop_joints=model.config.spatial_attention == "joints")
         manifest_path = Path(manifest) if manifest is not None else Path("manifests") / f"{dataset}.csv"
         figures += attention_figures(model, clips, cache_path, manifest_path,
                                      str(data_root) if data_root is not None else None, samples, out_dir)
     else:
         notes.append(f"Variant {variant!r} has no pose attention: no attention figures.")
+    if model.embedding is None:
+        notes.append(f"Variant {variant!r} has no spatial embedding (f_e, P_e): no t-SNE figure.")
+        log.info("%s: variant %s has no spatial embedding: no t-SNE figure", run_dir.name, variant)
+    elif tsne_clips:
+        figure = _tsne_figure(model, clips, tsne_clips, out_dir / TSNE_NAME, heading, split)
+        if isinstance(figure, ReportFigure):
+            figures.append(figure)
+        else:
+            notes.append(figure)
     _write_index(out_dir / INDEX_NAME, f"Report: {heading}", summary, figures, notes)
     log.info("wrote %d figures to %s", len(figures), out_dir)
     return figures
+
+
+def _tsne_figure(model: torch.nn.Module, clips: CachedClips, n: int, path: Path, heading: str, split: str
+                 ) -> ReportFigure | str:
+    """The t-SNE figure of up to ``n`` clips of ``clips``, or the note saying why there is none."""
+    chosen = select_clips(clips.labels, n)
+    if len(chosen) < MIN_CLIPS:
+        log.warning("%s has %d clip(s): no t-SNE figure (it needs %d)", split, len(chosen), MIN_CLIPS)
+        return f"The {split} split has {len(chosen)} clip(s): too few for the t-SNE figure (at least {MIN_CLIPS})."
+    f_e, p_e = clip_embeddings(model, clips, chosen)
+    emb = embed_tsne(f_e, p_e, clips.labels[chosen])
+    fig = _new_figure(9.0, 7.0)
+    caption = draw_tsne(fig, emb, clips.class_names, f"{heading}: spatial embeddings", split)
+    _save(fig, path)
+    return ReportFigure(path.name, caption)
 
 
 def _write_index(path: Path, title: str, summary: str, figures: list[ReportFigure], notes: list[str]) -> None:
@@ -515,14 +548,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=8, help="clips with attention figures")
     parser.add_argument("--split", default="test", choices=SPLITS)
     parser.add_argument("--checkpoint", default="best", choices=CHECKPOINT_NAMES)
+    parser.add_argument("--tsne-clips", type=int, default=TSNE_CLIPS,
+                        help="clips in the t-SNE figure of f_e and P_e (variant vpn; 0: none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.samples < 0:
-        parser.error(f"--samples must be >= 0, got {args.samples}")
+    if args.samples < 0 or args.tsne_clips < 0:
+        parser.error(f"--samples and --tsne-clips must be >= 0, got {args.samples} and {args.tsne_clips}")
     run_dir = Path(args.runs_dir) / args.run
     try:
         figures = make_report(run_dir, args.split, args.samples, args.checkpoint, args.cache, args.manifest,
-                              args.data_root)
+                              args.data_root, args.tsne_clips)
     except (ReportError, CacheError, CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UnsupportedRunError) else 1

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from pipeline.fileio import atomic_path, atomic_write_csv, atomic_write_json
+from pipeline.progress import show_progress
 from vpn_head.metrics import confusion_matrix
 from vpn_head.runtime import autocast
 
@@ -48,7 +48,7 @@ def score_clips(model: nn.Module, loader: Iterable, device: torch.device, amp: b
     uses_pose = model.config.variant != "i3d"
     probs, labels, rows, kept = [], [], [], {"poses": [], "attention_spatial": [], "attention_temporal": []}
     seen = 0
-    for features, poses, label, row in tqdm(loader, desc="score", unit="batch", leave=False, dynamic_ncols=True):
+    for features, poses, label, row in show_progress(loader, "score", unit="batch"):
         if replace_poses is not None:
             poses = torch.from_numpy(replace_poses[seen:seen + len(label)])
         seen += len(label)
