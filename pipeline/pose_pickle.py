@@ -90,8 +90,14 @@ def _reconstruct_args(args: tuple) -> bool:
             and all(isinstance(n, int) for n in args[1]) and 0 in args[1])
 
 
+def _str_args(args: tuple) -> bool:
+    """``str`` of text only: the repr of a list holding 1000 references to a list holding 1000 ... is a bomb."""
+    return all(isinstance(a, _TEXT) for a in args)
+
+
 _ARGUMENT_CHECKS: dict[str, Callable[[tuple], bool]] = {
-    **dict.fromkeys(("list", "tuple", "dict", "set", "frozenset", "str", "OrderedDict"), _from_materialised),
+    **dict.fromkeys(("list", "tuple", "dict", "set", "frozenset", "OrderedDict"), _from_materialised),
+    "str": _str_args,
     "bytes": _bytes_args, "bytearray": _bytes_args, "_reconstruct": _reconstruct_args,
     "encode": lambda args: len(args) == 2 and all(isinstance(a, str) for a in args),
 }

@@ -120,6 +120,9 @@ BOMBS = {
     "bytearray": b"\x80\x02cbuiltins\nbytearray\n" + _LONG_2_32 + b"\x85R.",
     "list_range": b"\x80\x02cbuiltins\nlist\ncbuiltins\nrange\nK\x00" + _LONG_2_32 + b"K\x01\x87R\x85R.",
     "binbytes8": b"\x80\x04\x8e" + struct.pack("<Q", 2**32) + b"abc.",  # a length prefix 4 GiB past the end
+    "str_of_nested_refs": b"\x80\x02cbuiltins\nstr\n]q\x000" + b"".join(  # str of 5 levels of 100 references:
+        b"]q" + bytes([k + 1]) + b"(" + (b"h" + bytes([k])) * 100 + b"e" + (b"0" if k < 4 else b"")
+        for k in range(5)) + b"\x85R.",  # a 1e10-character repr from 1 KB
     "ndarray": b"\x80\x02cnumpy\nndarray\n" + _LONG_2_32 + b"\x85\x85R.",  # ndarray((2**32,))
     "reconstruct": (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _LONG_2_32
                     + b"\x85C\x01b\x87R."),  # _reconstruct(ndarray, (2**32,), b"b")
@@ -143,7 +146,7 @@ print(json.dumps(out))
 def test_tiny_memory_bomb_pickles_are_refused_without_allocating(tmp_path):
     paths = []
     for name, data in BOMBS.items():
-        assert len(data) < 120
+        assert len(data) < 1200
         paths.append(tmp_path / f"{name}.pkl")
         paths[-1].write_bytes(data)
     run = subprocess.run([sys.executable, "-c", _LOAD_BOUNDED, *map(str, paths)], capture_output=True, text=True,
