@@ -7,6 +7,7 @@ pose loader, the validation carve and the exporters call the functions a spec ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,11 @@ class DatasetSpec:
         extra_columns: manifest columns of this dataset besides the contract's (filled from ``SampleInfo.columns``).
         read_missing_list: reads an official list of samples known to be broken (their rows get a ``problem``);
             ``None`` when the dataset has none.
+        pose_bound: largest magnitude a 3D joint coordinate may have, in ``pose_units`` (a dataset fact: the sensor's
+            range, generously); a sample beyond it is refused (``input_bounds.pose_problem``).
+        pose_units: the unit of the 3D joints, for messages (``m``).
+        max_length_ratio: largest ratio between a skeleton's frame count and its video's (either way) for one
+            recording (``input_bounds.length_problem``); ``None`` when the two need not match (resampled skeletons).
 
     Two specs are equal when their facts are (the functions are not compared: a spec sent to another process
     stays equal to the registry's).
@@ -78,6 +84,9 @@ class DatasetSpec:
     find_samples: Callable[[Path, ScanReport], dict[str, SampleFiles]] = field(compare=False)
     extra_columns: tuple[str, ...] = ()
     read_missing_list: Callable[[Path], set[str]] | None = field(default=None, compare=False)
+    pose_bound: float = math.inf
+    pose_units: str = "m"
+    max_length_ratio: float | None = None
 
     @property
     def num_joints(self) -> int:

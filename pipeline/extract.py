@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline import crop, manifest, pose_pickle, poses, video
+from pipeline import crop, input_bounds, manifest, pose_pickle, poses, video
 from pipeline.cache_writer import ShardWriter
 from pipeline.config import CacheConfig
 from pipeline.contracts import PROBLEM_COLUMN
@@ -225,14 +225,19 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
         raise SampleError("skeleton", str(err)) from None
     except OSError as err:
         raise SampleError(ENVIRONMENT_STAGE, f"skeleton {skeleton_path}: {err}") from None
-    if skeleton.num_frames == 0 or not np.isfinite(skeleton.joints3d).any():
-        raise SampleError("skeleton", "no body in any frame")
+    problem = (input_bounds.clip_problem(skeleton, spec)
+               or input_bounds.length_problem(skeleton.num_frames, sampled.num_frames, spec))
+    if problem:
+        raise SampleError("skeleton", problem)
     joints3d = skeleton.joints3d
     if row.get(pose_pickle.POSES_PATH):  # poses from a pyskl pickle replace the 3D joints; the box still comes from here
         try:
             joints3d = pose_pickle.read_pose_file(row[pose_pickle.POSES_PATH], row[pose_pickle.POSES_SHA256], row["sample_id"])
         except (KeyError, ValueError, OSError) as err:
             raise SampleError("skeleton", f"pose file {row[pose_pickle.POSES_PATH]}: {err}") from None
+        problem = input_bounds.pose_problem(joints3d, spec)
+        if problem:
+            raise SampleError("skeleton", f"pose file {row[pose_pickle.POSES_PATH]}: {problem}")
     k = config.clips_per_video
     clips = torch.empty((k, 3, config.clip_len, config.crop_size, config.crop_size), dtype=torch.float32)
     boxes = np.empty((k, 4), dtype=np.float32)

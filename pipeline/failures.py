@@ -1,6 +1,10 @@
 """``failures.csv`` and the failures stored in cache files: every skipped sample as ``sample_id, stage, reason``.
 
 A bad sample is skipped and recorded, never fatal, never silent (DESIGN.md section 3).
+
+A reason quotes what a file held, and a spreadsheet runs a cell that starts with ``=``, ``+``, ``-`` or ``@`` as a
+formula (CSV injection). The two CSV writers here (``append_failures``, ``write_failures``) prefix such a cell with
+``'`` (``csv_safe``); the failures stored inside cache files keep the text as it was.
 """
 
 from __future__ import annotations
@@ -35,12 +39,26 @@ def failure_row(row: Sequence[Any]) -> tuple[str, str, str]:
     return sample_id, stage, reason
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet takes for the start of a formula (OWASP's CSV-injection list)."""
+
+
+def csv_safe(cell: str) -> str:
+    """``cell`` as a CSV cell no spreadsheet evaluates: ``'`` before a leading ``=``, ``+``, ``-``, ``@``, tab or CR."""
+    return f"'{cell}" if cell.startswith(FORMULA_STARTS) else cell
+
+
+def _csv_rows(rows: Iterable[Sequence[Any]]) -> list[tuple[str, ...]]:
+    return [tuple(csv_safe(cell) for cell in failure_row(r)) for r in rows]
+
+
 def append_failures(path: str | Path, rows: Sequence[Sequence[Any]]) -> None:
-    """Append ``(sample_id, stage, reason)`` rows to a failures.csv, writing the header when it is new.
+    """Append ``(sample_id, stage, reason)`` rows to a failures.csv, writing the header when it is new; each cell
+    is ``csv_safe``.
 
     Safe with concurrent writers: one locked, O_APPEND write per call.
     """
-    rows = [failure_row(r) for r in rows]
+    rows = _csv_rows(rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -57,8 +75,9 @@ def append_failures(path: str | Path, rows: Sequence[Sequence[Any]]) -> None:
 
 
 def write_failures(path: str | Path, rows: Iterable[Sequence[Any]]) -> None:
-    """Replace ``path`` atomically with a failures.csv holding exactly ``rows`` (header only when none)."""
-    atomic_write_csv(path, FAILURE_COLUMNS, [failure_row(r) for r in rows])
+    """Replace ``path`` atomically with a failures.csv holding exactly ``rows`` (header only when none), each cell
+    ``csv_safe``."""
+    atomic_write_csv(path, FAILURE_COLUMNS, _csv_rows(rows))
 
 
 def read_failures(path: str | Path) -> pd.DataFrame:

@@ -13,6 +13,7 @@ suffix has an unexpected case are counted and listed in the summary.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import pickle
@@ -25,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline import pose_pickle
+from pipeline import input_bounds, pose_pickle
 from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
 from pipeline.datasets import DATASETS, DatasetSpec, get_dataset
 from pipeline.fileio import atomic_path, atomic_write_json
@@ -82,13 +83,13 @@ def validate_skeleton(dataset: str, path: Path) -> str:
     spec = get_dataset(dataset)
     try:
         clip = spec.read_skeleton(path, spec.frame_size)
-        ok = clip.num_frames > 0 and bool(np.isfinite(clip.joints3d).any())
+        problem = input_bounds.clip_problem(clip, spec)
     except (ValueError, OSError) as err:
         return f"malformed skeleton: {err}"
     except Exception as err:  # a reader bug must cost one row, not the scan
         log.exception("validating %s", printable(str(path)))
         return f"unreadable skeleton: {type(err).__name__}: {err}"
-    return "" if ok else "skeleton has no body in any frame"
+    return f"skeleton: {problem}" if problem else ""
 
 
 def _validate(df: pd.DataFrame, root: Path, workers: int) -> None:
@@ -190,28 +191,91 @@ def resolve_data_root(manifest: str | Path, data_root: str | Path | None = None)
     return Path(data_root) if data_root else read_manifest_root(manifest)
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read and check a manifest against the contract.
+def _decode_utf8(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"manifest {path}: line {line}: bytes that are not UTF-8 "
+                         f"({data[err.start:err.start + 4]!r}); manifests are written in UTF-8") from None
+
+
+def _row_problem(spec: DatasetSpec, row: dict[str, str]) -> str:
+    """Why one manifest row contradicts its dataset, or ''."""
+    label = row["label"].strip()
+    if not (label.isascii() and label.lstrip("-").isdigit()):
+        return f"label {label[:40]!r} is not an integer"
+    value = int(label)
+    if not -1 <= value < len(spec.classes):
+        return f"label {value} is outside [0, {len(spec.classes)}) ({spec.name} has {len(spec.classes)} classes)"
+    if value == -1 and not row[PROBLEM_COLUMN]:
+        return "label -1 (no class) on a row without a problem"
+    if value >= 0 and row["action"] != spec.classes[value]:
+        return (f"action {row['action'][:60]!r} is not class {value} of {spec.name} "
+                f"({spec.classes[value]!r})" + ("" if row["action"] in spec.classes else ": an unknown action"))
+    try:
+        info = spec.parse_sample_id(row["sample_id"])
+    except ValueError as err:
+        return f"sample_id is not a {spec.name} id: {err}"
+    if info.action != row["action"]:
+        return f"sample_id {row['sample_id']!r} is of action {info.action!r}, the row says {row['action']!r}"
+    return ""
+
+
+def check_rows(df: pd.DataFrame, path: Path, spec: DatasetSpec) -> None:
+    """Refuse a manifest whose content contradicts its dataset: another dataset's rows, duplicated sample ids,
+    labels that are not integers or out of range, actions that are not the label's class, ids of another form.
 
     Raises:
-        FileNotFoundError: missing file. ValueError: missing columns or bad protocol values.
+        ValueError: one line naming the file, the line (the header is line 1) and what is wrong.
+    """
+    lines = df.index + 2
+    for line, dataset in zip(lines, df["dataset"]):
+        if dataset != spec.name:
+            raise ValueError(f"manifest {path}: line {line}: dataset {dataset[:40]!r}, but line 2 says {spec.name!r}")
+    duplicated = df["sample_id"].duplicated(keep="first")
+    if duplicated.any():
+        i = int(duplicated.to_numpy().argmax())
+        sample_id = df["sample_id"].iloc[i]
+        first = int((df["sample_id"] == sample_id).to_numpy().argmax())
+        raise ValueError(f"manifest {path}: line {lines[i]}: sample_id {sample_id!r} is already on line {lines[first]}")
+    for line, row in zip(lines, df.to_dict("records")):
+        problem = _row_problem(spec, row)
+        if problem:
+            raise ValueError(f"manifest {path}: line {line}: {problem}")
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and check a manifest against the contract and its dataset (``check_rows``).
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: bytes that are not UTF-8, missing columns, bad protocol values,
+            an unknown dataset, or rows that contradict the dataset (one line naming the file and the line).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist (run `make manifest` first)")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    text = _decode_utf8(path, path.read_bytes())
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"manifest {path}: not a CSV table ({str(err).strip()})") from None
     missing = [c for c in (*MANIFEST_COLUMNS, PROBLEM_COLUMN) if c not in df.columns]
     if missing:
         raise ValueError(f"manifest {path} lacks columns {missing}")
     if df.empty:
         return df
-    spec = get_dataset(df["dataset"].iloc[0])
+    try:
+        spec = get_dataset(df["dataset"].iloc[0])
+    except ValueError as err:
+        raise ValueError(f"manifest {path}: line 2: {err}") from None
     for protocol in protocol_columns(spec):
         if protocol not in df.columns:
             raise ValueError(f"manifest {path} lacks protocol column {protocol!r}")
         bad = set(df[protocol]) - set(PROTOCOL_VALUES)
         if bad:
             raise ValueError(f"manifest {path}: column {protocol!r} holds {sorted(bad)}, expected train/val/test/empty")
+    check_rows(df, path, spec)
     df["label"] = df["label"].astype("int64")
     return df
 

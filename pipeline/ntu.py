@@ -91,6 +91,17 @@ MAX_DENSE_SLOTS = 16
 """``read_skeleton`` without ``max_bodies`` builds one (T, slot) array per distinct body id, up to this many ids."""
 TRACKING_STATES = (0, 1, 2)
 """Joint trackingState: not tracked, inferred, tracked."""
+POSE_BOUND_M = 10.0
+"""Largest |x|, |y|, |z| of a joint in metres: Kinect v2 sees depth up to 8 m (4.5 m reliably) and, within its
+70x60 degree field of view, x and y stay under 6 m there. A farther value is no person the sensor tracked."""
+MAX_LENGTH_RATIO = 3.0
+"""A ``.skeleton`` and its ``_rgb.avi`` are one Kinect recording at 30 fps; they "occasionally differ by a few
+frames", and ``poses.align_frames`` maps them proportionally, so even a skeleton at half the video's rate is
+aligned. Counts more than 3x apart (6,000 skeleton frames for a 103-frame video) are not one recording."""
+NOISE_TRACK_FRAMES = 11
+"""The SGN/CTR-GCN NTU denoiser's ``noise_len_thres`` (DATASETS.md 3.3): a body id lasting at most 11 frames is
+noise. A skeleton with more frames than that, none of whose body ids lasts longer, tracks nobody (e.g. a new body
+id in every frame) and is refused."""
 
 NTU60_SETUPS = range(1, 18)
 NTU120_SETUPS = range(1, 33)
@@ -438,17 +449,42 @@ def select_bodies(seq: SkeletonSequence, max_bodies: int = 2) -> SkeletonSequenc
 # the dataset specs: the reader, id parser and scanner the pipeline calls
 
 
+def check_tracks(path: Path, num_frames: int, tracks: list[_Track]) -> None:
+    """Refuse degenerate body tracks: more than ``NOISE_TRACK_FRAMES`` frames with bodies, none of the body ids
+    lasting longer than that (every frame a new body id, or only 1-frame tracks).
+
+    Raises:
+        SkeletonFormatError: naming the file, the ids and the longest track.
+    """
+    longest = max((len(track.frames) for track in tracks), default=0)
+    with_bodies = len({t for track in tracks for t in track.frames})
+    if with_bodies > NOISE_TRACK_FRAMES and longest <= NOISE_TRACK_FRAMES:
+        raise SkeletonFormatError(
+            f"{path}: degenerate body tracks: {len(tracks)} distinct body ids over {with_bodies} of {num_frames} "
+            f"frames, the longest lasting {longest} (a body id of <= {NOISE_TRACK_FRAMES} frames is noise): nobody "
+            "is tracked")
+
+
 def load_clip(path: Path, video_size: tuple[int, int]) -> SkeletonClip:
     """A ``.skeleton`` file as a ``SkeletonClip``: the actors ``select_bodies`` keeps, colour coordinates rescaled
-    from 1920x1080 to ``video_size`` (width, height)."""
-    seq = read_skeleton(path, max_bodies=MAX_BODIES)
+    from 1920x1080 to ``video_size`` (width, height); degenerate tracks are refused (``check_tracks``)."""
+    num_frames, tracks = _parse(path)
+    check_tracks(path, num_frames, tracks)
+    seq = _dense(num_frames, _select(num_frames, tracks, MAX_BODIES))
     scale = np.array([video_size[0] / COLOR_FRAME_SIZE[0], video_size[1] / COLOR_FRAME_SIZE[1]], dtype=np.float32)
     return SkeletonClip(pad_bodies(seq.joints), pad_bodies(seq.color_xy * scale))
 
 
 def sample_info(variant: NtuVariant, sample_id: str) -> SampleInfo:
-    """What an NTU id says: action, performer, camera (the manifest's ``view``), setup and the protocol splits."""
+    """What an NTU id says: action, performer, camera (the manifest's ``view``), setup and the protocol splits.
+
+    Raises:
+        ValueError: not an NTU id, or one of the other NTU (setup or action outside ``variant``).
+    """
     sid = parse_sample_id(sample_id)
+    if not variant.contains(sid):
+        raise ValueError(f"{sample_id!r} is not in this NTU: setups S{variant.setups[0]:03d}-S{variant.setups[-1]:03d}"
+                         f", actions A001-A{variant.num_actions:03d}")
     action = NTU_CLASSES[sid.action - 1] if 1 <= sid.action <= len(NTU_CLASSES) else f"A{sid.action:03d}"
     return SampleInfo(action, sid.subject, sid.camera, variant.splits(sid), {"setup": sid.setup})
 
@@ -479,7 +515,8 @@ def _spec(name: str) -> DatasetSpec:
         name, classes, {protocol: classes for protocol in variant.protocols}, NTU_JOINTS, zero_based(_NTU_EDGES_1B),
         centre_joint=1, left_right=left_right_pairs(NTU_JOINTS), t_p=20, metric="top1", frame_size=COLOR_FRAME_SIZE,
         read_skeleton=load_clip, parse_sample_id=partial(sample_info, variant),
-        find_samples=partial(find_samples, variant), extra_columns=("setup",), read_missing_list=read_missing_list)
+        find_samples=partial(find_samples, variant), extra_columns=("setup",), read_missing_list=read_missing_list,
+        pose_bound=POSE_BOUND_M, max_length_ratio=MAX_LENGTH_RATIO)
 
 
 SPECS: tuple[DatasetSpec, ...] = tuple(_spec(name) for name in VARIANTS)

@@ -54,6 +54,9 @@ V3_12_TEST_VIEWS = frozenset((3,))
 # The release ships no calibration; this is only used to place a generously padded person box.
 KINECT_V1_FOCAL = 525.0
 KINECT_V1_CENTRE = (319.5, 239.5)
+POSE_BOUND_M = 10.0
+"""Largest |x|, |y|, |z| of a joint in metres: Kinect v1 sees depth up to 4 m (8 m at most); x and y stay within its
+57x43 degree field of view there. The all_sqe JSON is resampled, so its length is not checked against the video."""
 
 
 @dataclass(frozen=True)
@@ -254,4 +257,4 @@ def find_samples(root: Path, report: ScanReport) -> dict[str, SampleFiles]:
 SPEC = DatasetSpec(
     "nucla", NUCLA_CLASSES, {"v3_12": NUCLA_CLASSES}, joints=NUCLA_JOINTS, edges=zero_based(_NUCLA_EDGES_1B),
     centre_joint=0, left_right=left_right_pairs(NUCLA_JOINTS), t_p=5, metric="top1", frame_size=FRAME_SIZE,
-    read_skeleton=load_clip, parse_sample_id=sample_info, find_samples=find_samples)
+    read_skeleton=load_clip, parse_sample_id=sample_info, find_samples=find_samples, pose_bound=POSE_BOUND_M)

@@ -51,6 +51,13 @@ _SMARTHOME_EDGES_0B = (
 
 NUM_JOINTS = 13
 FRAME_SIZE = (640, 480)
+POSE_BOUND = 1e4
+"""Largest |coordinate| of an LCR-Net ``pose3d`` joint. Its unit is unverified (metres by the LCR-Net code, DATASETS.md
+1.5; pixel-scale in some exports), so the bound allows both: 10^4 is 15x the 640-pixel frame width."""
+MAX_LENGTH_RATIO = 3.0
+"""The LCR-Net JSON has one ``frames`` entry per video frame (DATASETS.md 1.5); the container frame rate is disputed
+(20 or 30 fps) and ``poses.align_frames`` maps counts proportionally, so, as for NTU, counts more than 3x apart
+are not one recording."""
 CLIP_NAME_RE = re.compile(
     r"^(?P<activity>.+)_p(?P<subject>[0-9]+)_r(?P<rep>[0-9]+)_v(?P<take>[0-9]+)_c(?P<camera>[0-9]+)$")
 """ASCII digits only (``[0-9]``, not ``\\d``, which takes any Unicode digit)."""
@@ -235,4 +242,4 @@ SPEC = DatasetSpec(
     "smarthome", SMARTHOME_CLASSES, {"cs": SMARTHOME_CLASSES, "cv1": SMARTHOME_CV_CLASSES, "cv2": SMARTHOME_CV_CLASSES},
     joints=SMARTHOME_JOINTS, edges=_SMARTHOME_EDGES_0B, centre_joint=4, left_right=left_right_pairs(SMARTHOME_JOINTS),
     t_p=30, metric="mean_class", frame_size=FRAME_SIZE, read_skeleton=load_clip, parse_sample_id=sample_info,
-    find_samples=find_samples)
+    find_samples=find_samples, pose_bound=POSE_BOUND, pose_units="LCR-Net units", max_length_ratio=MAX_LENGTH_RATIO)

@@ -38,6 +38,7 @@ import numpy as np
 
 from pipeline.defaults import DEFAULT_BACKEND, DEFAULT_FALLBACK
 from pipeline.i3d_spec import CLIP_FRAMES
+from pipeline.input_bounds import frame_size_problem
 from pipeline.sampling import sample_frame_indices
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ class VideoReader(ABC):
                 f"{self.path}: frame indices must lie in [0, {self.num_frames}), got "
                 f"[{indices.min()}, {indices.max()}]"
             )
+        if problem := frame_size_problem(self.width, self.height):  # the header's size, before any allocation
+            raise DecodeError(self.path, problem)
         out = np.empty((len(indices), self.height, self.width, 3), np.uint8)  # (N, H, W, 3)
         wanted, inverse = np.unique(indices, return_inverse=True)
         order = np.argsort(inverse, kind="stable")

@@ -276,4 +276,4 @@ def test_float32_extreme_coordinates_fail_the_sample_not_the_shard(tmp_path):
     skeleton.write_bytes(b"\r\n".join(lines))
     df, _ = manifest.scan("ntu60", tmp_path)
     out = extract.PreparedSamples([df.iloc[0].to_dict()], tmp_path, CacheConfig(dataset="ntu60"))[0]
-    assert isinstance(out, extract.SampleFailure) and out.stage == "skeleton" and "not finite" in out.reason
+    assert isinstance(out, extract.SampleFailure) and out.stage == "skeleton" and "beyond the 10 m bound" in out.reason

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 
 from pipeline import extract, manifest, pose_pickle, poses, pyskl
+from pipeline.cache_merge import merge_shards
 from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
 from pipeline.provenance import make_attrs
 from tests.conftest import shared_path
-from tests.helpers import build_cache
+from tests.helpers import make_records, write_shard
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +119,15 @@ def test_the_restricted_unpickler_refuses_a_pickle_that_would_run_code(tmp_path)
 
 def test_export_from_a_cache_writes_its_poses(tmp_path):
     attrs = make_attrs({"dataset": "ntu60"}, "ab" * 32)
-    _, records = build_cache(tmp_path / "c", attrs, sizes=(3,))
+    records = [make_records(3)]
+    records[0].sample_ids = [f"S001C001P001R001A{a:03d}" for a in (5, 1, 60)]  # the dataset's ids (read_manifest)
+    records[0].labels = [4, 0, 59]
+    (tmp_path / "c").mkdir()
+    write_shard(tmp_path / "c" / "shard_00000.h5", records[0], attrs=attrs, atomic=True)
+    merge_shards([tmp_path / "c" / "shard_00000.h5"], tmp_path / "c" / "cache.h5")
+    classes = get_dataset("ntu60").classes
     rows = [{"sample_id": s, "dataset": "ntu60", "video_path": "", "skeleton_path": "", "label": str(l),
-             "action": "", "subject": "1", "view": "1", "setup": "1", "cs": "train", "cv": "", "problem": ""}
+             "action": classes[l], "subject": "1", "view": "1", "setup": "1", "cs": "train", "cv": "", "problem": ""}
             for s, l in zip(records[0].sample_ids, records[0].labels)]
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     data = pyskl.export(tmp_path / "m.csv", tmp_path / "c.pkl", cache=tmp_path / "c")

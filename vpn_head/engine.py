@@ -67,6 +67,24 @@ class NonFiniteLossError(ValueError):
     """A training step's loss is NaN or infinite."""
 
 
+class NonFiniteStateError(ValueError):
+    """A parameter or buffer (a BatchNorm running variance) is NaN or infinite after an epoch."""
+
+
+def check_finite_state(model: nn.Module, epoch: int) -> None:
+    """Refuse to checkpoint a model with a non-finite parameter or buffer: a finite loss does not prove it (BatchNorm
+    trains on batch statistics while an overflowed running variance waits for evaluation).
+
+    Raises:
+        NonFiniteStateError: one line naming the first such tensor.
+    """
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteStateError(f"non-finite values in {name} ({bad} of {tensor.numel()}) after epoch {epoch}; "
+                                      "no checkpoint written (inputs of absurd magnitude, or a too large lr?)")
+
+
 @dataclass
 class Progress:
     """What the checkpoint carries besides the module states."""
@@ -369,6 +387,7 @@ def _epochs(run: Run, progress: Progress, model: nn.Module, loader: Any, sampler
         row = train_epoch(model, loader, run.optimizer, run.scaler, run.device, run.amp, run.accum, ctx,
                           f"{run.run_dir.name} epoch {epoch + 1}/{config.epochs}", run.grad_groups)
         run.scheduler.step()
+        check_finite_state(run.model, epoch + 1)
         scores = score()
         rng = gather(rng_state(), ctx)
         progress.epoch = epoch + 1
