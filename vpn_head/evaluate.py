@@ -49,7 +49,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         run_dir: ``runs/<name>``.
         split: ``train``, ``val`` or ``test``.
         checkpoint: ``best`` or ``last``.
-        cache: cache path; default: the one the run was trained on.
+        cache: a cache file, cache folder, dataset folder or cache root (``pipeline.layout.resolve``); default:
+            the one the run was trained on.
         out_dir: where to write; default ``<run_dir>/eval_<split>``.
         batch_size: clips per forward pass.
         num_workers: DataLoader workers.
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default="vpn", help="variant, to derive the default run name")
     parser.add_argument("--split", default="test", choices=("train", "val", "val_carved", "test"))
     parser.add_argument("--checkpoint", default="best", choices=CHECKPOINT_NAMES)
-    parser.add_argument("--cache", help="cache path (default: the one the run was trained on)")
+    parser.add_argument("--cache", help="a cache.h5, cache folder, dataset folder (<root>/<dataset>, its LATEST) or "
+                                        "cache root (default: the one the run was trained on)")
     parser.add_argument("--out", help="output directory (default: <run-dir>/eval_<split>)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0)
