@@ -160,3 +160,27 @@ def test_make_eval_accepts_a_dataset_folder_as_cache(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "runs" / "tiny" / "eval_test" / "metrics.json").read_text())
     assert metrics["cache"] == str(root / "nucla" / "h") and metrics["num_clips"] == 8
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a head run resumes only on the cache it was trained on
+
+
+def test_a_head_run_does_not_resume_on_another_cache(tmp_path):
+    root = tmp_path / "cache"
+    first = write_tiny_cache(root / "nucla" / "aaa", videos={"train": 2, "test": 1})
+    second = write_tiny_cache(root / "nucla" / "bbb", videos={"train": 2, "test": 1}, seed=1)
+    (root / "nucla" / "LATEST").write_text("aaa\n")
+    train.train(tiny_config(root, tmp_path / "runs", variant="i3d", epochs=1))
+    recorded = json.loads((tmp_path / "runs" / "tiny" / "config.json").read_text())["cache"]
+    assert recorded == {"folder": str(first.resolve()), "hash": "aaa"}
+    (root / "nucla" / "LATEST").write_text("bbb\n")  # a rebuild with other settings moved LATEST
+    result = make("train-head", "DATASET=nucla", "PROTOCOL=v3_12", "VARIANT=i3d", "EPOCHS=2", "DEVICE=cpu",
+                  "NUM_WORKERS=0", "BATCH_SIZE=8", "LR=0.05", "MODEL=embed_dim=16 attention_hidden=16 gcn_channels=8",
+                  f"CACHE={root}", f"RUNS_DIR={tmp_path / 'runs'}", "RUN=tiny")
+    assert result.returncode != 0, result.stderr[-2000:]
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert str(first.resolve()) in line and str(second.resolve()) in line
+    assert json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())["epochs_done"] == 1
+    summary = train.train(tiny_config(first, tmp_path / "runs", variant="i3d", epochs=2))  # its own cache: resumes
+    assert summary["epochs_done"] == 2
