@@ -21,6 +21,7 @@ import torch
 
 from pipeline import extract
 from pipeline.cache import open_cache
+from pipeline.cache_format import open_h5
 from pipeline.cache_merge import merge_shards
 from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
@@ -118,12 +119,22 @@ def recheck(config: CacheConfig, cache_root: str | Path, manifest: str, retry_fa
         integrity_path(path).unlink(missing_ok=True)
     merged = config.cache_dir(cache_root) / MERGED_NAME
     if merged.exists():
-        why = check_integrity(merged) or ("shards to (re)build" if not all(p.exists() for p in shards) else "")
+        why = (check_integrity(merged) or _refused(merged)
+               or ("shards to (re)build" if not all(p.exists() for p in shards) else ""))
         if why:
             lines.append(f"re-merging {merged}: {why}")
             merged.unlink()
             integrity_path(merged).unlink(missing_ok=True)
     return lines
+
+
+def _refused(path: Path) -> str:
+    """Why ``open_h5`` refuses the file (one crafted to read outside its folder), or ""."""
+    try:
+        open_h5(path).close()
+    except CacheError as err:
+        return str(err)
+    return ""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import pytest
 from pipeline import cache, inspect_cache
 from pipeline.integrity import record_integrity
 from tests.conftest import REPO
-from tests.helpers import SMALL_MODEL, tiny_config, write_tiny_cache
+from tasks import cache as cache_tasks
+from tests.helpers import SMALL_MODEL, synthetic_dataset, tiny_config, write_tiny_cache
 from vpn_head import train
 
 SECRET = b"root:x:0:0:secret outside the cache folder\n" * 8
@@ -184,3 +185,20 @@ def test_a_head_run_does_not_resume_on_another_cache(tmp_path):
     assert json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())["epochs_done"] == 1
     summary = train.train(tiny_config(first, tmp_path / "runs", variant="i3d", epochs=2))  # its own cache: resumes
     assert summary["epochs_done"] == 2
+
+
+def test_a_rerun_of_make_cache_re_merges_a_crafted_view(tmp_path, capsys):
+    root = synthetic_dataset(tmp_path / "data", n=2, seed=5, min_frames=30, max_frames=40)
+    argv = ["--dataset", "ntu60", "--manifest", str(root / "manifest.csv"), "--cache-dir", str(tmp_path / "cache"),
+            "--extractor", "pixels", "--decode-workers", "0", "--device", "cpu"]
+    assert cache_tasks.main(argv) == 0
+    (folder,) = [d for d in (tmp_path / "cache" / "ntu60").iterdir() if d.is_dir()]
+    (tmp_path / "outside").mkdir()
+    external_link(folder, tmp_path / "outside")
+    record_integrity(folder / cache.MERGED_NAME, folder / cache.MERGED_NAME)
+    capsys.readouterr()
+    assert cache_tasks.main(argv) == 0
+    assert any(l.startswith(f"re-merging {folder / cache.MERGED_NAME}: ") and "refused" in l
+               for l in capsys.readouterr().out.splitlines())
+    with cache.open_cache(folder) as reader:
+        assert len(reader) == 2
