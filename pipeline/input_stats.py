@@ -9,8 +9,11 @@ them with the files on disk now: a rerun of ``make cache`` / ``make resume`` nam
 changed (``REBUILD_CHANGED=1`` rebuilds them), and ``make verify`` reports them.
 
 Size and mtime are what ``make``/``rsync`` trust too: a copy that keeps times (``cp -p``, ``rsync -t``) counts as
-unchanged, one that does not counts as changed. A file that cannot be reached now is not a change (the data may
-live on another machine than the cache); shards written before this record have none and are not checked.
+unchanged, one that does not counts as changed (and so does a file rewritten with the same bytes: no content hash
+is kept, since hashing every video on every rerun would cost minutes per 100 GB). A frame folder counts by its own
+size and mtime: frames added or removed show, a frame rewritten in place does not. A file that cannot be reached
+now is not a change (the data may live on another machine than the cache); shards written before this record
+have none and are not checked.
 """
 
 from __future__ import annotations
