@@ -18,7 +18,7 @@ from pipeline.integrity import record_integrity
 from tests.conftest import REPO
 from tasks import cache as cache_tasks
 from tests.helpers import SMALL_MODEL, synthetic_dataset, tiny_config, write_tiny_cache
-from vpn_head import train
+from vpn_head import evaluate, train
 
 SECRET = b"root:x:0:0:secret outside the cache folder\n" * 8
 
@@ -202,3 +202,14 @@ def test_a_rerun_of_make_cache_re_merges_a_crafted_view(tmp_path, capsys):
                for l in capsys.readouterr().out.splitlines())
     with cache.open_cache(folder) as reader:
         assert len(reader) == 2
+
+
+def test_eval_reads_the_cache_the_run_was_trained_on_after_latest_moved(tmp_path):
+    root = tmp_path / "cache"
+    first = write_tiny_cache(root / "nucla" / "aaa", videos={"train": 2, "test": 1})
+    write_tiny_cache(root / "nucla" / "bbb", videos={"train": 2, "test": 2}, seed=1)
+    (root / "nucla" / "LATEST").write_text("aaa\n")
+    train.train(tiny_config(root, tmp_path / "runs", variant="i3d", epochs=1))
+    (root / "nucla" / "LATEST").write_text("bbb\n")
+    metrics = evaluate.evaluate_run(tmp_path / "runs" / "tiny", device="cpu")
+    assert metrics["cache"] == str(first.resolve()) and metrics["num_clips"] == 8

@@ -82,7 +82,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     model = model_from_checkpoint(ckpt, ckpt_path)
     train_config = ckpt["train_config"]
     dataset, protocol = train_config["dataset"], train_config["protocol"]
-    cache_path = resolve_cache(cache if cache is not None else train_config["cache"], dataset)
+    cache_path = resolve_cache(cache if cache is not None else _trained_on(run_dir, train_config), dataset)
     uses_pose = model.config.variant != "i3d"
     # pose variants are scored twice (own and shuffled poses): hold the split in RAM when it fits, read it once
     clips = CachedClips(cache_path, protocol, split, in_memory=uses_pose, dataset=dataset,
@@ -140,6 +140,21 @@ def _selected_on(run_dir: Path, checkpoint: str) -> str:
     except (OSError, json.JSONDecodeError):
         return "unknown"
     return str(summary.get("checkpoint_selected_on", summary.get("eval_split", "unknown")))
+
+
+def _trained_on(run_dir: Path, train_config: dict[str, Any]) -> str:
+    """The cache a run was trained on: the folder its ``config.json`` recorded (``engine.cache_identity``) while it
+    exists, so a later build that moved ``LATEST`` does not change what an evaluation reads; else the trainer's
+    ``--cache`` as given, resolved again."""
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text())["cache"]["folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return train_config["cache"]
+    if Path(recorded).is_dir():
+        return recorded
+    log.warning("%s was trained on %s, which is gone; evaluating on %s as resolved now", run_dir, recorded,
+                train_config["cache"])
+    return train_config["cache"]
 
 
 def main(argv: list[str] | None = None) -> int:
