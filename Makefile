@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 PYTHON_SYS ?= python3
 VENV       := .venv
-PY         := $(VENV)/bin/python
+PY          = $(call q,$(VENV)/bin/python)
 STAMP      := $(VENV)/.installed
 
 DATASET    ?= ntu60
@@ -36,8 +36,13 @@ DEMO_DIR   ?= data/demo-work
 SHARED_WEIGHTS := ../shared/i3d/rgb_scratch.pt
 DEMO_WEIGHTS ?= $(if $(I3D_WEIGHTS),$(I3D_WEIGHTS),$(if $(wildcard $(SHARED_WEIGHTS)),$(SHARED_WEIGHTS),))
 
+# No make variable reaches the shell unquoted: $(call q,text) is text as one single-quoted shell word (a ' inside
+# becomes '\''), so spaces, ;, backticks and $(...) in a value are data; *_ARGS pass-throughs are split on
+# spaces and each word is quoted ($(call args,VAR)).
+q = '$(subst ','\'',$(1))'
+args = $(foreach a,$($(1)),$(call q,$(a)))
 need = $(if $($(1)),,$(error $(1)= is required: $(2)))
-opt = $(if $($(1)),$(2) $($(1)),)
+opt = $(if $($(1)),$(2) $(call q,$($(1))),)
 
 .PHONY: help setup test test-fast demo fidelity synthetic manifest cache resume luigid train-head eval ablate finetune bench report verify fuzz clean-demo inspect export-pyskl
 
@@ -47,70 +52,69 @@ help:  ## list the targets, each with its variables and their defaults
 	  $(MAKE) --no-print-directory -s help-vars-$$target; done
 
 $(STAMP): requirements.txt
-	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	@test -x $(PY) || $(call q,$(PYTHON_SYS)) -m venv $(call q,$(VENV))
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	@touch $@
+	@touch $(call q,$@)
 
 setup: $(STAMP)  ## create .venv and install the pinned dependencies (idempotent)
 
 test: setup  ## the full CPU test suite
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(call args,PYTEST_ARGS)
 
 test-fast: setup  ## the suite without tests marked slow
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(call args,PYTEST_ARGS)
 
 synthetic: setup  ## write the synthetic NTU-format dataset: DATA_ROOT=dir [N=48] [SEED=0] [SYNTHETIC_ARGS=…]
 	$(call need,DATA_ROOT,the folder to write the synthetic dataset into)
-	$(PY) -m pipeline.synthetic --root $(DATA_ROOT) --n $(N) --seed $(SEED) $(SYNTHETIC_ARGS)
+	$(PY) -m pipeline.synthetic $(call opt,DATA_ROOT,--root) $(call opt,N,--n) $(call opt,SEED,--seed) $(call args,SYNTHETIC_ARGS)
 
 manifest: setup  ## DATASET=ntu60|ntu120|smarthome|nucla DATA_ROOT=dir [MANIFEST=csv] [POSES=pyskl.pkl]
 	$(call need,DATA_ROOT,the dataset folder to scan)
-	$(PY) -m pipeline.manifest --dataset $(DATASET) --data-root $(DATA_ROOT) --out $(MANIFEST) $(call flag,VALIDATE,--validate) $(call opt,MISSING_LIST,--missing-list) $(call given_opt,WORKERS,--workers) $(call opt,POSES,--poses) $(MANIFEST_ARGS)
+	$(PY) -m pipeline.manifest $(call opt,DATASET,--dataset) $(call opt,DATA_ROOT,--data-root) $(call opt,MANIFEST,--out) $(call flag,VALIDATE,--validate) $(call opt,MISSING_LIST,--missing-list) $(call given_opt,WORKERS,--workers) $(call opt,POSES,--poses) $(call args,MANIFEST_ARGS)
 
 cache: setup  ## build (or resume) the HDF5 caches of MANIFEST under CACHE_DIR
-	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) $(CACHE_OPTS)
+	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(CACHE_OPTS)
 
 resume: setup  ## print done/remaining shards of a cache run, then continue it
-	$(PY) -m tasks.cache --resume $(call opt,DATA_ROOT,--data-root) --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) $(CACHE_OPTS)
+	$(PY) -m tasks.cache --resume $(call opt,DATA_ROOT,--data-root) $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(CACHE_OPTS)
 
-luigid: setup  ## start Luigi's central scheduler (PORT=8082)
-	mkdir -p $(CACHE_DIR)/luigid
-	$(VENV)/bin/luigid --port $(PORT) --logdir $(CACHE_DIR)/luigid --state-path $(CACHE_DIR)/luigid/state.pickle
+luigid: setup  ## Luigi's central scheduler on LUIGID_ADDRESS:PORT (127.0.0.1:8082); state in a private LUIGID_DIR
+	$(PY) -m tasks.luigid $(call opt,LUIGID_ADDRESS,--address) $(call opt,PORT,--port) $(call opt,LUIGID_DIR,--state-dir)
 
 train-head: setup  ## DATASET= PROTOCOL= [VARIANT=vpn] [EPOCHS=30] [RUN=name] [CACHE=dir] [CONFIG=runs/<name>/config.json]
 	$(if $(CONFIG),,$(call need,PROTOCOL,the evaluation protocol (e.g. cs)))
-	$(PY) -m vpn_head.train $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,VARIANT,--variant) $(call dflt,EPOCHS,--epochs) $(call dflt,CACHE_ROOT,--cache,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(HEAD_OPTS) $(call bool,COUPLER,coupler) $(call opt,POSE_BACKBONE,--pose-backbone) $(call opt,EMBEDDING_LOSS,--embedding-loss) $(call flag,FORCE_NEW,--force-new) $(TRAIN_ARGS)
+	$(PY) -m vpn_head.train $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,VARIANT,--variant) $(call dflt,EPOCHS,--epochs) $(call dflt,CACHE_ROOT,--cache,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(HEAD_OPTS) $(call bool,COUPLER,coupler) $(call opt,POSE_BACKBONE,--pose-backbone) $(call opt,EMBEDDING_LOSS,--embedding-loss) $(call flag,FORCE_NEW,--force-new) $(call args,TRAIN_ARGS)
 
 eval: setup  ## evaluate a run (+ pose-shuffle and attention diagnostics): RUN=name (or DATASET= PROTOCOL= [VARIANT=]) [SPLIT=test] [SHUFFLE_POSES=1]
-	$(PY) -m vpn_head.evaluate --runs-dir $(RUNS_DIR) $(call opt,RUN,--run) $(call opt,RUN_DIR,--run-dir) --dataset $(DATASET) $(call opt,PROTOCOL,--protocol) --variant $(VARIANT) --split $(or $(SPLIT),test) $(call opt,CACHE,--cache) $(call opt,CHECKPOINT,--checkpoint) $(call opt,OUT,--out) $(call opt,BATCH_SIZE,--batch-size) $(call opt,NUM_WORKERS,--num-workers) $(call opt,DEVICE,--device) $(call flag,PROBABILITIES,--probabilities) $(call flag,SHUFFLE_POSES,--shuffle-poses) $(call given_opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root) $(EVAL_ARGS)
+	$(PY) -m vpn_head.evaluate $(call opt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(call opt,RUN_DIR,--run-dir) $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,VARIANT,--variant) --split $(call q,$(or $(SPLIT),test)) $(call opt,CACHE,--cache) $(call opt,CHECKPOINT,--checkpoint) $(call opt,OUT,--out) $(call opt,BATCH_SIZE,--batch-size) $(call opt,NUM_WORKERS,--num-workers) $(call opt,DEVICE,--device) $(call flag,PROBABILITIES,--probabilities) $(call flag,SHUFFLE_POSES,--shuffle-poses) $(call given_opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root) $(call args,EVAL_ARGS)
 
 ablate: setup  ## train + evaluate the paper's ablations: DATASET= PROTOCOL= [EPOCHS=]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(PY) -m vpn_head.ablate --dataset $(DATASET) --protocol $(PROTOCOL) --epochs $(EPOCHS) --cache $(CACHE_ROOT) --runs-dir $(RUNS_DIR) $(HEAD_OPTS) $(call opt,TABLES,--tables) $(call opt,PREFIX,--prefix) $(call opt,TEST_SPLIT,--test-split) $(TRAIN_ARGS)
+	$(PY) -m vpn_head.ablate $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,EPOCHS,--epochs) $(call opt,CACHE_ROOT,--cache) $(call opt,RUNS_DIR,--runs-dir) $(HEAD_OPTS) $(call opt,TABLES,--tables) $(call opt,PREFIX,--prefix) $(call opt,TEST_SPLIT,--test-split) $(call args,TRAIN_ARGS)
 
 finetune: setup  ## end-to-end fine-tune: DATASET= PROTOCOL= [INIT=runs/<head run>] [GPUS=n] [NNODES=n RDZV=host:port] [CONFIG=…]
 	$(if $(CONFIG),,$(call need,PROTOCOL,the evaluation protocol (e.g. cs)))
-	$(LAUNCH) -m vpn_head.finetune $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,EPOCHS,--epochs) $(call dflt,MANIFEST,--manifest) $(call dflt,CACHE_ROOT,--cache-dir,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,INIT,--init) $(call opt,RUN,--run-name) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(FINETUNE_OPTS) $(TRAIN_ARGS)
+	$(LAUNCH) -m vpn_head.finetune $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,EPOCHS,--epochs) $(call dflt,MANIFEST,--manifest) $(call dflt,CACHE_ROOT,--cache-dir,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,INIT,--init) $(call opt,RUN,--run-name) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(FINETUNE_OPTS) $(call args,TRAIN_ARGS)
 
 bench: setup  ## benchmarks (JSON under bench/results/)
-	$(PY) -m bench.run_all --out-dir bench/results $(call opt,I3D_WEIGHTS,--i3d-weights) $(if $(ONLY),--only $(ONLY),)
+	$(PY) -m bench.run_all --out-dir bench/results $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,ONLY,--only)
 
 report: setup  ## figures for a run: RUN=name
 	$(call need,RUN,the run to draw)
-	$(PY) -m vpn_head.report --runs-dir $(RUNS_DIR) --run $(RUN) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint) $(call given_opt,MANIFEST,--manifest) $(call opt,TSNE_CLIPS,--tsne-clips)
+	$(PY) -m vpn_head.report $(call opt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint) $(call given_opt,MANIFEST,--manifest) $(call opt,TSNE_CLIPS,--tsne-clips)
 
 demo: setup  ## synthetic data -> manifest -> cache -> i3d, attention, vpn heads + oracle -> the fidelity columns, minutes on CPU
-	$(PY) -m pipeline.synthetic --root $(DEMO_ROOT) --n $(DEMO_N) --seed $(SEED) --cameras-per-take 1 --hand-amplitude 0.2 --active-hand random --passive-hand-amplitude 0.2 --overwrite
-	$(PY) -m pipeline.manifest --dataset ntu60 --data-root $(DEMO_ROOT) --out $(DEMO_DIR)/manifest.csv
-	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(DEMO_DIR)/manifest.csv --cache-dir $(DEMO_DIR)/cache --shard-size 32 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
-	$(PY) -m pipeline.crop_joints --cache $(DEMO_DIR)/cache --dataset ntu60 --manifest $(DEMO_DIR)/manifest.csv
-	$(PY) -m vpn_head.demo --cache-dir $(DEMO_DIR)/cache --runs-dir $(DEMO_DIR)/runs --manifest $(DEMO_DIR)/manifest.csv --epochs $(or $(DEMO_EPOCHS),30)
+	$(PY) -m pipeline.synthetic $(call opt,DEMO_ROOT,--root) $(call opt,DEMO_N,--n) $(call opt,SEED,--seed) --cameras-per-take 1 --hand-amplitude 0.2 --active-hand random --passive-hand-amplitude 0.2 --overwrite
+	$(PY) -m pipeline.manifest --dataset ntu60 $(call opt,DEMO_ROOT,--data-root) --out $(call q,$(DEMO_DIR)/manifest.csv)
+	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(call q,$(DEMO_DIR)/manifest.csv) --cache-dir $(call q,$(DEMO_DIR)/cache) --shard-size 32 --workers 1 $(call opt,DEMO_WEIGHTS,--i3d-weights)
+	$(PY) -m pipeline.crop_joints --cache $(call q,$(DEMO_DIR)/cache) --dataset ntu60 --manifest $(call q,$(DEMO_DIR)/manifest.csv)
+	$(PY) -m vpn_head.demo --cache-dir $(call q,$(DEMO_DIR)/cache) --runs-dir $(call q,$(DEMO_DIR)/runs) --manifest $(call q,$(DEMO_DIR)/manifest.csv) --epochs $(call q,$(or $(DEMO_EPOCHS),30))
 
 fidelity: setup  ## does VPN beat I3D? synthetic data made for it, 5 seeds of i3d/attention/vpn + oracle [FID_N=240] [SEEDS="0 1 2 3 4"] [FID_ARGS=]
-	$(PY) -m vpn_head.fidelity --work $(or $(FID_DIR),data/fidelity) --n $(or $(FID_N),240) --prepare-only $(FID_ARGS)
-	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(or $(FID_DIR),data/fidelity)/manifest.csv --cache-dir $(or $(FID_DIR),data/fidelity)/cache --shard-size 40 --workers 1 $(if $(DEMO_WEIGHTS),--i3d-weights $(DEMO_WEIGHTS),)
-	$(PY) -m pipeline.crop_joints --cache $(or $(FID_DIR),data/fidelity)/cache --dataset ntu60 --manifest $(or $(FID_DIR),data/fidelity)/manifest.csv
-	$(PY) -m vpn_head.fidelity --work $(or $(FID_DIR),data/fidelity) --n $(or $(FID_N),240) --seeds $(or $(SEEDS),0 1 2 3 4) --epochs $(EPOCHS) --out bench/results/fidelity.json $(FID_ARGS)
+	$(PY) -m vpn_head.fidelity --work $(call q,$(FID_WORK)) --n $(call q,$(or $(FID_N),240)) --prepare-only $(call args,FID_ARGS)
+	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(call q,$(FID_WORK)/manifest.csv) --cache-dir $(call q,$(FID_WORK)/cache) --shard-size 40 --workers 1 $(call opt,DEMO_WEIGHTS,--i3d-weights)
+	$(PY) -m pipeline.crop_joints --cache $(call q,$(FID_WORK)/cache) --dataset ntu60 --manifest $(call q,$(FID_WORK)/manifest.csv)
+	$(PY) -m vpn_head.fidelity --work $(call q,$(FID_WORK)) --n $(call q,$(or $(FID_N),240)) --seeds $(foreach s,$(or $(SEEDS),0 1 2 3 4),$(call q,$(s))) $(call opt,EPOCHS,--epochs) --out bench/results/fidelity.json $(call args,FID_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------
 # Every CLI option as a make variable (the CLI's name in upper case), pass-throughs, and the check that a
@@ -130,27 +134,28 @@ NNODES     ?= 1
 RDZV       ?=
 RDZV_ID    ?=
 CACHE_ROOT  = $(or $(CACHE),$(CACHE_DIR))
+FID_WORK    = $(or $(FID_DIR),data/fidelity)
 
 given = $(filter command environment,$(firstword $(origin $(1))))
-given_opt = $(if $(call given,$(1)),$(2) $($(1)),)
+given_opt = $(if $(call given,$(1)),$(2) $(call q,$($(1))),)
 # $(call dflt,VAR,--opt[,VARS]): VAR's value, default included; under CONFIG= (replaying a recorded run) only
 # when VAR (or one of VARS) was given, so the file decides the rest
 dflt = $(if $(or $(if $(CONFIG),,1),$(strip $(foreach v,$(or $(3),$(1)),$(call given,$(v))))),$(call opt,$(1),$(2)),)
 flag = $(if $(filter 1 yes true,$($(1))),$(2),)
 noflag = $(if $(filter 0 no false,$($(1))),$(2),)
 bool = $(if $(filter 1 yes true,$($(1))),--$(2),$(if $(filter 0 no false,$($(1))),--no-$(2),))
-each = $(foreach v,$($(1)),$(2) $(v))
+each = $(foreach v,$($(1)),$(2) $(call q,$(v)))
 
-CACHE_OPTS = --shard-size $(SHARD_SIZE) --workers $(WORKERS) --clips-per-video $(or $(CLIPS_PER_VIDEO),$(CLIPS)) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(CACHE_ARGS)
+CACHE_OPTS = $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) --clips-per-video $(call q,$(or $(CLIPS_PER_VIDEO),$(CLIPS))) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(call flag,REBUILD_CHANGED,--rebuild-changed) $(call args,CACHE_ARGS)
 COMMON_TRAIN_OPTS = $(call each,MODEL,--model) $(call opt,BATCH_SIZE,--batch-size) $(call opt,LR,--lr) $(call opt,MOMENTUM,--momentum) $(call opt,WEIGHT_DECAY,--weight-decay) $(call opt,LR_STEP,--lr-step) $(call opt,LR_GAMMA,--lr-gamma) $(call opt,EVAL_SPLIT,--eval-split) $(call opt,VAL_FRACTION,--val-fraction) $(call given_opt,SEED,--seed) $(call noflag,DETERMINISTIC,--no-deterministic) $(call opt,NUM_WORKERS,--num-workers) $(call bool,AMP,amp) $(call opt,DEVICE,--device)
 HEAD_OPTS = $(COMMON_TRAIN_OPTS) $(call flag,IN_MEMORY,--in-memory) $(call opt,POSE_LR_SCALE,--pose-lr-scale)
 FINETUNE_OPTS = $(COMMON_TRAIN_OPTS) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call opt,FREEZE_UNTIL,--freeze-until) $(call flag,FROZEN_BN,--frozen-bn) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,FLIP_PROB,--flip-prob) $(call noflag,TEMPORAL_JITTER,--no-temporal-jitter) $(call opt,BOX_SCALE,--box-scale) $(call opt,BOX_SHIFT,--box-shift) $(call given_opt,VARIANT,--variant) $(call opt,EVAL_CLIPS,--eval-clips) $(call opt,EVAL_CROP_SIZE,--eval-crop-size) $(call flag,FORCE_NEW,--force-new) $(call flag,EVAL_ONLY,--eval-only) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint)
 # one process, torchrun on one machine (GPUS=n), or torchrun on NNODES machines meeting at RDZV=host:port
 MULTINODE = $(filter-out 1,$(NNODES))
-LAUNCH = $(if $(MULTINODE),$(if $(RDZV),,$(error RDZV=host:port is required with NNODES=$(NNODES): the rendezvous endpoint every node reaches)))$(if $(or $(filter-out 1,$(GPUS)),$(MULTINODE)),$(VENV)/bin/torchrun $(if $(MULTINODE),--nnodes $(NNODES) --rdzv-backend c10d --rdzv-endpoint $(RDZV) $(call opt,RDZV_ID,--rdzv-id),--standalone) --nproc_per_node $(GPUS),$(PY))
+LAUNCH = $(if $(MULTINODE),$(if $(RDZV),,$(error RDZV=host:port is required with NNODES=$(NNODES): the rendezvous endpoint every node reaches)))$(if $(or $(filter-out 1,$(GPUS)),$(MULTINODE)),$(call q,$(VENV)/bin/torchrun) $(if $(MULTINODE),$(call opt,NNODES,--nnodes) --rdzv-backend c10d $(call opt,RDZV,--rdzv-endpoint) $(call opt,RDZV_ID,--rdzv-id),--standalone) $(call opt,GPUS,--nproc_per_node),$(PY))
 
 COMMON_VARS := PYTHON_SYS
-CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD CLIP_LEN CROP_SIZE BACKEND PRECISION COMPRESSION EXTRACTOR DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED CACHE_ARGS
+CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD CLIP_LEN CROP_SIZE BACKEND PRECISION COMPRESSION EXTRACTOR DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED REBUILD_CHANGED CACHE_ARGS
 TRAIN_VARS := MODEL BATCH_SIZE LR MOMENTUM WEIGHT_DECAY LR_STEP LR_GAMMA EVAL_SPLIT VAL_FRACTION SEED DETERMINISTIC NUM_WORKERS AMP DEVICE TRAIN_ARGS
 VARS_setup :=
 VARS_test := PYTEST_ARGS
@@ -159,7 +164,7 @@ VARS_synthetic := DATA_ROOT N SEED SYNTHETIC_ARGS
 VARS_manifest := DATASET DATA_ROOT MANIFEST VALIDATE MISSING_LIST WORKERS POSES MANIFEST_ARGS
 VARS_cache := $(CACHE_VARS)
 VARS_resume := $(CACHE_VARS)
-VARS_luigid := PORT CACHE_DIR
+VARS_luigid := PORT LUIGID_ADDRESS LUIGID_DIR
 VARS_train-head := CONFIG DATASET PROTOCOL VARIANT EPOCHS RUN CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN_MEMORY POSE_LR_SCALE POSE_BACKBONE COUPLER EMBEDDING_LOSS FORCE_NEW
 VARS_eval := RUN RUN_DIR DATASET PROTOCOL VARIANT SPLIT CACHE RUNS_DIR CHECKPOINT OUT BATCH_SIZE NUM_WORKERS DEVICE PROBABILITIES SHUFFLE_POSES MANIFEST DATA_ROOT EVAL_ARGS
 VARS_ablate := DATASET PROTOCOL EPOCHS CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN_MEMORY POSE_LR_SCALE TABLES PREFIX TEST_SPLIT
@@ -190,14 +195,14 @@ $(if $(UNUSED_VARS),$(warning warning: make $(or $(MAKECMDGOALS),help) does not 
 endif
 
 help-vars-%:
-	@$(if $(VARS_$*),printf '%s\n' $(foreach v,$(VARS_$*),'$(v)=$(strip $($(v)))') | awk -F'\t' -v t='$*' '$(HELP_AWK)' $(HELP_DEFAULTS) - | fold -s -w 104 | sed 's/^/                /',:)
+	@$(if $(VARS_$*),printf '%s\n' $(foreach v,$(VARS_$*),$(call q,$(v)=$(strip $($(v))))) | awk -F'\t' -v t=$(call q,$*) '$(HELP_AWK)' $(HELP_DEFAULTS) - | fold -s -w 104 | sed 's/^/                /',:)
 
 inspect: setup  ## a cache's config, provenance, counts per split and class, failures, shapes: CACHE=dir|cache.h5
-	$(PY) -m pipeline.inspect_cache $(or $(CACHE),$(CACHE_DIR)/$(DATASET))
+	$(PY) -m pipeline.inspect_cache $(call q,$(or $(CACHE),$(CACHE_DIR)/$(DATASET)))
 
 export-pyskl: setup  ## MANIFEST's poses as a pyskl/mmaction2 annotation pickle: OUT=x.pkl [CACHE=dir]
 	$(call need,OUT,the pickle to write)
-	$(PY) -m pipeline.pyskl --manifest $(MANIFEST) --out $(OUT) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call given_opt,WORKERS,--workers)
+	$(PY) -m pipeline.pyskl $(call opt,MANIFEST,--manifest) $(call opt,OUT,--out) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call given_opt,WORKERS,--workers)
 
 # the head recipe's yardstick and the joint-anchored attention's input (issue 18)
 .PHONY: probe joints
@@ -205,10 +210,10 @@ VARS_probe := DATASET PROTOCOL CACHE CACHE_DIR RUNS_DIR SEED EVAL_SPLIT
 VARS_joints := DATASET CACHE CACHE_DIR MANIFEST DATA_ROOT
 probe: setup  ## linear probe (logistic regression on pooled, standardised features; C chosen on val/val_carved): DATASET= PROTOCOL= [CACHE=…] [SEED=0]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(PY) -m vpn_head.probe --dataset $(DATASET) --protocol $(PROTOCOL) --cache $(CACHE_ROOT) --runs-dir $(RUNS_DIR) --seed $(SEED) $(call opt,EVAL_SPLIT,--eval-split)
+	$(PY) -m vpn_head.probe $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,CACHE_ROOT,--cache) $(call opt,RUNS_DIR,--runs-dir) $(call opt,SEED,--seed) $(call opt,EVAL_SPLIT,--eval-split)
 
 joints: setup  ## write a cache's crop joints (for MODEL="spatial_attention=joints"): [CACHE=dir] MANIFEST=csv [DATA_ROOT=…]
-	$(PY) -m pipeline.crop_joints --cache $(CACHE_ROOT) --dataset $(DATASET) --manifest $(MANIFEST) $(call opt,DATA_ROOT,--data-root)
+	$(PY) -m pipeline.crop_joints $(call opt,CACHE_ROOT,--cache) $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root)
 
 # the paper's two-stage path (section 3.3): fine-tune I3D end to end, cache the fine-tuned I3D's Mixed_5c features
 # into their own cache root, train and evaluate the head on them. Needs `make cache` of the same manifest first (the
@@ -219,33 +224,34 @@ TS_CACHE ?= $(CACHE_DIR)/two-stage
 FT_EPOCHS ?= $(EPOCHS)
 TS_CLIP  = $(or $(CLIP_LEN),64)
 TS_CROP  = $(or $(CROP_SIZE),224)
-TS_SHAPE = $(shell $(PY) -c "from pipeline.i3d_spec import feature_shape as f; c, t, h, w = f($(TS_CLIP), $(TS_CROP)); print(f'--model feature_time={t} --model feature_size={h}')")
+TS_SHAPE = $(shell $(PY) -m pipeline.i3d_spec --model-options $(call q,$(TS_CLIP)) $(call q,$(TS_CROP)))
+TS_I3D   = $(RUNS_DIR)/$(TS_RUN)_i3d/best.pt
 .PHONY: two-stage
 VARS_two-stage := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR RUNS_DIR CLIP_LEN CROP_SIZE FT_EPOCHS EPOCHS VARIANT TS_RUN TS_CACHE I3D_WEIGHTS PER_GPU_BATCH GPUS MODEL TRAIN_ARGS
 two-stage: setup  ## fine-tune I3D, cache its features (TS_CACHE), train + evaluate the head: DATASET= PROTOCOL= [CLIP_LEN=32 CROP_SIZE=112] [FT_EPOCHS=] [EPOCHS=]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(LAUNCH) -m vpn_head.finetune --dataset $(DATASET) --protocol $(PROTOCOL) --manifest $(MANIFEST) --cache-dir $(CACHE_DIR) --runs-dir $(RUNS_DIR) --run $(TS_RUN)_i3d --epochs $(FT_EPOCHS) --variant $(VARIANT) --clip-len $(TS_CLIP) --crop-size $(TS_CROP) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(TRAIN_ARGS)
-	$(PY) -m tasks.cache --dataset $(DATASET) $(call opt,PROTOCOL,--protocol) --manifest $(MANIFEST) --cache-dir $(TS_CACHE) --i3d-weights $(RUNS_DIR)/$(TS_RUN)_i3d/best.pt --clip-len $(TS_CLIP) --crop-size $(TS_CROP) $(call opt,DATA_ROOT,--data-root)
-	$(PY) -m vpn_head.train --dataset $(DATASET) --protocol $(PROTOCOL) --variant $(VARIANT) --epochs $(EPOCHS) --cache $(TS_CACHE) --runs-dir $(RUNS_DIR) --run $(TS_RUN)_head $(TS_SHAPE) $(call each,MODEL,--model) $(TRAIN_ARGS)
-	$(PY) -m vpn_head.evaluate --runs-dir $(RUNS_DIR) --run $(TS_RUN)_head --dataset $(DATASET) --split test --cache $(TS_CACHE) --manifest $(MANIFEST) $(call opt,DATA_ROOT,--data-root)
+	$(LAUNCH) -m vpn_head.finetune $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_i3d) $(call opt,FT_EPOCHS,--epochs) $(call opt,VARIANT,--variant) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call args,TRAIN_ARGS)
+	$(PY) -m tasks.cache $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,TS_CACHE,--cache-dir) $(call opt,TS_I3D,--i3d-weights) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,DATA_ROOT,--data-root)
+	$(PY) -m vpn_head.train $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,VARIANT,--variant) $(call opt,EPOCHS,--epochs) $(call opt,TS_CACHE,--cache) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(TS_SHAPE) $(call each,MODEL,--model) $(call args,TRAIN_ARGS)
+	$(PY) -m vpn_head.evaluate $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(call opt,DATASET,--dataset) --split test $(call opt,TS_CACHE,--cache) $(call opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root)
 
 # cost at scale and the prepared GPU run (issue 13)
 GPU_CHECK_OUT ?= bench/results/gpu_check.json
 
 .PHONY: gpu-check
 gpu-check: setup  ## one prepared GPU run (< 8 min), one JSON: I3D, pipeline, head, fine-tune, DDP [SMOKE=1: tiny, CPU]
-	$(PY) -m bench.gpu_check --out $(GPU_CHECK_OUT) $(if $(SMOKE),--smoke,) $(call opt,I3D_WEIGHTS,--i3d-weights)
+	$(PY) -m bench.gpu_check $(call opt,GPU_CHECK_OUT,--out) $(if $(SMOKE),--smoke,) $(call opt,I3D_WEIGHTS,--i3d-weights)
 
 # --- trusting the cache (issue 10): verify a cache, retry recorded failures, fuzz the readers
 RETRY_FAILED ?=
 FUZZ_REPORT ?= bench/results/fuzz.json
 
 verify: setup  ## full check of a cache without rebuilding: [CACHE=folder|root] (default CACHE_DIR); exit 1 names bad files
-	$(PY) -m pipeline.cache verify $(or $(CACHE),$(CACHE_DIR))
+	$(PY) -m pipeline.cache verify $(call q,$(or $(CACHE),$(CACHE_DIR)))
 
 fuzz: setup  ## fuzz the 4 skeleton readers with mutated real samples: [N=2500] cases per reader
-	mkdir -p $(dir $(FUZZ_REPORT))
-	FUZZ_EXAMPLES=$(if $(filter command line,$(origin N)),$(N),2500) FUZZ_REPORT=$(FUZZ_REPORT) $(PY) -m pytest -q -s -p no:cacheprovider -m fuzz tests/test_fuzz.py
+	mkdir -p $(call q,$(dir $(FUZZ_REPORT)))
+	FUZZ_EXAMPLES=$(call q,$(if $(filter command line,$(origin N)),$(N),2500)) FUZZ_REPORT=$(call q,$(FUZZ_REPORT)) $(PY) -m pytest -q -s -p no:cacheprovider -m fuzz tests/test_fuzz.py
 
 clean-demo:  ## remove the demo's data
-	rm -rf $(DEMO_ROOT) $(DEMO_DIR)
+	rm -rf -- $(call q,$(DEMO_ROOT)) $(call q,$(DEMO_DIR))

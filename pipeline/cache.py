@@ -33,6 +33,7 @@ from pipeline.cache_format import (
 )
 from pipeline.contracts import CACHE_ATTRS, CACHE_DATASETS, FAILURE_COLUMNS, MAX_BODIES
 from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE
+from pipeline.input_stats import describe, shard_changes
 from pipeline.integrity import check_integrity
 from pipeline.layout import MERGED_NAME, SHARD_GLOB, CacheError, cache_folders
 from pipeline.per_process import PerProcess
@@ -346,11 +347,15 @@ def _source_path(view: Path, file_name: str) -> Path:
 
 def verify_folder(folder: str | Path) -> dict[Path, str]:
     """Full check (``check_integrity(full=True)``) of every shard and the merged view of one cache folder, and of
-    the view's mapping onto its shards; returns the bad files with what is wrong."""
+    the view's mapping onto its shards, and whether a shard's input files changed since it was built
+    (``pipeline.input_stats``); returns the bad files with what is wrong."""
     folder = Path(folder)
     bad = {}
     for path in sorted(folder.glob(SHARD_GLOB)) + sorted(folder.glob(MERGED_NAME)):
         problem = check_integrity(path, full=True)
+        if not problem and path.name != MERGED_NAME:
+            changes = shard_changes(path)
+            problem = f"stale: {describe(changes)}; `make cache REBUILD_CHANGED=1` rebuilds it" if changes else ""
         if problem:
             bad[path] = problem
     merged = folder / MERGED_NAME

@@ -21,17 +21,19 @@ import torch
 
 from pipeline import extract
 from pipeline.cache import open_cache
+from pipeline.cache_format import open_h5
 from pipeline.cache_merge import merge_shards
 from pipeline.config import CacheConfig
 from pipeline.datasets import get_dataset
 from pipeline.failures import read_failures
 from pipeline.fileio import file_sha256
+from pipeline.input_stats import INPUT_COLUMNS, INPUTS_ATTR, describe, inputs_record, shard_changes
 from pipeline.integrity import check_integrity
 from pipeline.layout import (
     FAILURES_NAME, LOCK_NAME, LUIGI_TEMP_GLOB, MERGED_NAME, CacheError, append_run_log, integrity_path, num_shards,
     shard_path, shards_done, write_latest,
 )
-from pipeline.manifest import read_manifest
+from pipeline.manifest import inside_root, read_manifest
 from pipeline.provenance import make_attrs, utc_now
 
 log = logging.getLogger(__name__)
@@ -91,23 +93,49 @@ def status(config: CacheConfig, cache_root: str | Path, manifest: str) -> str:
             + ("; merged view present" if merged else ""))
 
 
-def recheck(config: CacheConfig, cache_root: str | Path, manifest: str, retry_failed: bool) -> list[str]:
-    """Send bad or retryable finished shards back to work (``extract.shards_to_rebuild``); drop the merged view
-    when a shard is redone, missing or the view itself fails its check. Returns one line per action."""
+def recheck(config: CacheConfig, cache_root: str | Path, manifest: str, retry_failed: bool,
+            rebuild_changed: bool = False) -> list[str]:
+    """Send bad or retryable finished shards back to work (``extract.shards_to_rebuild``), and those whose input
+    files changed since they were built when ``rebuild_changed`` (else name them); drop the merged view when a
+    shard is redone, missing or the view itself fails its check. Returns one line per action or warning."""
     shards = shard_paths(config, cache_root, manifest)
     lines = []
-    for path, why in extract.shards_to_rebuild(shards, retry_failed=retry_failed).items():
+    rebuild = extract.shards_to_rebuild(shards, retry_failed=retry_failed)
+    for path in shards:
+        if path in rebuild or not path.exists():
+            continue
+        try:
+            changes = shard_changes(path)
+        except CacheError as err:  # passed its integrity check, yet does not open as a cache file
+            rebuild[path] = str(err)
+            continue
+        if changes and rebuild_changed:
+            rebuild[path] = describe(changes)
+        elif changes:
+            lines.append(f"warning: {path}: {describe(changes)}; its features are of the old files: "
+                         "REBUILD_CHANGED=1 (--rebuild-changed) rebuilds it")
+    for path, why in rebuild.items():
         lines.append(f"rebuilding {path}: {why}")
         path.unlink(missing_ok=True)
         integrity_path(path).unlink(missing_ok=True)
     merged = config.cache_dir(cache_root) / MERGED_NAME
     if merged.exists():
-        why = check_integrity(merged) or ("shards to (re)build" if not all(p.exists() for p in shards) else "")
+        why = (check_integrity(merged) or _refused(merged)
+               or ("shards to (re)build" if not all(p.exists() for p in shards) else ""))
         if why:
             lines.append(f"re-merging {merged}: {why}")
             merged.unlink()
             integrity_path(merged).unlink(missing_ok=True)
     return lines
+
+
+def _refused(path: Path) -> str:
+    """Why ``open_h5`` refuses the file (one crafted to read outside its folder), or ""."""
+    try:
+        open_h5(path).close()
+    except CacheError as err:
+        return str(err)
+    return ""
 
 
 @dataclass(frozen=True)
@@ -132,7 +160,8 @@ def run_shard(config: CacheConfig, cache_root: str | Path, index: int, job: Shar
     final = shard_path(config.cache_dir(cache_root), index)
     rows = manifest_rows(job.manifest, config.protocol)
     chunk = rows[index * config.shard_size:(index + 1) * config.shard_size]
-    attrs = make_attrs(config, config.i3d_weights_sha256)
+    inputs = inputs_record(input_paths(chunk, job.data_root))  # before any file is read
+    attrs = {**make_attrs(config, config.i3d_weights_sha256), INPUTS_ATTR: inputs}
     started = utc_now()
     model = load_extractor(config.extractor, job.i3d_weights, device)
     stats = extract.extract_shard(chunk, job.data_root, config, model, out_path, attrs=attrs,
@@ -143,6 +172,20 @@ def run_shard(config: CacheConfig, cache_root: str | Path, index: int, job: Shar
             "seconds": round(stats.seconds, 2), "i3d_seconds": round(stats.i3d_seconds, 2),
             "videos_per_s": round(stats.samples / stats.seconds, 3) if stats.seconds else 0.0,
             "backends": stats.backends}
+
+
+def input_paths(rows: tuple[dict, ...], data_root: str | Path) -> dict[str, dict[str, Path]]:
+    """Each row's video and skeleton file under ``data_root`` (a path that leaves it is left out: that sample
+    fails at the ``manifest`` stage, reading nothing)."""
+    paths: dict[str, dict[str, Path]] = {}
+    for row in rows:
+        inputs = paths.setdefault(str(row["sample_id"]), {})
+        for name, column in INPUT_COLUMNS.items():
+            try:
+                inputs[name] = inside_root(data_root, str(row.get(column) or ""))
+            except ValueError:
+                continue
+    return paths
 
 
 def log_shard(config: CacheConfig, cache_root: str | Path, manifest: str, entry: dict) -> None:

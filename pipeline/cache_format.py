@@ -120,10 +120,13 @@ def check_str(path: Path, name: str, ds: h5py.Dataset) -> None:
 
 
 def open_h5(path: Path) -> h5py.File:
-    """Open a cache file read-only.
+    """Open a cache file read-only, refusing one that would read bytes outside its folder (``check_contained``).
+
+    Every reader of a cache opens its files here: ``CacheReader`` (training, evaluation, ``make inspect``),
+    the integrity check of ``make verify`` and of a rerun, and the failures of a shard.
 
     Raises:
-        CacheError: missing, not a file, or not HDF5.
+        CacheError: missing, not a file, not HDF5, or an object stored outside the cache folder.
     """
     if not path.exists():
         raise CacheError(f"{path}: cache file does not exist")
@@ -132,6 +135,51 @@ def open_h5(path: Path) -> h5py.File:
     try:
         if not h5py.is_hdf5(path):
             raise CacheError(f"{path}: not an HDF5 file (corrupt or truncated)")
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as err:
         raise CacheError(f"{path}: cannot open as HDF5 ({err})") from err
+    try:
+        check_contained(path, f)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def check_contained(path: Path, f: h5py.File) -> None:
+    """Raise ``CacheError`` unless every object of ``f`` (opened from ``path``) lives in the cache folder.
+
+    A cache file is data from disk, and HDF5 can make a file read other files: a dataset with external storage
+    (raw bytes of any file, e.g. ``/etc/passwd``), an external link (an object of another HDF5 file), and a
+    virtual dataset whose source is another file. The cache writes none of the first two, and its merged view's
+    sources are shard files beside it (``shard_00000.h5``), so a source that is absolute, or that resolves
+    (``..``, symlinks) outside the folder of ``path``, is refused as well. Links are walked without following
+    them, so nothing outside is opened to find out.
+    """
+    folder = path.parent.resolve()
+    problems: list[str] = []
+
+    def visit(name: str, link: h5py.HardLink | h5py.SoftLink | h5py.ExternalLink) -> None:
+        if isinstance(link, h5py.ExternalLink):
+            problems.append(f"{name} is an external link to {link.filename}:{link.path}")
+            return
+        if not isinstance(link, h5py.HardLink):  # a soft link names an object of this file, visited by itself
+            return
+        obj = f[name]
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if obj.external:
+            problems.append(f"dataset {name} has external storage in {obj.external[0][0]!r}")
+        elif obj.is_virtual:
+            for source in obj.virtual_sources():
+                if source.file_name == ".":  # a source in this same file
+                    continue
+                where = Path(source.file_name)
+                if where.is_absolute() or not (path.parent / where).resolve().is_relative_to(folder):
+                    problems.append(f"dataset {name} maps virtual source {source.file_name!r}, outside {folder}")
+                    return
+
+    f.visititems_links(visit)
+    if problems:
+        raise CacheError(f"{path}: refused, it would read outside its folder: {problems[0]}"
+                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

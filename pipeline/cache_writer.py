@@ -20,6 +20,7 @@ from pipeline.defaults import DEFAULT_COMPRESSION
 from pipeline.failures import failure_row
 from pipeline.fileio import temp_path
 from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE
+from pipeline.input_stats import INPUTS_ATTR
 from pipeline.integrity import record_integrity
 from pipeline.provenance import check_attrs
 
@@ -38,7 +39,8 @@ class ShardWriter:
         n_rows_max: capacity (videos x clips per video); appending more raises.
         num_joints: J of the dataset's skeleton.
         t_p: poses per clip.
-        attrs: the ``CACHE_ATTRS`` (see ``provenance.make_attrs``).
+        attrs: the ``CACHE_ATTRS`` (see ``provenance.make_attrs``), and optionally ``inputs_json``
+            (``pipeline.input_stats``).
         protocols: the protocol names whose split value every row carries.
         compression: a name accepted by ``compression_kwargs``, applied to features and poses.
         atomic: write ``<dir>/.<name>.tmp-*`` and ``os.replace`` it onto ``path`` on close.
@@ -79,7 +81,7 @@ class ShardWriter:
 
     def _create_datasets(self, attrs: Mapping[str, str], compression: str) -> None:
         f, n = self._file, self.n_rows_max
-        for name in CACHE_ATTRS:
+        for name in (*CACHE_ATTRS, *([INPUTS_ATTR] if INPUTS_ATTR in attrs else [])):
             f.attrs[name] = str(attrs[name])
         bulky = compression_kwargs(compression)
         for name, shape in self._shapes.items():

@@ -31,3 +31,18 @@ def feature_shape(clip_len: int = CLIP_FRAMES, crop_size: int = CROP_SIZE) -> tu
 
 FEATURE_SHAPE: tuple[int, int, int, int] = feature_shape()
 """Mixed_5c output per clip of the paper's input: (1024, 8, 7, 7)."""
+
+
+def model_options(clip_len: int, crop_size: int) -> str:
+    """The head trainer's ``--model`` options for features of ``clip_len``-frame ``crop_size``-pixel clips
+    (``make two-stage`` passes them, so a reduced-size cache trains without hand-written overrides)."""
+    _, time, size, _ = feature_shape(clip_len, crop_size)
+    return f"--model feature_time={time} --model feature_size={size}"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "--model-options" or not all(a.isdigit() for a in sys.argv[2:]):
+        sys.exit("usage: python -m pipeline.i3d_spec --model-options CLIP_LEN CROP_SIZE")
+    print(model_options(int(sys.argv[2]), int(sys.argv[3])))

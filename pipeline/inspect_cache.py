@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from pipeline.cache import CacheReader, open_cache
+from pipeline.cache_format import open_h5
 from pipeline.layout import SHARD_GLOB, CacheError, resolve
 
 FAILURE_EXAMPLES = 5
@@ -26,6 +27,12 @@ H5_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf", 32001: "bl
               32015: "zstd", 32026: "blosc2"}
 """HDF5 filter ids (the registered ones of https://github.com/HDFGroup/hdf5_plugins) by name; 1-3 are built in,
 the others need ``hdf5plugin`` (``lzf`` ships with h5py)."""
+SPLIT_ORDER = ("train", "val", "test", "", "all")
+"""How split columns are listed; a value outside the contract (a damaged or foreign cache) comes after them."""
+
+
+def _split_key(split: str) -> tuple[int, str]:
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
 
 
 def _filters(ds: h5py.Dataset) -> list[str]:
@@ -45,14 +52,14 @@ def _source_dataset(f: h5py.File, name: str, folder: Path) -> tuple[h5py.File | 
     if not ds.is_virtual or not ds.virtual_sources():
         return None, ds
     source = Path(ds.virtual_sources()[0].file_name)
-    src = h5py.File(source if source.is_absolute() else folder / source, "r")
+    src = open_h5(source if source.is_absolute() else folder / source)
     return src, src[name]
 
 
 def _datasets(path: Path) -> dict[str, dict[str, Any]]:
     """shape, dtype, chunks, filters and virtual-or-not of every dataset in the file."""
     out: dict[str, dict[str, Any]] = {}
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         names: list[str] = []
         f.visit(lambda name: names.append(name) if isinstance(f[name], h5py.Dataset) else None)
         for name in sorted(names):
@@ -73,7 +80,7 @@ def _split_counts(reader: CacheReader) -> dict[str, dict[str, dict[str, int]]]:
         splits = reader.splits(protocol)
         out[protocol] = {split: {"videos": len(set(reader.sample_ids[splits == split])),
                                  "clips": int((splits == split).sum())}
-                         for split in sorted(set(splits), key=("train", "val", "test", "").index)}
+                         for split in sorted(set(splits), key=_split_key)}
     return out
 
 
@@ -146,8 +153,7 @@ def format_summary(s: dict[str, Any]) -> str:
     for protocol, splits in s["splits"].items():
         lines.append(f"  {protocol}: " + ", ".join(f"{split or 'not in protocol'} {c['videos']} / {c['clips']}"
                                                     for split, c in splits.items()))
-    columns = sorted({k for c in s["classes"] for k in c} - {"label", "action"},
-                     key=lambda k: ("train", "val", "test", "", "all").index(k))
+    columns = sorted({k for c in s["classes"] for k in c} - {"label", "action"}, key=_split_key)
     lines.append(f"videos per class{' (' + s['classes_protocol'] + ')' if s['classes_protocol'] else ''}: "
                  f"{len(s['classes'])} classes present")
     header = ["label action", *[c or "none" for c in columns]]

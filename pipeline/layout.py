@@ -16,8 +16,8 @@ Lookup order (``resolve``), the one rule every reader of a cache follows (traini
 
 1. a file (``cache.h5`` or a shard) is itself;
 2. a folder holding ``cache.h5`` (or shards not merged yet, which ``open_cache`` then reports) is that cache;
-3. otherwise the dataset folder (``<path>/<dataset>``, or ``<path>`` itself when no dataset is given) is
-   searched: its ``LATEST`` when present (an error when it names a folder without ``cache.h5``), else its only
+3. otherwise the dataset folder (``<path>/<dataset>``; ``<path>`` itself when no dataset is given or when
+   ``<path>/<dataset>`` is no folder, so ``cache/ntu60`` works with or without the dataset's name) is searched: its ``LATEST`` when present (an error when it names a folder without ``cache.h5``), else its only
    ``<hash>/cache.h5``; none, or several without ``LATEST``, is an error that lists what is there.
 """
 
@@ -85,10 +85,11 @@ def integrity_path(path: str | Path) -> Path:
 
 
 def cache_folders(path: str | Path) -> list[Path]:
-    """The cache folders at or under ``path`` (a folder holding shards or ``cache.h5``, or a cache root)."""
+    """The cache folders at or under ``path`` (a cache file, a folder holding shards or ``cache.h5``, or a cache
+    root); none for a file that is not named as a cache file (``/etc/passwd`` is no cache)."""
     path = Path(path)
     if path.is_file():
-        return [path.parent]
+        return [path.parent] if path.match(SHARD_GLOB) or path.name == MERGED_NAME else []
     return sorted({p.parent for pattern in (SHARD_GLOB, MERGED_NAME) for p in path.rglob(pattern)})
 
 
@@ -122,7 +123,8 @@ def resolve(path: str | os.PathLike, dataset: str | None = None) -> Path:
 
     Args:
         path: a cache file, a cache folder, a dataset folder (``cache/ntu60``) or a cache root (``cache/``).
-        dataset: registry name, to look under a cache root; None when ``path`` is a dataset folder.
+        dataset: registry name, to look under a cache root; None, or the same name, when ``path`` is a dataset
+            folder.
 
     Returns:
         A file or a cache folder, for ``pipeline.cache.open_cache``.
@@ -134,7 +136,7 @@ def resolve(path: str | os.PathLike, dataset: str | None = None) -> Path:
     path = Path(path)
     if path.is_file() or (path / MERGED_NAME).is_file() or (path.is_dir() and any(path.glob(SHARD_GLOB))):
         return path
-    folder = path / dataset if dataset else path
+    folder = path / dataset if dataset and (path / dataset).is_dir() else path
     latest = folder / LATEST
     if latest.is_file():
         named = folder / latest.read_text().strip()

@@ -16,7 +16,8 @@
 * Before any task runs: DATA_ROOT must exist and hold the first samples' files, and the I3D weights must load
   (else one line, exit 2); finished shards are re-checked against their integrity records
   (``pipeline.integrity.check_integrity``) and rebuilt when bad or when they hold environment failures
-  (``--retry-failed``: any failure), with the merged view.
+  (``--retry-failed``: any failure), with the merged view; shards whose input files changed since they were
+  built (``pipeline.input_stats``) are named, and rebuilt with ``--rebuild-changed``.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="print done/remaining shards first")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also retry samples whose failures are recorded (content failures are final otherwise)")
+    parser.add_argument("--rebuild-changed", action="store_true",
+                        help="rebuild the shards whose videos or skeletons changed (size or mtime) since they were "
+                             "built (otherwise they are only named)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -182,7 +186,7 @@ def _build(args: argparse.Namespace, config: CacheConfig, data_root: str, cache_
     if not args.scheduler:
         for path in remove_stale_temp_files(cache_dir):
             log.info("removed %s, left by a killed run", path.name)
-    for line in cache_build.recheck(config, args.cache_dir, args.manifest, args.retry_failed):
+    for line in cache_build.recheck(config, args.cache_dir, args.manifest, args.retry_failed, args.rebuild_changed):
         print(line)
     print(cache_build.status(config, args.cache_dir, args.manifest))
     task = BuildCache(config_json=config.to_json(), cache_root=str(args.cache_dir), manifest=str(args.manifest),

@@ -3,8 +3,9 @@
 A trainer (``vpn_head.train``: the head on cached features; ``vpn_head.finetune``: I3D + head on pixels) builds
 its data, model and optimizer, describes them in a ``Run`` and calls ``prepare_run_dir``, ``resume`` and ``fit``:
 
-- ``prepare_run_dir``: ``runs/<name>/config.json`` holds ``{<section>: trainer config, "model": VPNConfig}``;
-  an existing folder of another experiment is refused (``RunConfigError``) unless ``force_new`` moves it aside.
+- ``prepare_run_dir``: ``runs/<name>/config.json`` holds ``{<section>: trainer config, "model": VPNConfig}``
+  (and the head trainer's ``"cache"``: the cache folder and its hash); an existing folder of another experiment,
+  or one trained on another cache, is refused (``RunConfigError``) unless ``force_new`` moves it aside.
 - ``resume``: ``last.pt`` restores the weights, optimizer, scheduler, loss scaler, every RNG state and the
   progress (history, best epoch), so a resumed run ends bit-identical to one that never stopped, provided the
   trainer's sampler depends only on ``(seed, epoch)``.
@@ -170,14 +171,40 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def cache_identity(cache: Path) -> dict[str, str]:
+    """What a run records of the cache it reads: the cache folder, and its name (the cache config's hash).
+
+    ``cache`` is a resolved cache (``pipeline.layout.resolve``): a cache folder, or a file in one.
+    """
+    folder = cache.parent if cache.is_file() else cache
+    return {"folder": str(folder.resolve()), "hash": folder.name}
+
+
+def check_same_cache(saved: Mapping[str, Any], cache: Mapping[str, str], source: Path) -> None:
+    """Raise ``RunConfigError`` when the run of ``saved`` (its ``config.json``) was trained on another cache.
+
+    The cache a run reads is found anew on every start (``CACHE=cache/`` follows ``LATEST``), so a rebuild with
+    other settings would otherwise move a resumed run onto other features silently. A run recorded before
+    caches were recorded is accepted (and records this one).
+    """
+    had = saved.get("cache")
+    if isinstance(had, Mapping) and had.get("hash") != cache["hash"]:
+        raise RunConfigError(f"{source}: the run was trained on cache {had.get('folder')} and would now resume on "
+                             f"{cache['folder']} (another cache: {had.get('hash')} != {cache['hash']}); pass "
+                             "CACHE=<the run's cache folder> to resume it, or --force-new or another --run")
+
+
 def prepare_run_dir(run_dir: Path, kind: str, config: TrainerConfig, vpn_config: VPNConfig, force_new: bool,
-                    ctx: DistContext = DistContext()) -> Path:
+                    ctx: DistContext = DistContext(), cache: Path | None = None) -> Path:
     """Create the run directory (moving an old one aside with ``force_new``) and write ``config.json``.
 
-    Every rank checks the saved config, so a refused run fails in all processes; rank 0 writes.
+    Every rank checks the saved config, so a refused run fails in all processes; rank 0 writes. With ``cache``
+    (the resolved cache the run reads), ``config.json`` records it (``cache_identity``) and a resume on another
+    cache is refused (``check_same_cache``).
 
     Raises:
-        RunConfigError: the directory holds another experiment, or an unreadable ``config.json``.
+        RunConfigError: the directory holds another experiment, was trained on another cache, or has an
+            unreadable ``config.json``.
     """
     section = CONFIG_SECTIONS[kind]
     config_path = run_dir / "config.json"
@@ -192,9 +219,14 @@ def prepare_run_dir(run_dir: Path, kind: str, config: TrainerConfig, vpn_config:
         except (OSError, json.JSONDecodeError) as error:
             raise RunConfigError(f"{config_path}: unreadable ({error}); use --force-new or another --run") from error
         check_same_experiment(saved, section, config, vpn_config, config_path)
+        if cache is not None:
+            check_same_cache(saved, cache_identity(cache), config_path)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(config_path, {section: config.to_dict(), "model": vpn_config.to_dict()})
+        record: dict[str, Any] = {section: config.to_dict(), "model": vpn_config.to_dict()}
+        if cache is not None:
+            record["cache"] = cache_identity(cache)
+        atomic_write_json(config_path, record)
     barrier(ctx)
     return run_dir
 

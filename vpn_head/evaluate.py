@@ -49,7 +49,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         run_dir: ``runs/<name>``.
         split: ``train``, ``val`` or ``test``.
         checkpoint: ``best`` or ``last``.
-        cache: cache path; default: the one the run was trained on.
+        cache: a cache file, cache folder, dataset folder or cache root (``pipeline.layout.resolve``); default:
+            the one the run was trained on.
         out_dir: where to write; default ``<run_dir>/eval_<split>``.
         batch_size: clips per forward pass.
         num_workers: DataLoader workers.
@@ -81,7 +82,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     model = model_from_checkpoint(ckpt, ckpt_path)
     train_config = ckpt["train_config"]
     dataset, protocol = train_config["dataset"], train_config["protocol"]
-    cache_path = resolve_cache(cache if cache is not None else train_config["cache"], dataset)
+    cache_path = resolve_cache(cache if cache is not None else _trained_on(run_dir, train_config), dataset)
     uses_pose = model.config.variant != "i3d"
     # pose variants are scored twice (own and shuffled poses): hold the split in RAM when it fits, read it once
     clips = CachedClips(cache_path, protocol, split, in_memory=uses_pose, dataset=dataset,
@@ -141,6 +142,21 @@ def _selected_on(run_dir: Path, checkpoint: str) -> str:
     return str(summary.get("checkpoint_selected_on", summary.get("eval_split", "unknown")))
 
 
+def _trained_on(run_dir: Path, train_config: dict[str, Any]) -> str:
+    """The cache a run was trained on: the folder its ``config.json`` recorded (``engine.cache_identity``) while it
+    exists, so a later build that moved ``LATEST`` does not change what an evaluation reads; else the trainer's
+    ``--cache`` as given, resolved again."""
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text())["cache"]["folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return train_config["cache"]
+    if Path(recorded).is_dir():
+        return recorded
+    log.warning("%s was trained on %s, which is gone; evaluating on %s as resolved now", run_dir, recorded,
+                train_config["cache"])
+    return train_config["cache"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vpn_head.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", help="run directory (default: <runs-dir>/<run>)")
@@ -151,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default="vpn", help="variant, to derive the default run name")
     parser.add_argument("--split", default="test", choices=("train", "val", "val_carved", "test"))
     parser.add_argument("--checkpoint", default="best", choices=CHECKPOINT_NAMES)
-    parser.add_argument("--cache", help="cache path (default: the one the run was trained on)")
+    parser.add_argument("--cache", help="a cache.h5, cache folder, dataset folder (<root>/<dataset>, its LATEST) or "
+                                        "cache root (default: the one the run was trained on)")
     parser.add_argument("--out", help="output directory (default: <run-dir>/eval_<split>)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0)

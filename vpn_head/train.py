@@ -215,7 +215,7 @@ def train(config: TrainConfig, force_new: bool = False) -> dict[str, Any]:
     if chooser == "test":
         log.warning("eval_split=test: best.pt is chosen on the test split, so its test score is optimistic")
     _check_shapes(train_set, vpn_config)
-    run_dir = engine.prepare_run_dir(config.run_dir, HEAD, config, vpn_config, force_new)
+    run_dir = engine.prepare_run_dir(config.run_dir, HEAD, config, vpn_config, force_new, cache=cache)
 
     seed_everything(config.seed, config.deterministic)
     model = VPN(vpn_config).to(device)
