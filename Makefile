@@ -175,9 +175,9 @@ VARS_clean-demo := DEMO_ROOT DEMO_DIR
 
 # --- the person-crop store the fine-tune reads (issue 19): make crops, then make finetune [PIXELS=auto|store|source]
 .PHONY: crops
-crops: setup  ## cut the cache's person-crop store for the fine-tune: DATASET= [CACHE=dir] [STORE_SIZE=256] [MARGIN_SCALE=0.1] [MARGIN_SHIFT=0.1] [CRF=18] [PRESET=fast] [SHARD_SIZE=200] [WORKERS=n]
-	$(PY) -m tasks.crops --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_ROOT) $(call opt,DATA_ROOT,--data-root) --shard-size $(SHARD_SIZE) --workers $(WORKERS) $(call opt,STORE_SIZE,--store-size) $(call opt,MARGIN_SCALE,--margin-scale) $(call opt,MARGIN_SHIFT,--margin-shift) $(call opt,CRF,--crf) $(call opt,PRESET,--preset) $(CROPS_ARGS)
-VARS_crops := DATASET MANIFEST DATA_ROOT CACHE CACHE_DIR SHARD_SIZE WORKERS STORE_SIZE MARGIN_SCALE MARGIN_SHIFT CRF PRESET CROPS_ARGS
+crops: setup  ## cut the cache's person-crop store for the fine-tune: DATASET= [CACHE=dir] [STORE_SIZE=256] [MARGIN_SCALE=0.1] [MARGIN_SHIFT=0.1] [CRF=18] [PRESET=veryfast] [TUNE=fastdecode] [SHARD_SIZE=200] [WORKERS=n]
+	$(PY) -m tasks.crops --dataset $(DATASET) --manifest $(MANIFEST) --cache-dir $(CACHE_ROOT) $(call opt,DATA_ROOT,--data-root) --shard-size $(SHARD_SIZE) --workers $(WORKERS) $(call opt,STORE_SIZE,--store-size) $(call opt,MARGIN_SCALE,--margin-scale) $(call opt,MARGIN_SHIFT,--margin-shift) $(call opt,CRF,--crf) $(call opt,PRESET,--preset) $(call opt,TUNE,--tune) $(CROPS_ARGS)
+VARS_crops := DATASET MANIFEST DATA_ROOT CACHE CACHE_DIR SHARD_SIZE WORKERS STORE_SIZE MARGIN_SCALE MARGIN_SHIFT CRF PRESET TUNE CROPS_ARGS
 FINETUNE_OPTS += $(call opt,PIXELS,--pixels)
 VARS_finetune += PIXELS
 

@@ -76,19 +76,21 @@ class BuildCrops(_CropsTask):
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults = crop_store.StoreConfig(cache_digest="defaults")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--cache-dir", default="cache", help="cache root, dataset folder, cache folder or cache.h5")
     parser.add_argument("--manifest", default="", help="manifest CSV (default manifests/<dataset>.csv)")
     parser.add_argument("--data-root", default="", help="folder the manifest's paths are relative to "
                                                         "(default: recorded beside the manifest)")
-    parser.add_argument("--store-size", type=int, default=256, help="short side of the person box in the store, px")
+    parser.add_argument("--store-size", type=int, default=defaults.size, help="short side of the person box in the store, px")
     parser.add_argument("--margin-scale", type=float, default=DEFAULT_BOX_SCALE,
                         help="box jitter scale the store must hold (the fine-tune's BOX_SCALE)")
     parser.add_argument("--margin-shift", type=float, default=DEFAULT_BOX_SHIFT,
                         help="box jitter shift the store must hold (the fine-tune's BOX_SHIFT)")
-    parser.add_argument("--crf", type=int, default=18, help="libx264 constant rate factor")
-    parser.add_argument("--preset", default="fast", help="libx264 preset")
+    parser.add_argument("--crf", type=int, default=defaults.crf, help="libx264 constant rate factor")
+    parser.add_argument("--preset", default=defaults.preset, help="libx264 preset")
+    parser.add_argument("--tune", default=defaults.tune, help="libx264 tune (\"\": none)")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     parser.add_argument("--workers", type=int, default=1, help="Luigi worker processes (shards in parallel)")
     args = parser.parse_args(argv)
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         crop_store.read_cache_source(str(cache_folder))
         config = crop_store.StoreConfig(cache_digest=cache_folder.name, size=args.store_size,
                                         margin_scale=args.margin_scale, margin_shift=args.margin_shift,
-                                        crf=args.crf, preset=args.preset, shard_size=args.shard_size)
+                                        crf=args.crf, preset=args.preset, tune=args.tune,
+                                        shard_size=args.shard_size)
     except (ValueError, FileNotFoundError, layout.CacheError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
