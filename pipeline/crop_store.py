@@ -16,8 +16,8 @@ What the store keeps of a video (its cache rows give the boxes and the frame win
 
 Why H.264 in HDF5 shards: measured against JPEG frames, MJPEG and lossless uint8 chunks on the real 1080p NTU
 samples (``bench/bench_crops.py``; the numbers are in the README's "Crop store" section), it is the smallest by an
-order of magnitude at a decode speed within a factor of two of the fastest, and one file per shard of videos
-gives Luigi's atomic rename, resumption and few files.
+order of magnitude and the fastest to decode; one file per shard of videos gives Luigi's atomic rename,
+resumption and few files.
 
 A reader maps a source box into store pixels (``StoreView.box``) and crops there with the same
 ``pipeline.crop`` functions as the source path, so box jitter, flips and temporal jitter are unchanged; the crops

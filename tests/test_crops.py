@@ -139,6 +139,16 @@ def test_store_videos_for_the_papers_evaluation_match_the_source(data):
         np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
 
 
+def test_a_video_the_store_lacks_is_read_from_the_source(data):
+    both = clips(data, "store")
+    sample = both.sample_ids[0]
+    _, stored = both.read_pixels(sample, both.frame_indices[0][:2])
+    del both.store.index[sample]  # as after a failures.csv row of the store
+    frames, view = both.read_pixels(sample, both.frame_indices[0][:2])
+    assert stored.scale[0] < 1 and view.scale == (1.0, 1.0) and frames.shape[1:3] == (192, 320)
+    assert both[(0, 0)][0].shape == (3, 16, 64, 64)
+
+
 def test_pixels_choice_auto_store_source_and_margins(data, tmp_path, caplog):
     cache = data["cache_folder"]
     assert crop_store.select_store(cache, "source", 0.1, 0.1) is None
