@@ -186,7 +186,17 @@ VARS_runs := RUNS_DIR RUNS_FORMAT
 runs: setup  ## compare the runs under RUNS_DIR: kind, variant, epochs, best val, test, pose-shuffle drop, config [RUNS_FORMAT=markdown]
 	$(PY) -m vpn_head.runs_table --runs-dir $(RUNS_DIR) $(call opt,RUNS_FORMAT,--format)
 
+# --- the person-crop store the fine-tune reads (issue 19): make crops, then make finetune [PIXELS=auto|store|source]
+.PHONY: crops
+crops: setup  ## cut the cache's person-crop store for the fine-tune: DATASET= [CACHE=dir] [STORE_SIZE=256] [MARGIN_SCALE=0.1] [MARGIN_SHIFT=0.1] [CRF=18] [PRESET=veryfast] [TUNE=fastdecode] [SHARD_SIZE=200] [WORKERS=n]
+	$(PY) -m tasks.crops $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_ROOT,--cache-dir) $(call opt,DATA_ROOT,--data-root) $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) $(call opt,STORE_SIZE,--store-size) $(call opt,MARGIN_SCALE,--margin-scale) $(call opt,MARGIN_SHIFT,--margin-shift) $(call opt,CRF,--crf) $(call opt,PRESET,--preset) $(call opt,TUNE,--tune) $(call args,CROPS_ARGS)
+VARS_crops := DATASET MANIFEST DATA_ROOT CACHE CACHE_DIR SHARD_SIZE WORKERS STORE_SIZE MARGIN_SCALE MARGIN_SHIFT CRF PRESET TUNE CROPS_ARGS
+FINETUNE_OPTS += $(call opt,PIXELS,--pixels)
+VARS_finetune += PIXELS
 
+VARS_probe := DATASET PROTOCOL CACHE CACHE_DIR RUNS_DIR SEED EVAL_SPLIT
+VARS_joints := DATASET CACHE CACHE_DIR MANIFEST DATA_ROOT
+VARS_two-stage := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR RUNS_DIR CLIP_LEN CROP_SIZE FT_EPOCHS EPOCHS VARIANT TS_RUN TS_CACHE I3D_WEIGHTS PER_GPU_BATCH GPUS MODEL TRAIN_ARGS
 VARS_TARGETS := $(patsubst VARS_%,%,$(filter VARS_%,$(.VARIABLES)))
 CMDLINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command,$(firstword $(origin $(v)))),$(v)))
 ifeq ($(filter-out $(VARS_TARGETS),$(MAKECMDGOALS)),)
@@ -206,8 +216,6 @@ export-pyskl: setup  ## MANIFEST's poses as a pyskl/mmaction2 annotation pickle:
 
 # the head recipe's yardstick and the joint-anchored attention's input (issue 18)
 .PHONY: probe joints
-VARS_probe := DATASET PROTOCOL CACHE CACHE_DIR RUNS_DIR SEED EVAL_SPLIT
-VARS_joints := DATASET CACHE CACHE_DIR MANIFEST DATA_ROOT
 probe: setup  ## linear probe (logistic regression on pooled, standardised features; C chosen on val/val_carved): DATASET= PROTOCOL= [CACHE=…] [SEED=0]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
 	$(PY) -m vpn_head.probe $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,CACHE_ROOT,--cache) $(call opt,RUNS_DIR,--runs-dir) $(call opt,SEED,--seed) $(call opt,EVAL_SPLIT,--eval-split)
@@ -227,7 +235,6 @@ TS_CROP  = $(or $(CROP_SIZE),224)
 TS_SHAPE = $(shell $(PY) -m pipeline.i3d_spec --model-options $(call q,$(TS_CLIP)) $(call q,$(TS_CROP)))
 TS_I3D   = $(RUNS_DIR)/$(TS_RUN)_i3d/best.pt
 .PHONY: two-stage
-VARS_two-stage := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR RUNS_DIR CLIP_LEN CROP_SIZE FT_EPOCHS EPOCHS VARIANT TS_RUN TS_CACHE I3D_WEIGHTS PER_GPU_BATCH GPUS MODEL TRAIN_ARGS
 two-stage: setup  ## fine-tune I3D, cache its features (TS_CACHE), train + evaluate the head: DATASET= PROTOCOL= [CLIP_LEN=32 CROP_SIZE=112] [FT_EPOCHS=] [EPOCHS=]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
 	$(LAUNCH) -m vpn_head.finetune $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_i3d) $(call opt,FT_EPOCHS,--epochs) $(call opt,VARIANT,--variant) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call args,TRAIN_ARGS)

@@ -27,6 +27,7 @@ def benchmarks(weights: str | None) -> dict[str, list[str]]:
     }
     if SHARED_NTU.is_dir():
         runs["bench_decode"] = ["--samples", str(SHARED_NTU)]
+        runs["bench_crops"] = ["--samples", str(SHARED_NTU)]
     if (REPO / "bench" / "bench_finetune.py").is_file():
         runs["bench_finetune"] = []
     runs["bench_scale"] = []

@@ -147,3 +147,33 @@ def crop_and_resize(frames: np.ndarray, box: np.ndarray, size: int = CROP_SIZE) 
         float32 ``(3, T, size, size)`` in ``[-1, 1]``, RGB.
     """
     return normalize_crops(to_uint8_crops(frames, box, size))
+
+
+def jitter_reach(box: np.ndarray, frame_w: int, frame_h: int, scale: float, shift: float) -> np.ndarray:
+    """The smallest box that holds every box ``vpn_head.augment.jitter_box`` can draw from ``box``.
+
+    ``jitter_box`` scales a side by ``f`` in ``[1 - scale, 1 + scale]``, moves the centre by up to ``shift``
+    times the new side and shifts the result into the frame with ``_fit``. The end of the fitted interval is
+    ``clamp(start + side, side, limit)``, which grows with the side, so the far edges are reached at
+    ``f = 1 + scale`` and the largest shift; the same holds for the start, mirrored.
+
+    Args:
+        box: ``(x0, y0, x1, y1)`` in source pixels.
+        frame_w: Frame width.
+        frame_h: Frame height.
+        scale: ``jitter_box``'s ``scale``.
+        shift: ``jitter_box``'s ``shift``.
+
+    Returns:
+        float64 ``(4,)``: ``x0, y0, x1, y1`` inside the frame.
+    """
+    if scale < 0 or shift < 0:
+        raise ValueError(f"scale and shift must be non-negative, got {scale}, {shift}")
+    out = np.empty(4, np.float64)
+    for axis, limit in ((0, frame_w), (1, frame_h)):
+        lo, hi = float(box[axis]), float(box[axis + 2])
+        side, centre = (hi - lo) * (1.0 + scale), (lo + hi) / 2
+        reach = side * (0.5 + shift)
+        out[axis] = max(min(centre - reach, limit - side), 0.0)
+        out[axis + 2] = min(max(centre + reach, side), float(limit))
+    return out

@@ -152,3 +152,33 @@ def resolve(path: str | os.PathLike, dataset: str | None = None) -> Path:
     build = f" (build it with `make cache DATASET={dataset}`)" if dataset else " (build one with `make cache`)"
     raise CacheError(f"no cache at {path}: expected a .h5 file, a folder with {MERGED_NAME}, or "
                      f"{folder}/<hash>/{MERGED_NAME}{build}")
+
+
+# -- the person-crop store (``pipeline.crop_store``), kept inside the cache folder it was cut from:
+#
+#    <cache folder>/crops/LATEST                   the store digest of the crops build that completed last
+#    <cache folder>/crops/<store digest>/          one store: its name is ``StoreConfig.digest()``
+#        config.json                               the StoreConfig the folder was built from
+#        crops_00000.h5 ... crops_000NN.h5         one file per shard task (one H.264 stream per video)
+#        index.json                                sample_id -> shard file; written last (the build is done)
+#        failures.csv                              every video the store skipped
+
+CROPS_FOLDER = "crops"
+CROPS_SHARD_NAME = "crops_{:05d}.h5"
+CROPS_INDEX = "index.json"
+CROPS_TEMP_GLOB = "crops_*.h5-luigi-tmp-*"
+
+
+def crops_root(cache_folder: str | Path) -> Path:
+    """``<cache folder>/crops/``: where the stores cut from one cache live."""
+    return Path(cache_folder) / CROPS_FOLDER
+
+
+def crops_dir(cache_folder: str | Path, digest: str) -> Path:
+    """``<cache folder>/crops/<digest>/``: the store whose config hashes to ``digest``."""
+    return crops_root(cache_folder) / digest
+
+
+def crops_shard_path(folder: str | Path, index: int) -> Path:
+    """The file of crop shard ``index`` in a store folder."""
+    return Path(folder) / CROPS_SHARD_NAME.format(index)

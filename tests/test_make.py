@@ -19,6 +19,7 @@ import pytest
 from pipeline import inspect_cache, manifest as manifest_cli, progress, pyskl
 from pipeline.provenance import make_attrs
 from tasks import cache as cache_cli
+from tasks import crops as crops_cli
 from tests.conftest import REPO, shared_path
 from tests.helpers import build_cache, write_shard
 from vpn_head import evaluate, finetune, train
@@ -65,7 +66,8 @@ def parser_of(main, monkeypatch) -> argparse.ArgumentParser:
 
 @pytest.mark.parametrize("target, main", [("cache", cache_cli.main), ("manifest", manifest_cli.main),
                                           ("train-head", train.main), ("eval", evaluate.main),
-                                          ("finetune", finetune.main), ("export-pyskl", pyskl.main)])
+                                          ("finetune", finetune.main), ("export-pyskl", pyskl.main),
+                                          ("crops", crops_cli.main)])
 def test_every_cli_option_is_a_make_variable(target, main, monkeypatch):
     for action in parser_of(main, monkeypatch)._actions:
         if not action.option_strings or action.dest == "help" or (target, action.dest) in NOT_VARIABLES:
@@ -137,7 +139,7 @@ def test_help_lists_each_targets_variables_with_defaults():
 
 @pytest.mark.parametrize("target, main", [("cache", cache_cli.main), ("manifest", manifest_cli.main),
                                           ("train-head", train.main), ("eval", evaluate.main),
-                                          ("finetune", finetune.main)])
+                                          ("finetune", finetune.main), ("crops", crops_cli.main)])
 def test_help_defaults_are_the_cli_defaults(target, main, monkeypatch):
     """``make help`` states a default beside each variable; where it is a plain value it must be the CLI's."""
     result = subprocess.run(["make", "-s", "--no-print-directory", f"help-vars-{target}"], cwd=REPO,

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from pipeline import crop
+from pipeline.defaults import DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT
 from pipeline.sampling import sample_frame_indices
 
 
@@ -46,8 +47,8 @@ class AugmentConfig:
 
     flip_prob: float = 0.5
     temporal_jitter: bool = True
-    box_scale: float = 0.1
-    box_shift: float = 0.1
+    box_scale: float = DEFAULT_BOX_SCALE
+    box_shift: float = DEFAULT_BOX_SHIFT
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""

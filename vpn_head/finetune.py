@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.cache import CacheError
+from pipeline.crop_store import PIXELS_CHOICES
 from pipeline.fileio import atomic_write_json
 from pipeline.i3d import load_i3d
 from vpn_head import engine
@@ -123,7 +124,7 @@ def _clips(config: FinetuneConfig, cache: Path, paths: dict[str, tuple[Path, Pat
     return PixelClips(cache, config.protocol, split, config.dataset, paths, config.clip_len, config.crop_size,
                       augment=config.augment if augment else None, seed=config.seed,
                       carve_fraction=config.val_fraction if (carve or split == CARVED_VAL) else 0.0,
-                      carve_seed=config.seed)
+                      carve_seed=config.seed, pixels=config.pixels)
 
 
 def finetune(config: FinetuneConfig, force_new: bool = False) -> dict[str, Any]:
@@ -176,9 +177,10 @@ def finetune(config: FinetuneConfig, force_new: bool = False) -> dict[str, Any]:
     loader = make_loader(train_set, config.per_gpu_batch, config.num_workers, device, sampler, config.seed,
                          prefetch_factor=PREFETCH)
     log.info("fine-tuning %s: %s head, %d train clips (%d steps of %d = %d processes x %d clips x %d accumulation), "
-             "scoring %d %s clips each epoch, device %s, amp %s", run_dir.name, vpn_config.variant, len(train_set),
-             len(sampler) * ctx.world_size // config.batch_size, config.batch_size, ctx.world_size,
-             config.per_gpu_batch, accum, len(eval_set), eval_set.split, device, amp)
+             "scoring %d %s clips each epoch, device %s, amp %s, pixels from %s", run_dir.name, vpn_config.variant,
+             len(train_set), len(sampler) * ctx.world_size // config.batch_size, config.batch_size, ctx.world_size,
+             config.per_gpu_batch, accum, len(eval_set), eval_set.split, device, amp,
+             train_set.store.folder if train_set.store is not None else "the source videos")
 
     def summary_fields(progress: engine.Progress) -> dict[str, Any]:
         return {"finetune": True, "world_size": ctx.world_size, "accum_steps": accum,
@@ -225,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", default="", choices=("", *VARIANTS), help="head variant of a new head")
     parser.add_argument("--eval-clips", type=int, default=defaults.eval_clips)
     parser.add_argument("--eval-crop-size", type=int, default=defaults.eval_crop_size)
+    parser.add_argument("--pixels", default=defaults.pixels, choices=PIXELS_CHOICES,
+                        help="store: the cache's person-crop store (`make crops`); source: the videos; auto: the "
+                             "store when one holds the box jitter, else the videos")
     parser.add_argument("--force-new", action="store_true", help="move an existing run aside and start over")
     parser.add_argument("--eval-only", action="store_true",
                         help="only score the run's checkpoint the paper's way (its own clip and crop settings; "
@@ -247,7 +252,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         eval_crop_size=args.eval_crop_size, seed=args.seed, deterministic=args.deterministic,
         num_workers=args.num_workers, amp=args.amp, device=args.device, manifest=args.manifest,
         data_root=args.data_root, cache=args.cache_dir, runs_dir=args.runs_dir, run_name=args.run, init=args.init,
-        i3d_weights=args.i3d_weights)
+        i3d_weights=args.i3d_weights, pixels=args.pixels)
 
 
 def main(argv: list[str] | None = None) -> int:

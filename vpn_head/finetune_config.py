@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pipeline.crop_store import PIXELS_CHOICES
 from pipeline.datasets import get_dataset
 from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE, feature_shape
 from vpn_head.augment import AugmentConfig
@@ -35,6 +36,8 @@ class FinetuneConfig(TrainerConfig):
         data_root: folder the manifest's paths are relative to; empty: from the manifest's side file.
         init: head run directory to start the head from; empty: a new head (warns).
         i3d_weights: I3D state-dict file; empty: random init (warns loudly).
+        pixels: where clips are decoded (``pipeline.crop_store.PIXELS_CHOICES``): ``auto`` reads the cache's
+            person-crop store (``make crops``) when one holds the box jitter, else the source videos.
 
     ``run_name`` defaults to ``<dataset>_<protocol>_finetune``; ``num_workers`` DataLoader processes per GPU decode
     and crop.
@@ -42,9 +45,9 @@ class FinetuneConfig(TrainerConfig):
 
     RESUME_FREE_FIELDS: ClassVar[tuple[str, ...]] = (
         "epochs", "per_gpu_batch", "num_workers", "amp", "device", "manifest", "data_root", "cache", "runs_dir",
-        "run_name", "eval_clips", "eval_crop_size",
+        "run_name", "eval_clips", "eval_crop_size", "pixels",
     )
-    """Hardware, paths, the final evaluation, more epochs."""
+    """Hardware, paths, the final evaluation, more epochs, where the pixels are read."""
 
     num_workers: int = 4
     per_gpu_batch: int = 4
@@ -61,6 +64,7 @@ class FinetuneConfig(TrainerConfig):
     data_root: str = ""
     init: str = ""
     i3d_weights: str = ""
+    pixels: str = "auto"
 
     @property
     def run_dir(self) -> Path:
@@ -85,7 +89,7 @@ class FinetuneConfig(TrainerConfig):
         get_dataset(self.dataset).protocol_classes(self.protocol)
         positive = ("per_gpu_batch", "clip_len", "crop_size", "eval_clips", "eval_crop_size")
         check_fields(self, {**{n: is_int(getattr(self, n), 1) for n in positive},
-                            "variant": self.variant in ("", *VARIANTS)})
+                            "variant": self.variant in ("", *VARIANTS), "pixels": self.pixels in PIXELS_CHOICES})
         if self.init and self.model:
             raise ValueError("model overrides apply to a new head only; the head of --init keeps its config")
         self.augment.validate()

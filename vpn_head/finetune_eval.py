@@ -118,7 +118,8 @@ def evaluate_finetuned(run_dir: str | os.PathLike, split: str = "test", checkpoi
     model = model_from_checkpoint(ckpt, path).to(device)
     amp = config.amp if config.amp is not None else device.type == "cuda"
     clips = PixelClips(resolve_cache(config.cache, config.dataset), config.protocol, split, config.dataset,
-                       sample_paths(config.manifest_path, config.data_root), config.clip_len, config.crop_size)
+                       sample_paths(config.manifest_path, config.data_root), config.clip_len, config.crop_size,
+                       pixels=config.pixels)
     videos = PixelVideos(clips, config.eval_clips, config.eval_crop_size)
     scored = score_videos(model, videos, config, device, amp, ctx)
     metrics: dict[str, Any] = {}

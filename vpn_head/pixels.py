@@ -1,8 +1,11 @@
 """Pixels for the end-to-end fine-tune: the cached clips re-decoded from the videos, and their sampler.
 
 Every cache row holds its clip's 64 frame indices and person box, the manifest the video path (relative to
-DATA_ROOT). ``PixelClips`` decodes (``pipeline.video.read_clip``), crops (``pipeline.crop``) and augments
-(``vpn_head.augment``) each clip in the DataLoader workers. The poses are the cache's when the clip shows exactly
+DATA_ROOT). ``PixelClips`` decodes, crops (``pipeline.crop``) and augments (``vpn_head.augment``) each clip in
+the DataLoader workers. Its pixels (``pixels=``, ``PIXELS=``) come from the cache's person-crop store
+(``pipeline.crop_store``, ``make crops``) when one exists and holds the run's box jitter (``auto``, the default, or
+``store``), else from the source videos (``pipeline.video.read_clip``; ``source``); boxes and jitter stay in
+source pixels and are mapped into the store's frames, so both paths cut the same crops up to codec error. The poses are the cache's when the clip shows exactly
 the cached frames, else they are recomputed from the skeleton file at the frames shown (``pipeline.poses``, as
 the cache pipeline does). The frame count a video was sampled over is its largest cached frame index + 1, since
 every sampling ends on the last frame. ``PixelVideos`` serves the paper's evaluation (K clips over the whole
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from pipeline import crop, video
+from pipeline import crop, crop_store, video
 from pipeline.cache import CacheError, open_cache
 from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE
 from pipeline.manifest import read_manifest, resolve_data_root
@@ -67,12 +70,15 @@ class PixelClips(Dataset):
     def __init__(self, cache: str | os.PathLike, protocol: str, split: str, dataset: str,
                  paths: Mapping[str, tuple[Path, Path]], clip_len: int = CLIP_FRAMES, crop_size: int = CROP_SIZE,
                  augment: AugmentConfig | None = None, seed: int = 0, carve_fraction: float = 0.0,
-                 carve_seed: int = 0) -> None:
+                 carve_seed: int = 0, pixels: str = "auto") -> None:
         """Index the split and check that its videos are where the manifest says (``carve_fraction`` and
-        ``carve_seed``: the validation set carved from train by subject, as ``CachedClips``).
+        ``carve_seed``: the validation set carved from train by subject, as ``CachedClips``; ``pixels``: see the
+        module docstring).
 
         Raises:
-            CacheError: as ``CachedClips``; a sample missing from the manifest.
+            CacheError: as ``CachedClips``; a sample missing from the manifest; ``pixels="store"`` without a
+                store that holds the jitter (``pipeline.crop_store.StoreError``).
+            ValueError: an unknown ``pixels``.
             FileNotFoundError: the first video of the split does not exist (wrong DATA_ROOT).
         """
         index = CachedClips(cache, protocol, split, dataset=dataset, carve_fraction=carve_fraction,
@@ -104,6 +110,8 @@ class PixelClips(Dataset):
         self.clip_len, self.crop_size = clip_len, crop_size
         self.augment, self.seed = augment, seed
         self._reader = PerProcess(functools.partial(open_cache, self.path))
+        jitter = (augment.box_scale, augment.box_shift) if augment is not None else (0.0, 0.0)
+        self.store = crop_store.select_store(self.path, pixels, *jitter)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -121,6 +129,18 @@ class PixelClips(Dataset):
         path = self.paths[sample_id][0]
         frames, _ = video.read_clip(path, indices, video.backends_for(path, self.backend, self.fallback))
         return frames
+
+    def read_pixels(self, sample_id: str, indices: np.ndarray) -> tuple[np.ndarray, crop_store.StoreView]:
+        """Frames ``indices`` of a sample from the store when it holds them, else from the video.
+
+        Returns:
+            ``(frames, view)``: uint8 (len(indices), h, w, 3) RGB, and how they map to source pixels.
+        """
+        stored = self.store.read(sample_id, indices) if self.store is not None else None
+        if stored is not None:
+            return stored
+        frames = self.read_frames(sample_id, indices)  # (T, H, W, 3)
+        return frames, crop_store.StoreView((frames.shape[2], frames.shape[1]))
 
     def poses_at(self, sample_id: str, indices: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
         """Poses of the clip showing video frames ``indices``, computed as the cache pipeline does.
@@ -143,12 +163,12 @@ class PixelClips(Dataset):
         rng = np.random.default_rng([self.seed, epoch, index]) if aug is not None else None
         sample_id, cached = self.sample_ids[index], self.frame_indices[index]
         indices = clip_indices(cached, self.clip_len, rng if aug and aug.temporal_jitter else None)  # (clip_len,)
-        frames = self.read_frames(sample_id, indices)  # (T, H, W, 3)
-        height, width = frames.shape[1:3]
+        frames, view = self.read_pixels(sample_id, indices)  # (T, h, w, 3)
+        width, height = view.source_size
         box = self.boxes[index]
         if aug is not None and (aug.box_scale or aug.box_shift):
             box = jitter_box(box, width, height, rng, aug.box_scale, aug.box_shift)
-        crops = crop.to_uint8_crops(frames, box, self.crop_size)  # (T, S, S, 3)
+        crops = crop.to_uint8_crops(frames, view.box(box), self.crop_size)  # (T, S, S, 3)
         if np.array_equal(indices, cached):
             poses = self.cached_poses(index)  # (2, 3, J, t_p)
         else:
@@ -183,9 +203,9 @@ class PixelVideos(Dataset):
         sample_id = self.video_ids[index]
         indices = video.sample_frame_indices(self.clips.num_frames[sample_id], self.clips.clip_len,
                                              self.num_clips)  # (K, clip_len)
-        frames = self.clips.read_frames(sample_id, indices.ravel())  # (K * clip_len, H, W, 3)
-        height, width = frames.shape[1:3]
-        crops = crop_keep_aspect(frames, self.boxes[index], self.short_side)  # (K * clip_len, h, w, 3)
+        frames, view = self.clips.read_pixels(sample_id, indices.ravel())  # (K * clip_len, h, w, 3)
+        width, height = view.source_size
+        crops = crop_keep_aspect(frames, view.box(self.boxes[index]), self.short_side)  # (K * clip_len, h, w, 3)
         crops = crops.reshape(*indices.shape, *crops.shape[1:])  # (K, clip_len, h, w, 3)
         clips = np.stack([crop.normalize_crops(c) for c in crops])  # (K, 3, clip_len, h, w)
         poses = np.stack([self.clips.poses_at(sample_id, i, (width, height)) for i in indices])  # (K, 2, 3, J, t_p)
