@@ -195,7 +195,7 @@ def test_oracle_head_attends_the_given_cell():
     maps = diag.oracle_maps(np.array([[3, 4], [-1, -1]]), 7)
     assert maps[0].argmax() == 3 * 7 + 4 and maps[0].max() == 1.0 and (maps[1] == 0.5).all()
     config = VPNConfig(num_classes=3, num_joints=3, edges=((0, 1),), variant="attention", feature_channels=4,
-                       dropout=0.0, temporal_scale="mean1")
+                       dropout=0.0, temporal_scale="mean1", feature_norm="none")
     head = diag.OracleAttentionHead(config)
     features = torch.zeros(1, 4, 8, 7, 7)
     features[0, 0, :, 3, 4] = 1.0

@@ -59,7 +59,8 @@ def test_feature_norm_head_trains_every_parameter(variant):
     missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert not missing
     assert isinstance(model.feature_norm, PooledNorm)
-    assert isinstance(VPN(VPNConfig.for_dataset("ntu60", "cs", variant=variant)).feature_norm, torch.nn.Identity)
+    plain = VPNConfig.for_dataset("ntu60", "cs", variant=variant, feature_norm="none")
+    assert isinstance(VPN(plain).feature_norm, torch.nn.Identity)
 
 
 def test_bad_recipe_values_are_refused():
@@ -81,7 +82,7 @@ def test_make_optimizer_follows_the_config():
 def test_standardised_head_learns_what_the_paper_head_misses(offset_cache, tmp_path):
     """On features with a large shared level, SGD at the paper's rate barely moves the plain head; the standardised
     head separates the classes (the failure issue 18 measured on real Mixed_5c features, in miniature)."""
-    common = dict(variant="i3d", model={}, epochs=4, batch_size=8, lr=0.01, eval_split="test")
+    common = dict(variant="i3d", model={"feature_norm": "none"}, epochs=4, batch_size=8, lr=0.01, eval_split="test")
     plain = train(tiny_config(offset_cache, tmp_path, run_name="plain", **common))
     normed = train(tiny_config(offset_cache, tmp_path, run_name="normed", **{**common,
                                                                           "model": {"feature_norm": "batch"}}))
@@ -147,3 +148,19 @@ def test_oracle_trains_through_the_engine_and_a_rerun_resumes(offset_cache, tmp_
     again = fidelity.train_oracle(str(offset_cache), 0, 2, "unused.csv", None, "nucla", "v3_12",
                                   model={"feature_norm": "batch"}, runs_dir=str(runs))
     assert again == first and (run_dir / "train_log.csv").read_text() == log
+
+
+def test_standardised_pool_is_the_default_and_old_saved_configs_keep_their_classifier(tmp_path):
+    """feature_norm=batch is the default (the paper's reading is PAPER_READING); a config saved before the field
+    existed had no standardisation, so it reloads as it was and its checkpoint loads strictly."""
+    from vpn_head.checkpoints import HEAD, load_checkpoint, model_from_checkpoint, save_checkpoint
+    from vpn_head.config import PAPER_READING
+
+    assert VPNConfig.for_dataset("ntu60", "cs").feature_norm == "batch" and PAPER_READING["feature_norm"] == "none"
+    old = VPNConfig.for_dataset("ntu60", "cs", variant="i3d", feature_norm="none")
+    saved = {k: v for k, v in old.to_dict().items() if k != "feature_norm"}  # as written before the field existed
+    assert VPNConfig.from_saved(saved).feature_norm == "none" and VPNConfig.from_dict(saved).feature_norm == "batch"
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, HEAD, epoch=1, model=VPN(old).state_dict(), vpn_config=saved, train_config={})
+    model = model_from_checkpoint(load_checkpoint(path), path)
+    assert isinstance(model.feature_norm, torch.nn.Identity)

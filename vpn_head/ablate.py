@@ -54,6 +54,8 @@ class Ablation:
 
 ABLATIONS: tuple[Ablation, ...] = (
     Ablation("1", "I3D (no pose)", "i3d", "i3d"),
+    Ablation("1", "I3D, the paper's classifier (pooled features not standardised)", "i3d-paper", "i3d",
+             {"feature_norm": "none"}),
     Ablation("1", "I3D + pose attention (no embedding)", "attention", "attention"),
     Ablation("1", "VPN (attention + spatial embedding)", "vpn", "vpn"),
     Ablation("1", "VPN, the paper's reading (mean pose pooling, A_T sums to 1, Euclidean, no centring)",

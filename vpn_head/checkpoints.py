@@ -103,7 +103,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | o
 def head_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> VPN:
     """The VPN head a checkpoint of either kind holds, its weights loaded."""
     try:
-        config = VPNConfig.from_dict(ckpt["vpn_config"])
+        config = VPNConfig.from_saved(ckpt["vpn_config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: bad model config ({error})") from error
     head = VPN(config)

@@ -20,8 +20,11 @@ VARIANTS: tuple[str, ...] = ("i3d", "attention", "vpn")
 POSE_BACKBONES: tuple[str, ...] = ("gcn", "lstm")
 EMBEDDING_LOSSES: tuple[str, ...] = ("euclid", "kl_fe_pe", "kl_pe_fe", "bikl", "contrastive")
 PAPER_READING: dict[str, str] = {"pose_pool": "mean", "temporal_scale": "sum1", "embedding_loss": "euclid",
-                                 "embedding_centre": "none"}
+                                 "embedding_centre": "none", "feature_norm": "none"}
 """The paper's reading of the fields whose defaults depart from it (``VPNConfig(**PAPER_READING)``)."""
+SAVED_BEFORE: dict[str, str] = {"feature_norm": "none"}
+"""Fields whose default changed after configs were saved without them: a saved config that lacks one was written
+when it had this value (``VPNConfig.from_saved``), so old runs resume and old checkpoints load as they were."""
 POSE_POOLS: tuple[str, ...] = ("mean", "max_dense")
 TEMPORAL_SCALES: tuple[str, ...] = ("sum1", "mean1")
 ATTENTION_INITS: tuple[str, ...] = ("default", "zero")
@@ -36,9 +39,10 @@ SPATIAL_ATTENTIONS: tuple[str, ...] = ("grid", "joints")
 class VPNConfig:
     """Hyper-parameters of the VPN head (paper section 3, defaults from the paper where it gives them).
 
-    Four defaults depart from the paper's text, each for a measured reason (README, "Does the pose steer the
-    head?"): ``pose_pool="max_dense"``, ``temporal_scale="mean1"``, ``embedding_loss="contrastive"`` and
-    ``embedding_centre="batch"``. ``PAPER_READING`` holds the paper's values of those four fields.
+    Five defaults depart from the paper's text, each for a measured reason (README, "Does the pose steer the
+    head?"): ``pose_pool="max_dense"``, ``temporal_scale="mean1"``, ``embedding_loss="contrastive"``,
+    ``embedding_centre="batch"`` and ``feature_norm="batch"``. ``PAPER_READING`` holds the paper's values of those
+    fields.
 
     Attributes:
         num_classes: number of action classes of the protocol.
@@ -84,7 +88,8 @@ class VPNConfig:
             paper) or ``batch`` (each channel standardised over the batch, BatchNorm without affine parameters,
             running statistics at test time). Pooled Mixed_5c features are non-negative with a large shared level
             and small differences between videos; without standardisation SGD at the paper's rate leaves the
-            classifier far below a logistic-regression probe on the same features (README, "Head recipe").
+            classifier below a logistic-regression probe on the same features (measured in the README, "Does the
+            pose steer the head?").
         alpha: adjacency weight of two joints joined by a bone.
         beta: adjacency weight of two joints not joined by a bone.
         feature_channels: C of the I3D Mixed_5c feature map (defaults: ``pipeline.i3d_spec.FEATURE_SHAPE``, the
@@ -127,7 +132,7 @@ class VPNConfig:
     embedding_input: str = "z1"
     embedding_centre: str = "batch"
     embedding_temperature: float = 0.1
-    feature_norm: str = "none"
+    feature_norm: str = "batch"
     spatial_attention: str = "grid"
     joint_sigma: float = 0.75
 
@@ -204,6 +209,12 @@ class VPNConfig:
         values = asdict(self)
         values["edges"] = [list(edge) for edge in self.edges]
         return values
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> VPNConfig:
+        """``from_dict`` of a config a run or checkpoint saved: a field of ``SAVED_BEFORE`` it lacks takes the value
+        it had when the config was written, not today's default."""
+        return cls.from_dict({**SAVED_BEFORE, **values})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> VPNConfig:

@@ -152,7 +152,7 @@ def check_same_experiment(saved: Mapping[str, Any], section: str, config: Traine
     """
     try:
         saved_config = type(config).from_dict(saved[section])
-        saved_model = VPNConfig.from_dict(saved["model"]).to_dict()
+        saved_model = VPNConfig.from_saved(saved["model"]).to_dict()
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise RunConfigError(f"{source}: not a {section} run config ({error}); use --force-new or another --run"
                              ) from error
