@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ from pipeline.skeleton_io import SkeletonFormatError
 from tests.conftest import shared_path
 
 SID = "S001C001P001R001A001"
-"""The real NTU pair: a 103-frame 1920x1080 video and its 103-frame skeleton."""
+"""The real NTU pair's id: a 103-frame 1920x1080 video and its 103-frame skeleton."""
 FIRST_ID = 72057594037931101
 
 
@@ -39,8 +40,12 @@ def _frames(n: int, *, new_id_every_frame: bool = False, every: int = 1, joints=
 
 @pytest.fixture
 def pair(tmp_path) -> Path:
-    """A DATA_ROOT holding the real NTU video; each test writes its own skeleton beside it."""
-    shutil.copy(shared_path("samples", "ntu", f"{SID}_rgb.avi"), tmp_path / f"{SID}_rgb.avi")
+    """A DATA_ROOT holding a 103-frame video (the real pair's length, at 320x180 to decode fast); each test writes
+    its own skeleton beside it."""
+    writer = cv2.VideoWriter(str(tmp_path / f"{SID}_rgb.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 180))
+    for t in range(103):
+        writer.write(np.full((180, 320, 3), t, np.uint8))
+    writer.release()
     return tmp_path
 
 
@@ -105,11 +110,12 @@ def test_nan_in_one_body_only_names_the_line(pair):
     assert "non-finite" in _validate(pair)
 
 
-def test_real_samples_one_and_two_person_keep_working(pair):
+def test_real_samples_one_and_two_person_keep_working(tmp_path):
     for path in sorted(shared_path("samples", "ntu").glob("*.skeleton")):
         assert manifest.validate_skeleton("ntu60", path) == "", path.name
-    shutil.copy(shared_path("samples", "ntu", f"{SID}.skeleton"), pair / f"{SID}.skeleton")
-    assert isinstance(_cache_row(pair), extract.PreparedSample)
+    for name in (f"{SID}_rgb.avi", f"{SID}.skeleton"):
+        shutil.copy(shared_path("samples", "ntu", name), tmp_path / name)
+    assert isinstance(_cache_row(tmp_path), extract.PreparedSample)
 
 
 def test_sane_fragmented_tracks_are_kept():
