@@ -148,7 +148,7 @@ each = $(foreach v,$($(1)),$(2) $(call q,$(v)))
 
 CACHE_OPTS = $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) --clips-per-video $(call q,$(or $(CLIPS_PER_VIDEO),$(CLIPS))) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(call flag,REBUILD_CHANGED,--rebuild-changed) $(call args,CACHE_ARGS)
 COMMON_TRAIN_OPTS = $(call each,MODEL,--model) $(call opt,BATCH_SIZE,--batch-size) $(call opt,LR,--lr) $(call opt,MOMENTUM,--momentum) $(call opt,WEIGHT_DECAY,--weight-decay) $(call opt,LR_STEP,--lr-step) $(call opt,LR_GAMMA,--lr-gamma) $(call opt,EVAL_SPLIT,--eval-split) $(call opt,VAL_FRACTION,--val-fraction) $(call given_opt,SEED,--seed) $(call noflag,DETERMINISTIC,--no-deterministic) $(call opt,NUM_WORKERS,--num-workers) $(call bool,AMP,amp) $(call opt,DEVICE,--device)
-HEAD_OPTS = $(COMMON_TRAIN_OPTS) $(call flag,IN_MEMORY,--in-memory) $(call opt,POSE_LR_SCALE,--pose-lr-scale)
+HEAD_OPTS = $(COMMON_TRAIN_OPTS) $(call flag,IN_MEMORY,--in-memory) $(call opt,POSE_LR_SCALE,--pose-lr-scale) $(call opt,OPTIMIZER,--optimizer)
 FINETUNE_OPTS = $(COMMON_TRAIN_OPTS) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call opt,FREEZE_UNTIL,--freeze-until) $(call flag,FROZEN_BN,--frozen-bn) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,FLIP_PROB,--flip-prob) $(call noflag,TEMPORAL_JITTER,--no-temporal-jitter) $(call opt,BOX_SCALE,--box-scale) $(call opt,BOX_SHIFT,--box-shift) $(call given_opt,VARIANT,--variant) $(call opt,EVAL_CLIPS,--eval-clips) $(call opt,EVAL_CROP_SIZE,--eval-crop-size) $(call flag,FORCE_NEW,--force-new) $(call flag,EVAL_ONLY,--eval-only) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint)
 # one process, torchrun on one machine (GPUS=n), or torchrun on NNODES machines meeting at RDZV=host:port
 MULTINODE = $(filter-out 1,$(NNODES))
@@ -165,9 +165,9 @@ VARS_manifest := DATASET DATA_ROOT MANIFEST VALIDATE MISSING_LIST WORKERS POSES 
 VARS_cache := $(CACHE_VARS)
 VARS_resume := $(CACHE_VARS)
 VARS_luigid := PORT LUIGID_ADDRESS LUIGID_DIR
-VARS_train-head := CONFIG DATASET PROTOCOL VARIANT EPOCHS RUN CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN_MEMORY POSE_LR_SCALE POSE_BACKBONE COUPLER EMBEDDING_LOSS FORCE_NEW
+VARS_train-head := CONFIG DATASET PROTOCOL VARIANT EPOCHS RUN CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN_MEMORY POSE_LR_SCALE OPTIMIZER POSE_BACKBONE COUPLER EMBEDDING_LOSS FORCE_NEW
 VARS_eval := RUN RUN_DIR DATASET PROTOCOL VARIANT SPLIT CACHE RUNS_DIR CHECKPOINT OUT BATCH_SIZE NUM_WORKERS DEVICE PROBABILITIES SHUFFLE_POSES MANIFEST DATA_ROOT EVAL_ARGS
-VARS_ablate := DATASET PROTOCOL EPOCHS CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN_MEMORY POSE_LR_SCALE TABLES PREFIX TEST_SPLIT
+VARS_ablate := DATASET PROTOCOL EPOCHS CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN_MEMORY POSE_LR_SCALE OPTIMIZER TABLES PREFIX TEST_SPLIT
 VARS_finetune := CONFIG DATASET PROTOCOL EPOCHS MANIFEST DATA_ROOT CACHE CACHE_DIR RUNS_DIR RUN INIT I3D_WEIGHTS GPUS NNODES RDZV RDZV_ID $(TRAIN_VARS) PER_GPU_BATCH FREEZE_UNTIL FROZEN_BN CLIP_LEN CROP_SIZE FLIP_PROB TEMPORAL_JITTER BOX_SCALE BOX_SHIFT VARIANT EVAL_CLIPS EVAL_CROP_SIZE FORCE_NEW EVAL_ONLY SPLIT CHECKPOINT
 VARS_bench := I3D_WEIGHTS ONLY
 VARS_report := RUN RUNS_DIR CACHE MANIFEST DATA_ROOT SAMPLES SPLIT CHECKPOINT TSNE_CLIPS

@@ -392,7 +392,7 @@ def fit(run: Run, progress: Progress, model: nn.Module, loader: Any, sampler: An
     events = EventLog(run.run_dir, run.log_columns, progress.history) if run.ctx.is_main else None
     if events is not None:
         events.run_start(run.kind, run.run_dir.name, progress.epoch, run.config.epochs,
-                         {CONFIG_SECTIONS[run.kind]: run.config.to_dict(), "model": run.vpn_config.to_dict()})
+                         json.loads((run.run_dir / "config.json").read_text()))  # as prepare_run_dir recorded it
     try:
         summary = _epochs(run, progress, model, loader, sampler, score, summary_fields, events)
     except BaseException as error:

@@ -27,8 +27,9 @@ from vpn_head.engine import CONFIG_SECTIONS
 log = logging.getLogger(__name__)
 
 EVAL_TEST = "eval_test"
-IGNORED_KEYS: frozenset[str] = frozenset({"run_name", "runs_dir"})
-"""Config keys that name where a run lives, not what it is: never listed as differences."""
+IGNORED_KEYS: frozenset[str] = frozenset({"run_name", "runs_dir", "cache.folder", "cache.hash"})
+"""Config keys that name where a run lives, not what it is: never listed as differences (the cache a run reads is
+its trainer config's ``cache``; ``cache.folder``/``cache.hash`` are the resolved identity the resume check uses)."""
 COLUMNS: tuple[str, ...] = ("run", "kind", "variant", "dataset/protocol", "epochs", "best on", "best val",
                             "test top-1", "test mean-class", "shuffle drop", "config vs first run")
 FORMATS: tuple[str, ...] = ("text", "markdown")
