@@ -105,8 +105,10 @@ def compute_crop_joints(cache: str | Path, manifest: str | Path, data_root: str 
                          f"pass the manifest the cache was built from")
     out = np.full((len(sample_ids), 2, 2, num_joints, t_p), np.nan, dtype=np.float32)
     unreadable: list[str] = []
-    for sample_id in dict.fromkeys(sample_ids):
-        rows = np.flatnonzero(sample_ids == sample_id)
+    rows_of: dict[str, list[int]] = {}
+    for row, sample_id in enumerate(sample_ids):  # one pass: a video's clips, without an O(N) scan per video
+        rows_of.setdefault(sample_id, []).append(row)
+    for sample_id, rows in rows_of.items():
         try:
             with open_video(root / table.loc[sample_id, "video_path"]) as video:
                 size, num_frames = (video.width, video.height), video.num_frames

@@ -222,14 +222,14 @@ def test_kill_9_during_make_crops_resumes_without_redoing_finished_shards(tmp_pa
     deadline = time.monotonic() + 120
     first = None
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list(paths["cache_folder"].glob("crops/*/crops_00000.h5"))
+        found = list(paths["cache_folder"].glob("crops/*/crops_[0-9]*.h5"))  # Luigi runs shards in any order
         if found:
             first = found[0]
             break
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert first is not None, "the first shard never appeared"
+    assert first is not None, "no shard ever appeared"
     folder = first.parent
     assert not (folder / layout.CROPS_INDEX).exists(), "the build finished before the kill: nothing was tested"
     done_before = {p.name: p.stat().st_mtime_ns for p in folder.glob("crops_*.h5")}
