@@ -66,11 +66,11 @@ test-fast: setup  ## the suite without tests marked slow
 
 synthetic: setup  ## write the synthetic NTU-format dataset: DATA_ROOT=dir [N=48] [SEED=0] [SYNTHETIC_ARGS=…]
 	$(call need,DATA_ROOT,the folder to write the synthetic dataset into)
-	$(PY) -m pipeline.synthetic $(call opt,DATA_ROOT,--root) $(call opt,N,--n) $(call opt,SEED,--seed) $(call args,SYNTHETIC_ARGS)
+	$(PY) -m pipeline.synthetic.dataset $(call opt,DATA_ROOT,--root) $(call opt,N,--n) $(call opt,SEED,--seed) $(call args,SYNTHETIC_ARGS)
 
 manifest: setup  ## DATASET=ntu60|ntu120|smarthome|nucla DATA_ROOT=dir [MANIFEST=csv] [POSES=pyskl.pkl]
 	$(call need,DATA_ROOT,the dataset folder to scan)
-	$(PY) -m pipeline.manifest $(call opt,DATASET,--dataset) $(call opt,DATA_ROOT,--data-root) $(call opt,MANIFEST,--out) $(call flag,VALIDATE,--validate) $(call opt,MISSING_LIST,--missing-list) $(call given_opt,WORKERS,--workers) $(call opt,POSES,--poses) $(call args,MANIFEST_ARGS)
+	$(PY) -m pipeline.datasets.manifest $(call opt,DATASET,--dataset) $(call opt,DATA_ROOT,--data-root) $(call opt,MANIFEST,--out) $(call flag,VALIDATE,--validate) $(call opt,MISSING_LIST,--missing-list) $(call given_opt,WORKERS,--workers) $(call opt,POSES,--poses) $(call args,MANIFEST_ARGS)
 
 cache: setup  ## build (or resume) the HDF5 caches of MANIFEST under CACHE_DIR
 	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(CACHE_OPTS)
@@ -83,38 +83,38 @@ luigid: setup  ## Luigi's central scheduler on LUIGID_ADDRESS:PORT (127.0.0.1:80
 
 train-head: setup  ## DATASET= PROTOCOL= [VARIANT=vpn] [EPOCHS=30] [RUN=name] [CACHE=dir] [CONFIG=runs/<name>/config.json]
 	$(if $(CONFIG),,$(call need,PROTOCOL,the evaluation protocol (e.g. cs)))
-	$(PY) -m vpn_head.train $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,VARIANT,--variant) $(call dflt,EPOCHS,--epochs) $(call dflt,CACHE_ROOT,--cache,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(HEAD_OPTS) $(call bool,COUPLER,coupler) $(call opt,POSE_BACKBONE,--pose-backbone) $(call opt,EMBEDDING_LOSS,--embedding-loss) $(call flag,FORCE_NEW,--force-new) $(call args,TRAIN_ARGS)
+	$(PY) -m vpn_head.train.head $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,VARIANT,--variant) $(call dflt,EPOCHS,--epochs) $(call dflt,CACHE_ROOT,--cache-dir,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(HEAD_OPTS) $(call bool,COUPLER,coupler) $(call opt,POSE_BACKBONE,--pose-backbone) $(call opt,EMBEDDING_LOSS,--embedding-loss) $(call flag,FORCE_NEW,--force-new) $(call args,TRAIN_ARGS)
 
 eval: setup  ## evaluate a run (+ pose-shuffle and attention diagnostics): RUN=name (or DATASET= PROTOCOL= [VARIANT=]) [SPLIT=test] [SHUFFLE_POSES=1]
-	$(PY) -m vpn_head.evaluate $(call opt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(call opt,RUN_DIR,--run-dir) $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,VARIANT,--variant) --split $(call q,$(or $(SPLIT),test)) $(call opt,CACHE,--cache) $(call opt,CHECKPOINT,--checkpoint) $(call opt,OUT,--out) $(call opt,BATCH_SIZE,--batch-size) $(call opt,NUM_WORKERS,--num-workers) $(call opt,DEVICE,--device) $(call flag,PROBABILITIES,--probabilities) $(call flag,SHUFFLE_POSES,--shuffle-poses) $(call given_opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root) $(call args,EVAL_ARGS)
+	$(PY) -m vpn_head.eval.evaluate $(call opt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(call opt,RUN_DIR,--run-dir) $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,VARIANT,--variant) --split $(call q,$(or $(SPLIT),test)) $(call opt,CACHE,--cache-dir) $(call opt,CHECKPOINT,--checkpoint) $(call opt,OUT,--out) $(call opt,BATCH_SIZE,--batch-size) $(call opt,NUM_WORKERS,--num-workers) $(call opt,DEVICE,--device) $(call flag,PROBABILITIES,--probabilities) $(call flag,SHUFFLE_POSES,--shuffle-poses) $(call given_opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root) $(call args,EVAL_ARGS)
 
 ablate: setup  ## train + evaluate the paper's ablations: DATASET= PROTOCOL= [EPOCHS=]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(PY) -m vpn_head.ablate $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,EPOCHS,--epochs) $(call opt,CACHE_ROOT,--cache) $(call opt,RUNS_DIR,--runs-dir) $(HEAD_OPTS) $(call opt,TABLES,--tables) $(call opt,PREFIX,--prefix) $(call opt,TEST_SPLIT,--test-split) $(call args,TRAIN_ARGS)
+	$(PY) -m vpn_head.experiments.ablate $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,EPOCHS,--epochs) $(call opt,CACHE_ROOT,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) $(HEAD_OPTS) $(call opt,TABLES,--tables) $(call opt,PREFIX,--prefix) $(call opt,TEST_SPLIT,--test-split) $(call args,TRAIN_ARGS)
 
 finetune: setup  ## end-to-end fine-tune: DATASET= PROTOCOL= [INIT=runs/<head run>] [GPUS=n] [NNODES=n RDZV=host:port] [CONFIG=…]
 	$(if $(CONFIG),,$(call need,PROTOCOL,the evaluation protocol (e.g. cs)))
-	$(LAUNCH) -m vpn_head.finetune $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,EPOCHS,--epochs) $(call dflt,MANIFEST,--manifest) $(call dflt,CACHE_ROOT,--cache-dir,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,INIT,--init) $(call opt,RUN,--run-name) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(FINETUNE_OPTS) $(call args,TRAIN_ARGS)
+	$(LAUNCH) -m vpn_head.train.finetune $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,EPOCHS,--epochs) $(call dflt,MANIFEST,--manifest) $(call dflt,CACHE_ROOT,--cache-dir,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,INIT,--init) $(call opt,RUN,--run-name) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(FINETUNE_OPTS) $(call args,TRAIN_ARGS)
 
 bench: setup  ## benchmarks (JSON under bench/results/)
 	$(PY) -m bench.run_all --out-dir bench/results $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,ONLY,--only)
 
 report: setup  ## figures for a run: RUN=name
 	$(call need,RUN,the run to draw)
-	$(PY) -m vpn_head.report $(call opt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint) $(call given_opt,MANIFEST,--manifest) $(call opt,TSNE_CLIPS,--tsne-clips)
+	$(PY) -m vpn_head.report.run_report $(call opt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(call opt,CACHE,--cache-dir) $(call opt,DATA_ROOT,--data-root) $(call opt,SAMPLES,--samples) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint) $(call given_opt,MANIFEST,--manifest) $(call opt,TSNE_CLIPS,--tsne-clips)
 
 demo: setup  ## synthetic data -> manifest -> cache -> i3d, attention, vpn heads + oracle -> the fidelity columns, minutes on CPU
-	$(PY) -m pipeline.synthetic $(call opt,DEMO_ROOT,--root) $(call opt,DEMO_N,--n) $(call opt,SEED,--seed) --cameras-per-take 1 --hand-amplitude 0.2 --active-hand random --passive-hand-amplitude 0.2 --overwrite
-	$(PY) -m pipeline.manifest --dataset ntu60 $(call opt,DEMO_ROOT,--data-root) --out $(call q,$(DEMO_DIR)/manifest.csv)
+	$(PY) -m pipeline.synthetic.dataset $(call opt,DEMO_ROOT,--root) $(call opt,DEMO_N,--n) $(call opt,SEED,--seed) --cameras-per-take 1 --hand-amplitude 0.2 --active-hand random --passive-hand-amplitude 0.2 --overwrite
+	$(PY) -m pipeline.datasets.manifest --dataset ntu60 $(call opt,DEMO_ROOT,--data-root) --out $(call q,$(DEMO_DIR)/manifest.csv)
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(call q,$(DEMO_DIR)/manifest.csv) --cache-dir $(call q,$(DEMO_DIR)/cache) --shard-size 32 --workers 1 $(call opt,DEMO_WEIGHTS,--i3d-weights)
-	$(PY) -m pipeline.crop_joints --cache $(call q,$(DEMO_DIR)/cache) --dataset ntu60 --manifest $(call q,$(DEMO_DIR)/manifest.csv)
-	$(PY) -m vpn_head.demo --cache-dir $(call q,$(DEMO_DIR)/cache) --runs-dir $(call q,$(DEMO_DIR)/runs) --manifest $(call q,$(DEMO_DIR)/manifest.csv) --epochs $(call q,$(or $(DEMO_EPOCHS),30))
+	$(PY) -m pipeline.crops.joints --cache-dir $(call q,$(DEMO_DIR)/cache) --dataset ntu60 --manifest $(call q,$(DEMO_DIR)/manifest.csv)
+	$(PY) -m vpn_head.experiments.demo --cache-dir $(call q,$(DEMO_DIR)/cache) --runs-dir $(call q,$(DEMO_DIR)/runs) --manifest $(call q,$(DEMO_DIR)/manifest.csv) --epochs $(call q,$(or $(DEMO_EPOCHS),30))
 
 fidelity: setup  ## does VPN beat I3D? synthetic data made for it, 5 seeds of i3d/attention/vpn + oracle [FID_N=240] [SEEDS="0 1 2 3 4"] [FID_ARGS=]
-	$(PY) -m vpn_head.fidelity --work $(call q,$(FID_WORK)) --n $(call q,$(or $(FID_N),240)) --prepare-only $(call args,FID_ARGS)
+	$(PY) -m vpn_head.experiments.fidelity --work $(call q,$(FID_WORK)) --n $(call q,$(or $(FID_N),240)) --prepare-only $(call args,FID_ARGS)
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(call q,$(FID_WORK)/manifest.csv) --cache-dir $(call q,$(FID_WORK)/cache) --shard-size 40 --workers 1 $(call opt,DEMO_WEIGHTS,--i3d-weights)
-	$(PY) -m pipeline.crop_joints --cache $(call q,$(FID_WORK)/cache) --dataset ntu60 --manifest $(call q,$(FID_WORK)/manifest.csv)
-	$(PY) -m vpn_head.fidelity --work $(call q,$(FID_WORK)) --n $(call q,$(or $(FID_N),240)) --seeds $(foreach s,$(or $(SEEDS),0 1 2 3 4),$(call q,$(s))) $(call opt,EPOCHS,--epochs) --out bench/results/fidelity.json $(call args,FID_ARGS)
+	$(PY) -m pipeline.crops.joints --cache-dir $(call q,$(FID_WORK)/cache) --dataset ntu60 --manifest $(call q,$(FID_WORK)/manifest.csv)
+	$(PY) -m vpn_head.experiments.fidelity --work $(call q,$(FID_WORK)) --n $(call q,$(or $(FID_N),240)) --seeds $(foreach s,$(or $(SEEDS),0 1 2 3 4),$(call q,$(s))) $(call opt,EPOCHS,--epochs) --out bench/results/fidelity.json $(call args,FID_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------
 # Every CLI option as a make variable (the CLI's name in upper case), pass-throughs, and the check that a
@@ -184,7 +184,7 @@ VARS_clean-demo := DEMO_ROOT DEMO_DIR
 .PHONY: runs
 VARS_runs := RUNS_DIR RUNS_FORMAT
 runs: setup  ## compare the runs under RUNS_DIR: kind, variant, epochs, best val, test, pose-shuffle drop, config [RUNS_FORMAT=markdown]
-	$(PY) -m vpn_head.runs_table --runs-dir $(RUNS_DIR) $(call opt,RUNS_FORMAT,--format)
+	$(PY) -m vpn_head.report.runs_table --runs-dir $(RUNS_DIR) $(call opt,RUNS_FORMAT,--format)
 
 # --- the person-crop store the fine-tune reads (issue 19): make crops, then make finetune [PIXELS=auto|store|source]
 .PHONY: crops
@@ -208,20 +208,20 @@ help-vars-%:
 	@$(if $(VARS_$*),printf '%s\n' $(foreach v,$(VARS_$*),$(call q,$(v)=$(strip $($(v))))) | awk -F'\t' -v t=$(call q,$*) '$(HELP_AWK)' $(HELP_DEFAULTS) - | fold -s -w 104 | sed 's/^/                /',:)
 
 inspect: setup  ## a cache's config, provenance, counts per split and class, failures, shapes: CACHE=dir|cache.h5
-	$(PY) -m pipeline.inspect_cache $(call q,$(or $(CACHE),$(CACHE_DIR)/$(DATASET)))
+	$(PY) -m pipeline.tools.inspect_cache $(call q,$(or $(CACHE),$(CACHE_DIR)/$(DATASET)))
 
 export-pyskl: setup  ## MANIFEST's poses as a pyskl/mmaction2 annotation pickle: OUT=x.pkl [CACHE=dir]
 	$(call need,OUT,the pickle to write)
-	$(PY) -m pipeline.pyskl $(call opt,MANIFEST,--manifest) $(call opt,OUT,--out) $(call opt,CACHE,--cache) $(call opt,DATA_ROOT,--data-root) $(call given_opt,WORKERS,--workers)
+	$(PY) -m pipeline.tools.export_pyskl $(call opt,MANIFEST,--manifest) $(call opt,OUT,--out) $(call opt,CACHE,--cache-dir) $(call opt,DATA_ROOT,--data-root) $(call given_opt,WORKERS,--workers)
 
 # the head recipe's yardstick and the joint-anchored attention's input (issue 18)
 .PHONY: probe joints
 probe: setup  ## linear probe (logistic regression on pooled, standardised features; C chosen on val/val_carved): DATASET= PROTOCOL= [CACHE=…] [SEED=0]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(PY) -m vpn_head.probe $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,CACHE_ROOT,--cache) $(call opt,RUNS_DIR,--runs-dir) $(call opt,SEED,--seed) $(call opt,EVAL_SPLIT,--eval-split)
+	$(PY) -m vpn_head.eval.probe $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,CACHE_ROOT,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) $(call opt,SEED,--seed) $(call opt,EVAL_SPLIT,--eval-split)
 
 joints: setup  ## write a cache's crop joints (for MODEL="spatial_attention=joints"): [CACHE=dir] MANIFEST=csv [DATA_ROOT=…]
-	$(PY) -m pipeline.crop_joints $(call opt,CACHE_ROOT,--cache) $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root)
+	$(PY) -m pipeline.crops.joints $(call opt,CACHE_ROOT,--cache-dir) $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root)
 
 # the paper's two-stage path (section 3.3): fine-tune I3D end to end, cache the fine-tuned I3D's Mixed_5c features
 # into their own cache root, train and evaluate the head on them. Needs `make cache` of the same manifest first (the
@@ -232,15 +232,15 @@ TS_CACHE ?= $(CACHE_DIR)/two-stage
 FT_EPOCHS ?= $(EPOCHS)
 TS_CLIP  = $(or $(CLIP_LEN),64)
 TS_CROP  = $(or $(CROP_SIZE),224)
-TS_SHAPE = $(shell $(PY) -m pipeline.i3d_spec --model-options $(call q,$(TS_CLIP)) $(call q,$(TS_CROP)))
+TS_SHAPE = $(shell $(PY) -m pipeline.i3d.spec --model-options $(call q,$(TS_CLIP)) $(call q,$(TS_CROP)))
 TS_I3D   = $(RUNS_DIR)/$(TS_RUN)_i3d/best.pt
 .PHONY: two-stage
 two-stage: setup  ## fine-tune I3D, cache its features (TS_CACHE), train + evaluate the head: DATASET= PROTOCOL= [CLIP_LEN=32 CROP_SIZE=112] [FT_EPOCHS=] [EPOCHS=]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(LAUNCH) -m vpn_head.finetune $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_i3d) $(call opt,FT_EPOCHS,--epochs) $(call opt,VARIANT,--variant) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call args,TRAIN_ARGS)
+	$(LAUNCH) -m vpn_head.train.finetune $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_i3d) $(call opt,FT_EPOCHS,--epochs) $(call opt,VARIANT,--variant) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call args,TRAIN_ARGS)
 	$(PY) -m tasks.cache $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,TS_CACHE,--cache-dir) $(call opt,TS_I3D,--i3d-weights) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,DATA_ROOT,--data-root)
-	$(PY) -m vpn_head.train $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,VARIANT,--variant) $(call opt,EPOCHS,--epochs) $(call opt,TS_CACHE,--cache) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(TS_SHAPE) $(call each,MODEL,--model) $(call args,TRAIN_ARGS)
-	$(PY) -m vpn_head.evaluate $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(call opt,DATASET,--dataset) --split test $(call opt,TS_CACHE,--cache) $(call opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root)
+	$(PY) -m vpn_head.train.head $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,VARIANT,--variant) $(call opt,EPOCHS,--epochs) $(call opt,TS_CACHE,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(TS_SHAPE) $(call each,MODEL,--model) $(call args,TRAIN_ARGS)
+	$(PY) -m vpn_head.eval.evaluate $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(call opt,DATASET,--dataset) --split test $(call opt,TS_CACHE,--cache-dir) $(call opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root)
 
 # cost at scale and the prepared GPU run (issue 13)
 GPU_CHECK_OUT ?= bench/results/gpu_check.json
@@ -254,11 +254,11 @@ RETRY_FAILED ?=
 FUZZ_REPORT ?= bench/results/fuzz.json
 
 verify: setup  ## full check of a cache without rebuilding: [CACHE=folder|root] (default CACHE_DIR); exit 1 names bad files
-	$(PY) -m pipeline.cache verify $(call q,$(or $(CACHE),$(CACHE_DIR)))
+	$(PY) -m pipeline.tools.verify_cache $(call q,$(or $(CACHE),$(CACHE_DIR)))
 
 fuzz: setup  ## fuzz the 4 skeleton readers with mutated real samples: [N=2500] cases per reader
 	mkdir -p $(call q,$(dir $(FUZZ_REPORT)))
-	FUZZ_EXAMPLES=$(call q,$(if $(filter command line,$(origin N)),$(N),2500)) FUZZ_REPORT=$(call q,$(FUZZ_REPORT)) $(PY) -m pytest -q -s -p no:cacheprovider -m fuzz tests/test_fuzz.py
+	FUZZ_EXAMPLES=$(call q,$(if $(filter command line,$(origin N)),$(N),2500)) FUZZ_REPORT=$(call q,$(FUZZ_REPORT)) $(PY) -m pytest -q -s -p no:cacheprovider -m fuzz tests/pipeline/datasets/test_fuzz.py
 
 clean-demo:  ## remove the demo's data
 	rm -rf -- $(call q,$(DEMO_ROOT)) $(call q,$(DEMO_DIR))

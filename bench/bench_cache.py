@@ -1,6 +1,6 @@
 """Benchmark the cache's feature compression: bytes per clip, write speed and random-access read speed.
 
-For every compression name, writes ``--clips`` clips as 4 shards with ``pipeline.cache_writer.ShardWriter``, merges
+For every compression name, writes ``--clips`` clips as 4 shards with ``pipeline.cache.writer.ShardWriter``, merges
 them into a virtual-dataset view, then reads every clip once in random order, one clip at a time, through
 ``CacheReader.read_features`` after reopening the file (HDF5 chunk cache cold; the OS page cache is warm, so
 this measures decompression and HDF5 overhead, not the disk): from one shard directly and through the merged
@@ -8,7 +8,7 @@ this measures decompression and HDF5 overhead, not the disk): from one shard dir
 pass is reported, both per wall second and per CPU second of this process; on a shared, loaded machine the
 CPU-second figure is the stable one (every read is single-threaded).
 
-Features come from the real I3D (``pipeline.i3d``) with DeepMind's rgb_scratch weights on the CricketShot
+Features come from the real I3D (``pipeline.i3d.model``) with DeepMind's rgb_scratch weights on the CricketShot
 sample in ``../shared/i3d`` (Mixed_5c is ~73% exact zeros, max ~17); the 64-frame windows at several
 offsets, also mirrored, give distinct clips that are then repeated (each chunk is compressed on its own, so
 repeats do not help compression). Without those files, or with ``--source simulated``, it uses a ReLU of a
@@ -43,12 +43,16 @@ import h5py
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from pipeline import cache, cache_format, cache_merge, cache_writer
-from pipeline.cache_writer import write_rows
-from pipeline.fileio import file_sha256
-from pipeline.i3d_spec import CLIP_FRAMES, FEATURE_SHAPE
-from pipeline.integrity import check_integrity
-from pipeline.provenance import library_versions, make_attrs
+from pipeline.cache import reader as cache
+from pipeline.tools import verify_cache
+from pipeline.cache import format as cache_format
+from pipeline.cache import merge as cache_merge
+from pipeline.cache import writer as cache_writer
+from pipeline.cache.writer import write_rows
+from pipeline.utils.fileio import file_sha256
+from pipeline.i3d.spec import CLIP_FRAMES, FEATURE_SHAPE
+from pipeline.cache.integrity import check_integrity
+from pipeline.cache.provenance import library_versions, make_attrs
 
 log = logging.getLogger("bench_cache")
 
@@ -65,7 +69,7 @@ def i3d_features(n_distinct: int) -> np.ndarray:
     """Real Mixed_5c features of 64-frame CricketShot windows (offsets spread over the 79 frames, mirrored)."""
     import torch  # only this source needs torch
 
-    from pipeline.i3d import extract_features, load_i3d
+    from pipeline.i3d.model import extract_features, load_i3d
 
     sample = np.load(SHARED_I3D / "cricketshot_rgb_u8.npz")
     video = sample["lut_float32"][sample["frames"]]  # (79, 224, 224, 3) in [-1, 1]
@@ -137,7 +141,7 @@ def integrity_timings(folder: Path, n_clips: int) -> dict:
     assert all(check_integrity(path) == "" for path in shards)
     cheap_s = time.perf_counter() - start
     start = time.perf_counter()
-    assert cache.verify_folder(folder) == {}
+    assert verify_cache.verify_folder(folder) == {}
     verify_s = time.perf_counter() - start
     return {"sha256_mib_per_s": size / 2**20 / sha_s, "recheck_ms_per_shard": 1000 * cheap_s / len(shards),
             "verify_clips_per_s": n_clips / verify_s}
@@ -189,7 +193,7 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: system temp)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("pipeline.cache_writer", "pipeline.cache_merge"):
+    for name in ("pipeline.cache.writer", "pipeline.cache.merge"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
     have_i3d = (SHARED_I3D / "rgb_scratch.pt").is_file() and (SHARED_I3D / "cricketshot_rgb_u8.npz").is_file()

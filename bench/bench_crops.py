@@ -3,13 +3,13 @@ candidate store formats, the decode backends, and the fine-tune's epoch time wit
 
 In one run, one thread, on every real NTU ``_rgb.avi`` of ``--samples``:
 
-- ``source``: one 64-frame training clip as the fine-tune's source path reads it (``pipeline.video.read_clip`` with
-  the default backend, then ``pipeline.crop.to_uint8_crops`` to 224), per backend (``opencv``, ``pyav``,
+- ``source``: one 64-frame training clip as the fine-tune's source path reads it (``pipeline.video.reader.read_clip`` with
+  the default backend, then ``pipeline.video.crop.to_uint8_crops`` to 224), per backend (``opencv``, ``pyav``,
   ``decord``; ``torchcodec``'s import is tried and its exact error recorded: torchcodec 0.17.0 is the release for
   torch 2.13, and its wheel needs CUDA's ``libnvrtc.so.13`` and FFmpeg's shared libraries, absent here);
-- ``formats``: the video's store region (``pipeline.crop_store.store_region`` of a centred box of 0.8 x the frame
+- ``formats``: the video's store region (``pipeline.crops.store_build.store_region`` of a centred box of 0.8 x the frame
   height, default size and margins) encoded once per candidate, its bytes, and the same clip decoded from it and
-  cropped to 224: ``h264`` (the store's defaults: ``crop_store.encode_h264`` / ``decode_h264`` through an HDF5
+  cropped to 224: ``h264`` (the store's defaults: ``store_build.encode_h264`` / ``decode_h264`` through an HDF5
   file, as ``CropStore.read``), ``h264-no-tune`` (preset fast, no fastdecode), ``jpeg-h5`` (one JPEG q90 per frame in HDF5), ``raw-zstd-h5`` (uint8 frames,
   one chunk each, zstd-1);
 - ``ratio_store_vs_source``: clips/s per core of the store (``h264``) over the source (default backend), for
@@ -17,7 +17,7 @@ In one run, one thread, on every real NTU ``_rgb.avi`` of ``--samples``:
   ``to_uint8_crops`` in both paths, from a ~256 px box in the store and a ~860 px one in the source).
 
 Times are the best of ``--repeats`` in process CPU seconds (steadier than wall time on a shared machine) and wall
-seconds. ``finetune`` (``--finetune-videos`` > 0): one epoch of ``vpn_head.finetune`` on synthetic 1920 x 1080 NTU
+seconds. ``finetune`` (``--finetune-videos`` > 0): one epoch of ``vpn_head.train.finetune`` on synthetic 1920 x 1080 NTU
 videos at ``--clip-len`` x ``--crop-size`` (random I3D, CPU, no DataLoader workers), with ``PIXELS=source`` and
 ``PIXELS=store``: ``epoch_time_s`` of each from its ``train_log.csv``.
 
@@ -44,10 +44,14 @@ import hdf5plugin
 import numpy as np
 import pandas as pd
 
-from pipeline import crop, crop_store, manifest, video
-from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE
-from pipeline.sampling import sample_frame_indices
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.video import crop
+from pipeline.crops import store as crop_store
+from pipeline.crops import store_build
+from pipeline.datasets import manifest
+from pipeline.video import reader as video
+from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE
+from pipeline.video.sampling import sample_frame_indices
+from pipeline.synthetic.dataset import SyntheticConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLES = REPO.parent / "shared" / "samples" / "ntu"
@@ -77,8 +81,8 @@ def torchcodec_status() -> str:
 def encode_candidates(frames: np.ndarray, size: tuple[int, int]) -> dict[str, bytes]:
     """The store region's frames in every candidate format, as the bytes a store would keep per video."""
     store = crop_store.StoreConfig(cache_digest="bench")
-    out = {"h264": crop_store.encode_h264(iter(frames), size, store.crf, store.preset, store.tune)[0],
-           "h264-no-tune": crop_store.encode_h264(iter(frames), size, store.crf, "fast")[0]}
+    out = {"h264": store_build.encode_h264(iter(frames), size, store.crf, store.preset, store.tune)[0],
+           "h264-no-tune": store_build.encode_h264(iter(frames), size, store.crf, "fast")[0]}
     for name, write in (("jpeg-h5", _write_jpeg), ("raw-zstd-h5", _write_raw)):
         buffer = io.BytesIO()
         with h5py.File(buffer, "w") as f:
@@ -122,7 +126,7 @@ def bench_video(path: Path, repeats: int, backends: list[str]) -> dict:
     side = 0.8 * height
     box = np.array([(width - side) / 2, 0.1 * height, (width + side) / 2, 0.9 * height], np.float32)
     config = crop_store.StoreConfig(cache_digest="bench")
-    region, size = crop_store.store_region(box[None].astype(np.float64), width, height, config)
+    region, size = store_build.store_region(box[None].astype(np.float64), width, height, config)
     x0, y0, x1, y1 = region
     stored = np.stack([cv2.resize(f[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA) for f in frames])
     del frames
@@ -169,8 +173,8 @@ def bench_finetune(videos: int, clip_len: int, crop_size: int, folder: Path) -> 
     """One fine-tune epoch per pixel source on synthetic 1080p videos: epoch seconds from each train_log.csv."""
     from tasks import cache as cache_tasks  # building the bench data needs the Luigi tasks
     from tasks import crops as crops_tasks
-    from vpn_head.finetune import finetune
-    from vpn_head.finetune_config import FinetuneConfig
+    from vpn_head.train.finetune import finetune
+    from vpn_head.engine.config import FinetuneConfig
 
     generate(folder / "data", SyntheticConfig(n=videos, seed=0, min_frames=60, max_frames=90, num_classes=2,
                                               frame_size=(1920, 1080)))

@@ -25,9 +25,9 @@ import cv2
 import decord
 import numpy as np
 
-from pipeline.crop import crop_and_resize, to_uint8_crops
-from pipeline.i3d_spec import CLIP_FRAMES
-from pipeline.video import BACKENDS, FrameCountError, OpenCVReader, sample_frame_indices
+from pipeline.video.crop import crop_and_resize, to_uint8_crops
+from pipeline.i3d.spec import CLIP_FRAMES
+from pipeline.video.reader import BACKENDS, FrameCountError, OpenCVReader, sample_frame_indices
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLES = REPO.parent / "shared" / "samples" / "ntu"

@@ -2,13 +2,13 @@
 
 Two measurements in one run:
 
-- ``train``: full optimizer steps of ``vpn_head.finetune_model.FinetuneVPN`` (I3D to Mixed_5c, unfrozen, + the
+- ``train``: full optimizer steps of ``vpn_head.model.finetune_vpn.FinetuneVPN`` (I3D to Mixed_5c, unfrozen, + the
   full-width VPN head; forward, ``vpn_loss``, backward, SGD) on random clips of ``--clip-len`` x ``--crop-size``, in fp32
   and, on CUDA, with bf16 autocast. Clips per second is the median over ``--repeats`` timed passes of ``--steps``
   steps after one warm-up pass, the precisions interleaved. Peak memory per clip: on CUDA
   ``torch.cuda.max_memory_allocated`` over a pass divided by ``--batch``; on the CPU the growth of the process's
   peak RSS during the first pass divided by ``--batch`` (an upper bound: it includes allocator slack).
-- ``data``: ``vpn_head.pixels.PixelClips`` items per second in one process (decode with the cache's video
+- ``data``: ``vpn_head.data.pixels.PixelClips`` items per second in one process (decode with the cache's video
   backend, crop, temporal/spatial jitter, flip, pose recomputation from the skeleton), on a small synthetic NTU
   dataset (640 x 360 AVI) written to a temporary folder: what one DataLoader worker delivers.
 
@@ -33,17 +33,17 @@ from pathlib import Path
 
 import torch
 
-from pipeline import manifest
-from pipeline.i3d import load_i3d
-from pipeline.synthetic import SyntheticConfig, generate
-from vpn_head.augment import AugmentConfig
-from vpn_head.config import VPNConfig
-from vpn_head.data import resolve_cache
-from vpn_head.finetune_model import FinetuneVPN
-from vpn_head.pixels import PixelClips, sample_paths
+from pipeline.datasets import manifest
+from pipeline.i3d.model import load_i3d
+from pipeline.synthetic.dataset import SyntheticConfig, generate
+from vpn_head.data.augment import AugmentConfig
+from vpn_head.model.config import VPNConfig
+from vpn_head.data.clips import resolve_cache
+from vpn_head.model.finetune_vpn import FinetuneVPN
+from vpn_head.data.pixels import PixelClips, sample_paths
 from vpn_head.runtime import autocast, resolve_device
-from vpn_head.losses import vpn_loss
-from vpn_head.model import VPN
+from vpn_head.model.losses import vpn_loss
+from vpn_head.model.vpn import VPN
 
 log = logging.getLogger("bench_finetune")
 

@@ -4,7 +4,7 @@ Throughputs on the same cache, in clips per second:
 
 - ``read``: ``CacheReader.read_features`` + ``read_poses`` one row at a time in random order, after opening
   the file (HDF5 chunk cache cold, OS page cache warm): what the disk format alone allows.
-- ``train_<variant>``: full training steps (``vpn_head.train.train_epoch``: DataLoader over ``CachedClips``
+- ``train_<variant>``: full training steps (``vpn_head.train.head.train_epoch``: DataLoader over ``CachedClips``
   with the trainer's sampler and float16 hand-over, forward, loss, backward, SGD) reading from the cache.
 - ``train_<variant>_in_memory``: the same steps with the split preloaded (``in_memory=True``): the
   compute-bound ceiling.
@@ -14,12 +14,12 @@ where the step costs less than a read, as for ``i3d`` on a CPU) and ``train / in
 slow training; 1.0 means the data path is hidden). Each throughput is the median of ``--repeats`` passes,
 interleaved so that machine load hits them alike.
 
-Without ``--cache`` it writes a temporary NTU-shaped cache (J=25, t_p=20) with the cache's default
+Without ``--cache-dir`` it writes a temporary NTU-shaped cache (J=25, t_p=20) with the cache's default
 compression, features a ReLU of shifted Gaussian noise with ~73% zeros (as real Mixed_5c features).
 
 Usage::
 
-    python -m bench.bench_head --out bench/head.json [--cache DIR --dataset D --protocol P] [--variants i3d vpn]
+    python -m bench.bench_head --out bench/head.json [--cache-dir DIR --dataset D --protocol P] [--variants i3d vpn]
 """
 
 from __future__ import annotations
@@ -38,17 +38,17 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from pipeline import cache as cache_lib
-from pipeline.cache_merge import merge_shards
-from pipeline.cache_writer import ShardWriter
-from pipeline.datasets import get_dataset
-from pipeline.i3d_spec import CLIP_FRAMES, FEATURE_SHAPE
-from pipeline.provenance import make_attrs
-from vpn_head.config import VPNConfig
-from vpn_head.data import CachedClips
+from pipeline.cache import reader as cache_lib
+from pipeline.cache.merge import merge_shards
+from pipeline.cache.writer import ShardWriter
+from pipeline.datasets.registry import get_dataset
+from pipeline.i3d.spec import CLIP_FRAMES, FEATURE_SHAPE
+from pipeline.cache.provenance import make_attrs
+from vpn_head.model.config import VPNConfig
+from vpn_head.data.clips import CachedClips
 from vpn_head.runtime import make_loader
-from vpn_head.model import VPN
-from vpn_head.train import EpochShuffleSampler, train_epoch
+from vpn_head.model.vpn import VPN
+from vpn_head.train.head import EpochShuffleSampler, train_epoch
 
 log = logging.getLogger("bench_head")
 
@@ -89,7 +89,7 @@ def read_pass(path: Path, rows: np.ndarray, seed: int) -> float:
 
 
 class TrainLoop:
-    """Training epochs over one dataset with one persistent DataLoader, as ``vpn_head.train`` runs them."""
+    """Training epochs over one dataset with one persistent DataLoader, as ``vpn_head.train.head`` runs them."""
 
     def __init__(self, clips: torch.utils.data.Dataset, model: VPN, batch_size: int, num_workers: int) -> None:
         self.device = torch.device("cpu")
@@ -109,8 +109,8 @@ class TrainLoop:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON results file")
-    parser.add_argument("--cache", type=Path, help="cache directory or .h5 (default: a synthetic one)")
-    parser.add_argument("--dataset", help="dataset of --cache (checked), or of the synthetic cache (ntu60)")
+    parser.add_argument("--cache-dir", dest="cache", type=Path, help="cache directory or .h5 (default: a synthetic one)")
+    parser.add_argument("--dataset", help="dataset of --cache-dir (checked), or of the synthetic cache (ntu60)")
     parser.add_argument("--protocol", default="cs")
     parser.add_argument("--split", default="train")
     parser.add_argument("--clips", type=int, default=128, help="clips of the synthetic cache / clips used")
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: system temp)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("pipeline.cache_writer", "pipeline.cache_merge"):
+    for name in ("pipeline.cache.writer", "pipeline.cache.merge"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import extract, manifest
-from pipeline.config import CacheConfig
-from pipeline.datasets import get_dataset
-from pipeline.fileio import file_sha256
-from pipeline.provenance import make_attrs
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.build import extract
+from pipeline.datasets import manifest
+from pipeline.cache.config import CacheConfig
+from pipeline.datasets.registry import get_dataset
+from pipeline.utils.fileio import file_sha256
+from pipeline.cache.provenance import make_attrs
+from pipeline.synthetic.dataset import SyntheticConfig, generate
 
 
 def _frame_size(text: str) -> tuple[int, int]:

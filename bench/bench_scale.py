@@ -2,23 +2,23 @@
 
 Each stage is measured on its own, with cheap stand-ins where the real work does not matter to the question:
 
-- ``manifest``: ``pipeline.manifest.scan`` + ``write_manifest`` of an NTU-120-shaped tree of empty files with
+- ``manifest``: ``pipeline.datasets.manifest.scan`` + ``write_manifest`` of an NTU-120-shaped tree of empty files with
   official names (``nturgb+d_rgb/<id>_rgb.avi``, ``nturgb+d_skeletons/<id>.skeleton``; setups, cameras and action
   ranges of the real id space, every id of the official missing-skeleton list present without its skeleton).
 - ``luigi_*``: the real ``tasks.cache.BuildCache`` / ``CacheShard`` tasks over that manifest (shards of 200),
-  with ``pipeline.extract.extract_shard`` replaced by a stand-in that copies a pre-written shard of zero features
+  with ``pipeline.build.extract.extract_shard`` replaced by a stand-in that copies a pre-written shard of zero features
   and writes the shard's real ids, labels and splits into it. Reported: wall time of the whole build, time before
   the first shard starts, per-task overhead ((wall - stand-in work - merge) / shards), and the time to find
   everything complete on a second run (``resume``). Local scheduler, and ``luigid`` on 127.0.0.1.
-- ``merge`` / ``open``: ``pipeline.cache_merge.merge_shards`` of those shards into ``cache.h5``; ``open_cache`` of it.
-- ``read_*``: head-training reads (``vpn_head.data.CachedClips`` through the trainer's ``make_loader``, batch 16,
+- ``merge`` / ``open``: ``pipeline.cache.merge.merge_shards`` of those shards into ``cache.h5``; ``open_cache`` of it.
+- ``read_*``: head-training reads (``vpn_head.data.clips.CachedClips`` through the trainer's ``make_loader``, batch 16,
   random order, two epochs with persistent workers) of the same clips (ReLU-noise features like real Mixed_5c)
   stored in one shard file vs merged views over 50 and 573 shards, with 0/2/4 DataLoader workers: steady
   samples/s (second epoch), the first epoch's seconds (every process opens the cache), and the open file
   handles of the main process and of one worker.
 - ``failures_*``, ``run_log_*``, ``latest``: ``failures.csv`` appended per shard, rewritten and read with N rows;
-  ``run_log.jsonl`` with one line per shard, appended and parsed; ``pipeline.cache_build.status`` over the shard files;
-  ``pipeline.layout.resolve`` (what ``vpn_head.data.resolve_cache`` runs) with a ``LATEST`` pointer among 10..1000
+  ``run_log.jsonl`` with one line per shard, appended and parsed; ``pipeline.build.steps.status`` over the shard files;
+  ``pipeline.cache.layout.resolve`` (what ``vpn_head.data.clips.resolve_cache`` runs) with a ``LATEST`` pointer among 10..1000
   cache folders.
 
 Every cost is fitted as ``seconds = a * N ** slope`` over the measured sizes (least squares in log-log); a stage
@@ -55,20 +55,23 @@ import torch
 from torch.utils.data import RandomSampler
 
 import tasks.cache as cache_tasks
-from pipeline import cache, cache_build, cache_format, layout
-from pipeline.cache_merge import merge_shards
-from pipeline.cache_writer import ShardWriter, write_rows
-from pipeline.config import CacheConfig
-from pipeline.datasets import get_dataset
+from pipeline.cache import reader as cache
+from pipeline.build import steps as cache_build
+from pipeline.cache import format as cache_format
+from pipeline.cache import layout
+from pipeline.cache.merge import merge_shards
+from pipeline.cache.writer import ShardWriter, write_rows
+from pipeline.cache.config import CacheConfig
+from pipeline.datasets.registry import get_dataset
 from pipeline.defaults import DEFAULT_COMPRESSION
-from pipeline.extract import ShardStats
-from pipeline.failures import append_failures, read_failures, write_failures
-from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE, FEATURE_SHAPE
-from pipeline.integrity import record_integrity
-from pipeline.manifest import read_manifest, read_manifest_root, scan, write_manifest
-from pipeline.ntu import format_sample_id, parse_sample_id, read_missing_list
-from pipeline.provenance import make_attrs
-from vpn_head.data import CachedClips, resolve_cache
+from pipeline.build.extract import ShardStats
+from pipeline.cache.failures import append_failures, read_failures, write_failures
+from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE, FEATURE_SHAPE
+from pipeline.cache.integrity import record_integrity
+from pipeline.datasets.manifest import read_manifest, read_manifest_root, scan, write_manifest
+from pipeline.datasets.ntu import format_sample_id, parse_sample_id, read_missing_list
+from pipeline.cache.provenance import make_attrs
+from vpn_head.data.clips import CachedClips, resolve_cache
 from vpn_head.runtime import make_loader
 
 log = logging.getLogger("bench_scale")
@@ -165,7 +168,7 @@ def bench_manifest(work: Path, sizes: list[int], missing_list: Path | None) -> t
 
 
 class StandInExtractor:
-    """Replaces ``pipeline.extract.extract_shard``: a copy of a pre-written zero-feature shard with the rows' ids.
+    """Replaces ``pipeline.build.extract.extract_shard``: a copy of a pre-written zero-feature shard with the rows' ids.
 
     Records when each call started and how long the calls took, so that Luigi's own cost can be separated.
     """

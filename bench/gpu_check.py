@@ -6,19 +6,19 @@ others still run, and the exit code is 1):
 - ``i3d``: ``InceptionI3d.forward_features`` to Mixed_5c under ``torch.inference_mode``: clips/s for fp32 and
   bf16 autocast at batch 1/8/32, channels-last-3d on and off (``runs``, ``best``); ``bf16_vs_fp32``: max
   |bf16 - fp32| over the Mixed_5c maps of the same 4 clips, absolute and relative to max |fp32|.
-- ``pipeline``: the whole cache pipeline (``pipeline.extract.extract_shard``: decode + crop + poses in
+- ``pipeline``: the whole cache pipeline (``pipeline.build.extract.extract_shard``: decode + crop + poses in
   DataLoader workers, I3D bf16 in the main process, HDF5 shard) over 160 symlinked copies of the real NTU pair
   of ``../shared/samples/ntu`` (1080p, H.264) plus 16 synthetic 1920x1080 NTU-format videos, for 4/8/15 decode
   workers. Its stages alone: ``decode_videos_per_s`` = the same ``extract_shard`` with the ``pixels`` stand-in
   extractor at the same worker count (decode-bound), ``extractor_clips_per_s`` = I3D on ready batches of 8.
   ``pipeline_over_slowest`` = pipeline / min(decode, I3D), goal >= 0.85.
-- ``head``: VPN-head training samples/s (``vpn_head.train.train_epoch`` over ``CachedClips`` of a 512-clip
+- ``head``: VPN-head training samples/s (``vpn_head.train.head.train_epoch`` over ``CachedClips`` of a 512-clip
   synthetic NTU-60 cache, 4 DataLoader workers, bf16 autocast on CUDA), ``i3d`` and ``vpn`` variants; the
   second epoch is the one reported.
 - ``finetune``: ``bench.bench_finetune``'s optimizer steps of I3D + the full VPN head at 64x224x224, batch 4,
   fp32 and bf16: clips/s and peak memory per clip (CUDA ``max_memory_allocated`` / batch).
 - ``ddp``: a one-process ``DistributedDataParallel`` group (nccl; gloo on the CPU) around the fine-tune model,
-  two steps of ``vpn_head.engine.train_epoch``: loss, parameters updated.
+  two steps of ``vpn_head.engine.loop.train_epoch``: loss, parameters updated.
 - ``compile`` (CUDA only): ``torch.compile`` of I3D in the fastest ``i3d`` setting: compile seconds, clips/s,
   speedup over eager.
 
@@ -52,18 +52,19 @@ from torch.nn.parallel import DistributedDataParallel
 from bench.bench_finetune import build as build_finetune_model
 from bench.bench_finetune import timed_pass
 from bench.bench_head import write_synthetic_cache
-from pipeline import extract, manifest
-from pipeline.config import CacheConfig
-from pipeline.fileio import file_sha256
-from pipeline.i3d import load_i3d
-from pipeline.provenance import make_attrs
-from pipeline.synthetic import SyntheticConfig, generate
-from vpn_head import engine
-from vpn_head.config import VPNConfig
-from vpn_head.data import CachedClips
-from vpn_head.model import VPN
+from pipeline.build import extract
+from pipeline.datasets import manifest
+from pipeline.cache.config import CacheConfig
+from pipeline.utils.fileio import file_sha256
+from pipeline.i3d.model import load_i3d
+from pipeline.cache.provenance import make_attrs
+from pipeline.synthetic.dataset import SyntheticConfig, generate
+from vpn_head.engine import loop as engine
+from vpn_head.model.config import VPNConfig
+from vpn_head.data.clips import CachedClips
+from vpn_head.model.vpn import VPN
 from vpn_head.runtime import DistContext, make_loader
-from vpn_head.train import EpochShuffleSampler, train_epoch
+from vpn_head.train.head import EpochShuffleSampler, train_epoch
 
 log = logging.getLogger("gpu_check")
 
@@ -271,9 +272,9 @@ def check_finetune(size: dict, device: torch.device, weights: str | None) -> dic
 
 def check_ddp(size: dict, device: torch.device, weights: str | None) -> dict:
     """A one-process ``DistributedDataParallel`` run: nccl (gloo on the CPU) process group of world size 1, the
-    fine-tune model wrapped in DDP, two optimizer steps through ``vpn_head.engine.train_epoch``.
+    fine-tune model wrapped in DDP, two optimizer steps through ``vpn_head.engine.loop.train_epoch``.
 
-    ``torchrun`` with one process does not wrap the model (``vpn_head.finetune`` uses DDP from two processes up),
+    ``torchrun`` with one process does not wrap the model (``vpn_head.train.finetune`` uses DDP from two processes up),
     so the group is made here; a second rank would need a second GPU.
     """
     with socket.socket() as probe:

@@ -1,4 +1,4 @@
-"""Data contracts, declared once (DESIGN.md section 3). Tests check every writer against these.
+"""Data contracts, declared once (docs/design.md, Data contracts). Tests check every writer against these.
 
 Manifest CSV
     One row per sample. ``MANIFEST_COLUMNS`` first, then one column per protocol of the dataset
@@ -9,7 +9,7 @@ Manifest CSV
 
 HDF5 cache (one file per shard, plus a merged virtual-dataset view ``cache.h5``)
     One row per clip (a video gives ``clips_per_video`` rows, in clip order, consecutive).
-    The I3D input and feature shapes come from ``pipeline.i3d_spec`` (re-exported here).
+    The I3D input and feature shapes come from ``pipeline.i3d.spec`` (re-exported here).
     ``CACHE_DATASETS`` lists every dataset with its dtype and per-row shape (``J`` joints, ``t_p`` poses).
     Every file carries the attrs in ``CACHE_ATTRS``.
 
@@ -19,7 +19,7 @@ failures.csv
 
 from __future__ import annotations
 
-from pipeline.i3d_spec import CLIP_FRAMES, CROP_SIZE, FEATURE_SHAPE  # noqa: F401  (the I3D spec, re-exported)
+from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE, FEATURE_SHAPE  # noqa: F401  (the I3D spec, re-exported)
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "sample_id", "dataset", "video_path", "skeleton_path", "label", "action", "subject", "view",

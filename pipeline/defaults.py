@@ -19,7 +19,7 @@ DEFAULT_CROP_PAD = 0.15
 DEFAULT_SHARD_SIZE = 200
 """Videos per shard task (Luigi's scheduler slows with thousands of tiny tasks)."""
 DEFAULT_BOX_SCALE = 0.1
-"""Fine-tune box jitter: the side is scaled by up to this fraction (``vpn_head.augment``); the crop store keeps
-that much margin (``pipeline.crop_store``)."""
+"""Fine-tune box jitter: the side is scaled by up to this fraction (``vpn_head.data.augment``); the crop store keeps
+that much margin (``pipeline.crops.store_build``)."""
 DEFAULT_BOX_SHIFT = 0.1
 """Fine-tune box jitter: the centre moves by up to this fraction of the side; the crop store keeps the margin."""

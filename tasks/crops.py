@@ -4,11 +4,11 @@
 [--margin-scale 0.1] [--margin-shift 0.1] [--crf 18] [--shard-size 200] [--workers 1]``
 
 * The store is cut from a finished cache (its boxes and frame windows) into ``<cache folder>/crops/<hash>/``;
-  the hash is ``pipeline.crop_store.StoreConfig.digest()`` (the cache's digest, size, margins, codec settings).
+  the hash is ``pipeline.crops.store.StoreConfig.digest()`` (the cache's digest, size, margins, codec settings).
 * Every shard is written through ``temporary_path()`` (atomic rename): after a crash or ``kill -9`` the same
   command redoes only the missing shards; temp files of killed runs are removed first, under the build lock.
 * A video that cannot be decoded or is missing is skipped and recorded in the store's ``failures.csv``.
-* The work is ``pipeline.crop_store``'s; the folder layout is ``pipeline.layout``'s.
+* The work is ``pipeline.crops.store_build``'s; the folder layout is ``pipeline.cache.layout``'s.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from pathlib import Path
 
 import luigi
 
-from pipeline import crop_store, layout
-from pipeline.cache_build import BuildLock, CacheBusyError
+from pipeline.crops import store as crop_store
+from pipeline.crops import store_build
+from pipeline.cache import layout
+from pipeline.build.lock import BuildLock, CacheBusyError
 from pipeline.defaults import DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT, DEFAULT_SHARD_SIZE
-from pipeline.failures import read_failures
-from pipeline.fileio import atomic_write_json
+from pipeline.cache.failures import read_failures
+from pipeline.utils.fileio import atomic_write_json
 
 log = logging.getLogger("tasks.crops")
 
@@ -58,21 +60,21 @@ class CropShard(_CropsTask):
 
     def run(self) -> None:
         with self.output().temporary_path() as tmp:
-            crop_store.run_shard(self.config, self.cache_folder, self.shard_index, self.manifest, self.data_root, tmp)
+            store_build.run_shard(self.config, self.cache_folder, self.shard_index, self.manifest, self.data_root, tmp)
 
 
 class BuildCrops(_CropsTask):
     """Wrapper: every shard of a store, then ``index.json``, ``failures.csv`` and ``crops/LATEST``."""
 
     def requires(self) -> list[CropShard]:
-        n = crop_store.shard_count(self.cache_folder, self.config)
+        n = store_build.shard_count(self.cache_folder, self.config)
         return [CropShard(shard_index=i, **self.param_kwargs) for i in range(n)]
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(str(self.folder / layout.CROPS_INDEX))
 
     def run(self) -> None:
-        crop_store.merge_store(self.config, self.cache_folder)
+        store_build.merge_store(self.config, self.cache_folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"manifest {manifest} does not exist (give the one the cache was built from)")
         resolved = layout.resolve(args.cache_dir, args.dataset)
         cache_folder = resolved if resolved.is_dir() else resolved.parent
-        crop_store.read_cache_source(str(cache_folder))
+        store_build.read_cache_source(str(cache_folder))
         config = crop_store.StoreConfig(cache_digest=cache_folder.name, size=args.store_size,
                                         margin_scale=args.margin_scale, margin_shift=args.margin_shift,
                                         crf=args.crf, preset=args.preset, tune=args.tune,
@@ -126,14 +128,14 @@ def _build(config: crop_store.StoreConfig, cache_folder: Path, manifest: str, ar
     for path in folder.glob(layout.CROPS_TEMP_GLOB):
         path.unlink(missing_ok=True)
         log.info("removed %s, left by a killed run", path.name)
-    print(crop_store.store_status(config, cache_folder))
+    print(store_build.store_status(config, cache_folder))
     task = BuildCrops(config_json=config.to_json(), cache_folder=str(cache_folder), manifest=str(manifest),
                       data_root=args.data_root)
     start = time.perf_counter()
     result = luigi.build([task], workers=args.workers, detailed_summary=True, log_level="WARNING",
                          local_scheduler=True)
     print(result.summary_text)
-    print(crop_store.store_status(config, cache_folder) + f" ({time.perf_counter() - start:.1f} s)")
+    print(store_build.store_status(config, cache_folder) + f" ({time.perf_counter() - start:.1f} s)")
     if not (result.scheduling_succeeded and task.complete()):
         return 1
     stored, skipped = len(crop_store.CropStore(folder).index), len(read_failures(folder / layout.FAILURES_NAME))

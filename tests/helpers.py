@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import cache, manifest
-from pipeline.cache_merge import merge_shards
-from pipeline.cache_writer import ShardWriter, write_rows
+from pipeline.cache import reader as cache
+from pipeline.datasets import manifest
+from pipeline.cache.merge import merge_shards
+from pipeline.cache.writer import ShardWriter, write_rows
 from pipeline.contracts import FEATURE_SHAPE
-from pipeline.datasets import get_dataset
-from pipeline.nucla import NUCLA_ACTION_IDS
-from pipeline.ntu import format_sample_id
-from pipeline.provenance import make_attrs
-from pipeline.synthetic import SyntheticConfig, generate
-from vpn_head.config import PAPER_READING, VPNConfig
-from vpn_head.train import TrainConfig
+from pipeline.datasets.registry import get_dataset
+from pipeline.datasets.nucla import NUCLA_ACTION_IDS
+from pipeline.datasets.ntu import format_sample_id
+from pipeline.cache.provenance import make_attrs
+from pipeline.synthetic.dataset import SyntheticConfig, generate
+from vpn_head.model.config import PAPER_READING, VPNConfig
+from vpn_head.train.head import TrainConfig
 
 # ---------------------------------------------------------------- tiny training caches and configs
 

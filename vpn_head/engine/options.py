@@ -1,0 +1,81 @@
+"""Command-line pieces both trainers share: run names, ``--model KEY=VALUE``, ``--config`` replay, common options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.utils.cli import add_config_options
+from vpn_head.engine.config import EVAL_SPLITS
+
+SIMPLE_FIELDS: tuple[str, ...] = (
+    "epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "val_fraction", "seed",
+    "num_workers", "device", "runs_dir",
+)
+"""Shared config fields whose option is ``--<field-name>``, typed and defaulted from the config."""
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """argparse type of ``--model KEY=VALUE``: the value as JSON when it parses, else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, defaults: Any, model_help: str) -> None:
+    """The options of the fields both trainers' configs share, with ``defaults`` (a config) as defaults."""
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--protocol", required=True)
+    parser.add_argument("--model", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
+                        help=model_help)
+    add_config_options(parser, defaults, SIMPLE_FIELDS, helps={
+        "batch_size": "clips per optimizer step",
+        "val_fraction": "share of training subjects carved out as val_carved"})
+    parser.add_argument("--eval-split", default=defaults.eval_split, choices=EVAL_SPLITS,
+                        help="split that chooses best.pt (auto: val, else val_carved from train by subject)")
+    parser.add_argument("--no-deterministic", dest="deterministic", action="store_false")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="mixed precision, bf16 where supported (default: on for CUDA)")
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, section: str,
+                           renames: dict[str, str], nested: tuple[str, ...] = ()) -> argparse.Namespace:
+    """Parse ``argv``; with ``--config runs/<name>/config.json`` a recorded run's values become the defaults, so
+    the options given on the command line override the file.
+
+    Args:
+        parser: the command's parser (``--config`` is added to it).
+        argv: the command line.
+        section: the key of the run config in ``config.json`` (``train``, ``finetune``).
+        renames: config field -> option dest where they differ (``run_name`` -> ``run``).
+        nested: config fields holding a dict of further options (``augment``).
+    """
+    parser.add_argument("--config", help="a run's config.json: repeat that experiment (options given here win)")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    path = pre.parse_known_args(argv)[0].config
+    if path:
+        try:
+            recorded = json.loads(Path(path).read_text())[section]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"--config {path}: not a {section} run's config.json ({type(error).__name__}: {error})")
+        defaults: dict[str, Any] = {}
+        for key, value in recorded.items():
+            if key in nested:
+                defaults.update(value)
+            else:
+                defaults[renames.get(key, key)] = list(value.items()) if key == "model" else value
+        actions = {action.dest: action for action in parser._actions}
+        unknown = sorted(set(defaults) - set(actions))
+        if unknown:
+            parser.error(f"--config {path}: fields {unknown} have no option here (a config of another version?)")
+        parser.set_defaults(**defaults)
+        for dest in defaults:
+            actions[dest].required = False
+    return parser.parse_args(argv)
