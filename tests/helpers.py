@@ -18,6 +18,7 @@ from pipeline.datasets.nucla import NUCLA_ACTION_IDS
 from pipeline.datasets.ntu import format_sample_id
 from pipeline.cache.provenance import make_attrs
 from pipeline.synthetic.dataset import SyntheticConfig, generate
+from tests.conftest import shared_path
 from vpn_head.model.config import PAPER_READING, VPNConfig
 from vpn_head.train.head import TrainConfig
 
@@ -203,3 +204,10 @@ def tiny_inputs(config: VPNConfig, n: int = 4, size: tuple[int, int] = (7, 7), s
     features = torch.rand(n, config.feature_channels, config.feature_time, *size, generator=g)
     poses = torch.randn(n, 2, 3, config.num_joints, config.t_p, generator=g)
     return features, poses
+
+
+def cricket_clip(n_frames: int | None = None) -> torch.Tensor:
+    """CricketShot as (1, 3, T, 224, 224) float32 in [-1, 1], restored with the file's own LUT."""
+    with np.load(shared_path("i3d", "cricketshot_rgb_u8.npz")) as npz:
+        x = npz["lut_float32"][npz["frames"][:n_frames]]  # (T, 224, 224, 3)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 0, 1, 2)[None]))  # (1, 3, T, 224, 224)
