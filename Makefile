@@ -186,11 +186,12 @@ VARS_runs := RUNS_DIR RUNS_FORMAT
 runs: setup  ## compare the runs under RUNS_DIR: kind, variant, epochs, best val, test, pose-shuffle drop, config [RUNS_FORMAT=markdown]
 	$(PY) -m vpn_head.report.runs_table --runs-dir $(RUNS_DIR) $(call opt,RUNS_FORMAT,--format)
 
-# --- the person-crop store the fine-tune reads (issue 19): make crops, then make finetune [PIXELS=auto|store|source]
+# --- the person-crop store (issues 19, 28): the first stage after the manifest; make cache and make finetune read it
+# [PIXELS=auto|store|source]
 .PHONY: crops
-crops: setup  ## cut the cache's person-crop store for the fine-tune: DATASET= [CACHE=dir] [STORE_SIZE=256] [MARGIN_SCALE=0.1] [MARGIN_SHIFT=0.1] [CRF=18] [PRESET=veryfast] [TUNE=fastdecode] [SHARD_SIZE=200] [WORKERS=n]
-	$(PY) -m tasks.crops $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_ROOT,--cache-dir) $(call opt,DATA_ROOT,--data-root) $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) $(call opt,STORE_SIZE,--store-size) $(call opt,MARGIN_SCALE,--margin-scale) $(call opt,MARGIN_SHIFT,--margin-shift) $(call opt,CRF,--crf) $(call opt,PRESET,--preset) $(call opt,TUNE,--tune) $(call args,CROPS_ARGS)
-VARS_crops := DATASET MANIFEST DATA_ROOT CACHE CACHE_DIR SHARD_SIZE WORKERS STORE_SIZE MARGIN_SCALE MARGIN_SHIFT CRF PRESET TUNE CROPS_ARGS
+crops: setup  ## cut the manifest's person-crop store (no cache needed): DATASET= [MANIFEST=] [CACHE_DIR=cache] [STORE_SIZE=256] [CROP_PAD=0.15] [MARGIN_SCALE=0.1] [MARGIN_SHIFT=0.1] [CRF=18] [PRESET=veryfast] [TUNE=fastdecode] [SHARD_SIZE=200] [WORKERS=n]
+	$(PY) -m tasks.crops $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_ROOT,--cache-dir) $(call opt,DATA_ROOT,--data-root) $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) $(call opt,CROP_PAD,--crop-pad) $(call opt,BACKEND,--backend) $(call opt,STORE_SIZE,--store-size) $(call opt,MARGIN_SCALE,--margin-scale) $(call opt,MARGIN_SHIFT,--margin-shift) $(call opt,CRF,--crf) $(call opt,PRESET,--preset) $(call opt,TUNE,--tune) $(call args,CROPS_ARGS)
+VARS_crops := DATASET MANIFEST DATA_ROOT CACHE CACHE_DIR SHARD_SIZE WORKERS CROP_PAD BACKEND STORE_SIZE MARGIN_SCALE MARGIN_SHIFT CRF PRESET TUNE CROPS_ARGS
 FINETUNE_OPTS += $(call opt,PIXELS,--pixels)
 VARS_finetune += PIXELS
 
