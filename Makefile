@@ -72,7 +72,7 @@ manifest: setup  ## DATASET=ntu60|ntu120|smarthome|nucla DATA_ROOT=dir [MANIFEST
 	$(call need,DATA_ROOT,the dataset folder to scan)
 	$(PY) -m pipeline.datasets.manifest $(call opt,DATASET,--dataset) $(call opt,DATA_ROOT,--data-root) $(call opt,MANIFEST,--out) $(call flag,VALIDATE,--validate) $(call opt,MISSING_LIST,--missing-list) $(call given_opt,WORKERS,--workers) $(call opt,POSES,--poses) $(call args,MANIFEST_ARGS)
 
-cache: setup  ## build (or resume) the HDF5 caches of MANIFEST under CACHE_DIR
+cache: setup  ## build (or resume) the HDF5 caches of MANIFEST under CACHE_DIR [PIXELS=auto|store|source: the crop store when present]
 	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(CACHE_OPTS)
 
 resume: setup  ## print done/remaining shards of a cache run, then continue it
@@ -146,7 +146,7 @@ noflag = $(if $(filter 0 no false,$($(1))),$(2),)
 bool = $(if $(filter 1 yes true,$($(1))),--$(2),$(if $(filter 0 no false,$($(1))),--no-$(2),))
 each = $(foreach v,$($(1)),$(2) $(call q,$(v)))
 
-CACHE_OPTS = $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) --clips-per-video $(call q,$(or $(CLIPS_PER_VIDEO),$(CLIPS))) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(call flag,REBUILD_CHANGED,--rebuild-changed) $(call args,CACHE_ARGS)
+CACHE_OPTS = $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) --clips-per-video $(call q,$(or $(CLIPS_PER_VIDEO),$(CLIPS))) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,PIXELS,--pixels) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(call flag,REBUILD_CHANGED,--rebuild-changed) $(call args,CACHE_ARGS)
 COMMON_TRAIN_OPTS = $(call each,MODEL,--model) $(call opt,BATCH_SIZE,--batch-size) $(call opt,LR,--lr) $(call opt,MOMENTUM,--momentum) $(call opt,WEIGHT_DECAY,--weight-decay) $(call opt,LR_STEP,--lr-step) $(call opt,LR_GAMMA,--lr-gamma) $(call opt,EVAL_SPLIT,--eval-split) $(call opt,VAL_FRACTION,--val-fraction) $(call given_opt,SEED,--seed) $(call noflag,DETERMINISTIC,--no-deterministic) $(call opt,NUM_WORKERS,--num-workers) $(call bool,AMP,amp) $(call opt,DEVICE,--device)
 HEAD_OPTS = $(COMMON_TRAIN_OPTS) $(call flag,IN_MEMORY,--in-memory) $(call opt,POSE_LR_SCALE,--pose-lr-scale) $(call opt,OPTIMIZER,--optimizer)
 FINETUNE_OPTS = $(COMMON_TRAIN_OPTS) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call opt,FREEZE_UNTIL,--freeze-until) $(call flag,FROZEN_BN,--frozen-bn) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,FLIP_PROB,--flip-prob) $(call noflag,TEMPORAL_JITTER,--no-temporal-jitter) $(call opt,BOX_SCALE,--box-scale) $(call opt,BOX_SHIFT,--box-shift) $(call given_opt,VARIANT,--variant) $(call opt,EVAL_CLIPS,--eval-clips) $(call opt,EVAL_CROP_SIZE,--eval-crop-size) $(call flag,FORCE_NEW,--force-new) $(call flag,EVAL_ONLY,--eval-only) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint)
@@ -155,7 +155,7 @@ MULTINODE = $(filter-out 1,$(NNODES))
 LAUNCH = $(if $(MULTINODE),$(if $(RDZV),,$(error RDZV=host:port is required with NNODES=$(NNODES): the rendezvous endpoint every node reaches)))$(if $(or $(filter-out 1,$(GPUS)),$(MULTINODE)),$(call q,$(VENV)/bin/torchrun) $(if $(MULTINODE),$(call opt,NNODES,--nnodes) --rdzv-backend c10d $(call opt,RDZV,--rdzv-endpoint) $(call opt,RDZV_ID,--rdzv-id),--standalone) $(call opt,GPUS,--nproc_per_node),$(PY))
 
 COMMON_VARS := PYTHON_SYS
-CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD CLIP_LEN CROP_SIZE BACKEND PRECISION COMPRESSION EXTRACTOR DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED REBUILD_CHANGED CACHE_ARGS
+CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD CLIP_LEN CROP_SIZE BACKEND PRECISION COMPRESSION EXTRACTOR PIXELS DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED REBUILD_CHANGED CACHE_ARGS
 TRAIN_VARS := MODEL BATCH_SIZE LR MOMENTUM WEIGHT_DECAY LR_STEP LR_GAMMA EVAL_SPLIT VAL_FRACTION SEED DETERMINISTIC NUM_WORKERS AMP DEVICE TRAIN_ARGS
 VARS_setup :=
 VARS_test := PYTEST_ARGS

@@ -36,6 +36,7 @@ from pipeline.build.lock import BuildLock, CacheBusyError
 from pipeline.build.steps import ShardJob
 from pipeline.cache.config import CacheConfig
 from pipeline.cache.layout import MERGED_NAME, shard_path
+from pipeline.crops.store import PIXELS_CHOICES
 from pipeline.utils.cli import add_config_options
 
 log = logging.getLogger("tasks.cache")
@@ -118,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=defaults.precision, choices=("fp32", "bf16"))
     add_config_options(parser, defaults, ("compression",))
     parser.add_argument("--i3d-weights", default="")
+    parser.add_argument("--pixels", default="auto", choices=PIXELS_CHOICES,
+                        help="auto: the manifest's crop store (make crops) when one fits, else the source videos; "
+                             "store: the store or an error; source: the videos")
     parser.add_argument("--extractor", default=defaults.extractor, choices=("i3d", "pixels"),
                         help="pixels: a fast stand-in for I3D, for smoke tests only")
     parser.add_argument("--workers", type=int, default=1, help="Luigi worker processes (shards in parallel)")
