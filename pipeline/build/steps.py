@@ -75,11 +75,12 @@ def resolve_pixels(pixels: str, dataset_folder: str | Path, manifest_sha256: str
     return PIXELS_SOURCE
 
 
-def store_folder(config: CacheConfig, cache_root: str | Path) -> Path | None:
-    """The crop store a cache reads, or None for the source videos."""
+def store_folder(config: CacheConfig, crops_root: str | Path) -> Path | None:
+    """The crop store a cache reads (under ``crops_root``, the cache root ``make crops`` wrote to), or None for the
+    source videos."""
     if not config.store_digest:
         return None
-    return crop_store.crops_dir(Path(cache_root) / config.dataset, config.store_digest)
+    return crop_store.crops_dir(Path(crops_root) / config.dataset, config.store_digest)
 
 
 def build_config(args: argparse.Namespace) -> CacheConfig:
@@ -94,7 +95,8 @@ def build_config(args: argparse.Namespace) -> CacheConfig:
             raise FileNotFoundError(f"I3D_WEIGHTS {args.i3d_weights} does not exist")
         weights_sha = file_sha256(args.i3d_weights)
     manifest_sha256 = file_sha256(args.manifest)
-    pixels = resolve_pixels(getattr(args, "pixels", "source"), Path(args.cache_dir) / args.dataset, manifest_sha256,
+    crops_root = getattr(args, "crops_root", "") or args.cache_dir
+    pixels = resolve_pixels(getattr(args, "pixels", "source"), Path(crops_root) / args.dataset, manifest_sha256,
                             args.crop_pad)
     return CacheConfig(dataset=args.dataset, protocol=args.protocol or "", pixels=pixels,
                        manifest_sha256=manifest_sha256,
@@ -179,6 +181,7 @@ class ShardJob:
     i3d_weights: str = ""
     decode_workers: int = 1
     batch_size: int = 4
+    crops_root: str = ""
 
 
 class BuildRefused(Exception):
@@ -209,7 +212,8 @@ class BuildPlan:
         """The parameters of the Luigi tasks of this build (only ``config_json`` and ``cache_root`` identify)."""
         return {"config_json": self.config.to_json(), "cache_root": self.cache_root, "manifest": self.job.manifest,
                 "data_root": self.job.data_root, "i3d_weights": self.job.i3d_weights,
-                "decode_workers": self.job.decode_workers, "batch_size": self.job.batch_size, "device": self.device}
+                "decode_workers": self.job.decode_workers, "batch_size": self.job.batch_size, "device": self.device,
+                "crops_root": self.job.crops_root}
 
 
 def plan_build(args: argparse.Namespace) -> BuildPlan:
@@ -241,7 +245,7 @@ def plan_build(args: argparse.Namespace) -> BuildPlan:
     workers = args.decode_workers if args.decode_workers >= 0 else default_decode_workers(args.device,
                                                                                           os.cpu_count() or 1)
     job = ShardJob(manifest=str(args.manifest), data_root=str(data_root), i3d_weights=args.i3d_weights,
-                   decode_workers=workers, batch_size=args.batch_size)
+                   decode_workers=workers, batch_size=args.batch_size, crops_root=getattr(args, "crops_root", ""))
     plan = BuildPlan(config, str(args.cache_dir), job, args.device)
     plan.cache_dir.mkdir(parents=True, exist_ok=True)
     return plan
@@ -289,7 +293,7 @@ def run_shard(config: CacheConfig, cache_root: str | Path, index: int, job: Shar
     model = load_extractor(config.extractor, job.i3d_weights, device)
     stats = extract.extract_shard(chunk, job.data_root, config, model, out_path, attrs=attrs,
                                   workers=job.decode_workers, batch_size=job.batch_size, device=device,
-                                  record_as=final, store=store_folder(config, cache_root))
+                                  record_as=final, store=store_folder(config, job.crops_root or cache_root))
     return {"shard": index, "started": started, "host": socket.gethostname(), "pid": os.getpid(), "device": device,
             "videos": stats.samples, "clips": stats.clips, "failures": stats.failures,
             "seconds": round(stats.seconds, 2), "i3d_seconds": round(stats.i3d_seconds, 2),
