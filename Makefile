@@ -72,7 +72,7 @@ manifest: setup  ## DATASET=ntu60|ntu120|smarthome|nucla DATA_ROOT=dir [MANIFEST
 	$(call need,DATA_ROOT,the dataset folder to scan)
 	$(PY) -m pipeline.datasets.manifest $(call opt,DATASET,--dataset) $(call opt,DATA_ROOT,--data-root) $(call opt,MANIFEST,--out) $(call flag,VALIDATE,--validate) $(call opt,MISSING_LIST,--missing-list) $(call given_opt,WORKERS,--workers) $(call opt,POSES,--poses) $(call args,MANIFEST_ARGS)
 
-cache: setup  ## build (or resume) the HDF5 caches of MANIFEST under CACHE_DIR
+cache: setup  ## build (or resume) the HDF5 caches of MANIFEST under CACHE_DIR [PIXELS=auto|store|source: the crop store when present]
 	$(PY) -m tasks.cache $(call opt,DATA_ROOT,--data-root) $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(CACHE_OPTS)
 
 resume: setup  ## print done/remaining shards of a cache run, then continue it
@@ -146,7 +146,7 @@ noflag = $(if $(filter 0 no false,$($(1))),$(2),)
 bool = $(if $(filter 1 yes true,$($(1))),--$(2),$(if $(filter 0 no false,$($(1))),--no-$(2),))
 each = $(foreach v,$($(1)),$(2) $(call q,$(v)))
 
-CACHE_OPTS = $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) --clips-per-video $(call q,$(or $(CLIPS_PER_VIDEO),$(CLIPS))) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(call flag,REBUILD_CHANGED,--rebuild-changed) $(call args,CACHE_ARGS)
+CACHE_OPTS = $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) --clips-per-video $(call q,$(or $(CLIPS_PER_VIDEO),$(CLIPS))) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,PIXELS,--pixels) $(call opt,CROPS_ROOT,--crops-root) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(call flag,REBUILD_CHANGED,--rebuild-changed) $(call args,CACHE_ARGS)
 COMMON_TRAIN_OPTS = $(call each,MODEL,--model) $(call opt,BATCH_SIZE,--batch-size) $(call opt,LR,--lr) $(call opt,MOMENTUM,--momentum) $(call opt,WEIGHT_DECAY,--weight-decay) $(call opt,LR_STEP,--lr-step) $(call opt,LR_GAMMA,--lr-gamma) $(call opt,EVAL_SPLIT,--eval-split) $(call opt,VAL_FRACTION,--val-fraction) $(call given_opt,SEED,--seed) $(call noflag,DETERMINISTIC,--no-deterministic) $(call opt,NUM_WORKERS,--num-workers) $(call bool,AMP,amp) $(call opt,DEVICE,--device)
 HEAD_OPTS = $(COMMON_TRAIN_OPTS) $(call flag,IN_MEMORY,--in-memory) $(call opt,POSE_LR_SCALE,--pose-lr-scale) $(call opt,OPTIMIZER,--optimizer)
 FINETUNE_OPTS = $(COMMON_TRAIN_OPTS) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call opt,FREEZE_UNTIL,--freeze-until) $(call flag,FROZEN_BN,--frozen-bn) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,FLIP_PROB,--flip-prob) $(call noflag,TEMPORAL_JITTER,--no-temporal-jitter) $(call opt,BOX_SCALE,--box-scale) $(call opt,BOX_SHIFT,--box-shift) $(call given_opt,VARIANT,--variant) $(call opt,EVAL_CLIPS,--eval-clips) $(call opt,EVAL_CROP_SIZE,--eval-crop-size) $(call flag,FORCE_NEW,--force-new) $(call flag,EVAL_ONLY,--eval-only) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint)
@@ -155,7 +155,7 @@ MULTINODE = $(filter-out 1,$(NNODES))
 LAUNCH = $(if $(MULTINODE),$(if $(RDZV),,$(error RDZV=host:port is required with NNODES=$(NNODES): the rendezvous endpoint every node reaches)))$(if $(or $(filter-out 1,$(GPUS)),$(MULTINODE)),$(call q,$(VENV)/bin/torchrun) $(if $(MULTINODE),$(call opt,NNODES,--nnodes) --rdzv-backend c10d $(call opt,RDZV,--rdzv-endpoint) $(call opt,RDZV_ID,--rdzv-id),--standalone) $(call opt,GPUS,--nproc_per_node),$(PY))
 
 COMMON_VARS := PYTHON_SYS
-CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD CLIP_LEN CROP_SIZE BACKEND PRECISION COMPRESSION EXTRACTOR DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED REBUILD_CHANGED CACHE_ARGS
+CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD CLIP_LEN CROP_SIZE BACKEND PRECISION COMPRESSION EXTRACTOR PIXELS CROPS_ROOT DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED REBUILD_CHANGED CACHE_ARGS
 TRAIN_VARS := MODEL BATCH_SIZE LR MOMENTUM WEIGHT_DECAY LR_STEP LR_GAMMA EVAL_SPLIT VAL_FRACTION SEED DETERMINISTIC NUM_WORKERS AMP DEVICE TRAIN_ARGS
 VARS_setup :=
 VARS_test := PYTEST_ARGS
@@ -186,11 +186,12 @@ VARS_runs := RUNS_DIR RUNS_FORMAT
 runs: setup  ## compare the runs under RUNS_DIR: kind, variant, epochs, best val, test, pose-shuffle drop, config [RUNS_FORMAT=markdown]
 	$(PY) -m vpn_head.report.runs_table --runs-dir $(RUNS_DIR) $(call opt,RUNS_FORMAT,--format)
 
-# --- the person-crop store the fine-tune reads (issue 19): make crops, then make finetune [PIXELS=auto|store|source]
+# --- the person-crop store (issues 19, 28): the first stage after the manifest; make cache and make finetune read it
+# [PIXELS=auto|store|source]
 .PHONY: crops
-crops: setup  ## cut the cache's person-crop store for the fine-tune: DATASET= [CACHE=dir] [STORE_SIZE=256] [MARGIN_SCALE=0.1] [MARGIN_SHIFT=0.1] [CRF=18] [PRESET=veryfast] [TUNE=fastdecode] [SHARD_SIZE=200] [WORKERS=n]
-	$(PY) -m tasks.crops $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_ROOT,--cache-dir) $(call opt,DATA_ROOT,--data-root) $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) $(call opt,STORE_SIZE,--store-size) $(call opt,MARGIN_SCALE,--margin-scale) $(call opt,MARGIN_SHIFT,--margin-shift) $(call opt,CRF,--crf) $(call opt,PRESET,--preset) $(call opt,TUNE,--tune) $(call args,CROPS_ARGS)
-VARS_crops := DATASET MANIFEST DATA_ROOT CACHE CACHE_DIR SHARD_SIZE WORKERS STORE_SIZE MARGIN_SCALE MARGIN_SHIFT CRF PRESET TUNE CROPS_ARGS
+crops: setup  ## cut the manifest's person-crop store (no cache needed): DATASET= [MANIFEST=] [CACHE_DIR=cache] [STORE_SIZE=256] [CROP_PAD=0.15] [MARGIN_SCALE=0.1] [MARGIN_SHIFT=0.1] [CRF=18] [PRESET=veryfast] [TUNE=fastdecode] [SHARD_SIZE=200] [WORKERS=n]
+	$(PY) -m tasks.crops $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_ROOT,--cache-dir) $(call opt,DATA_ROOT,--data-root) $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) $(call opt,CROP_PAD,--crop-pad) $(call opt,BACKEND,--backend) $(call opt,STORE_SIZE,--store-size) $(call opt,MARGIN_SCALE,--margin-scale) $(call opt,MARGIN_SHIFT,--margin-shift) $(call opt,CRF,--crf) $(call opt,PRESET,--preset) $(call opt,TUNE,--tune) $(call args,CROPS_ARGS)
+VARS_crops := DATASET MANIFEST DATA_ROOT CACHE CACHE_DIR SHARD_SIZE WORKERS CROP_PAD BACKEND STORE_SIZE MARGIN_SCALE MARGIN_SHIFT CRF PRESET TUNE CROPS_ARGS
 FINETUNE_OPTS += $(call opt,PIXELS,--pixels)
 VARS_finetune += PIXELS
 
@@ -223,10 +224,11 @@ probe: setup  ## linear probe (logistic regression on pooled, standardised featu
 joints: setup  ## write a cache's crop joints (for MODEL="spatial_attention=joints"): [CACHE=dir] MANIFEST=csv [DATA_ROOT=…]
 	$(PY) -m pipeline.crops.joints $(call opt,CACHE_ROOT,--cache-dir) $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root)
 
-# the paper's two-stage path (section 3.3): fine-tune I3D end to end, cache the fine-tuned I3D's Mixed_5c features
-# into their own cache root, train and evaluate the head on them. Needs `make cache` of the same manifest first (the
-# fine-tune reads its boxes and poses). On a CPU use CLIP_LEN=32 CROP_SIZE=112 (and say so); the paper's 64 x 224
-# where a GPU is.
+# the paper's two-stage path (section 3.3), each source video decoded once (issue 28): cut the person-crop store
+# (make crops), cache the features the fine-tune reads its boxes and poses from (from the store), fine-tune I3D end
+# to end (from the store), cache the fine-tuned I3D's Mixed_5c features into their own cache root (from the store),
+# train and evaluate the head on them. Steps already done are skipped (Luigi). On a CPU use CLIP_LEN=32
+# CROP_SIZE=112 (and say so); the paper's 64 x 224 where a GPU is.
 TS_RUN   ?= $(DATASET)_$(PROTOCOL)_two_stage
 TS_CACHE ?= $(CACHE_DIR)/two-stage
 FT_EPOCHS ?= $(EPOCHS)
@@ -235,10 +237,12 @@ TS_CROP  = $(or $(CROP_SIZE),224)
 TS_SHAPE = $(shell $(PY) -m pipeline.i3d.spec --model-options $(call q,$(TS_CLIP)) $(call q,$(TS_CROP)))
 TS_I3D   = $(RUNS_DIR)/$(TS_RUN)_i3d/best.pt
 .PHONY: two-stage
-two-stage: setup  ## fine-tune I3D, cache its features (TS_CACHE), train + evaluate the head: DATASET= PROTOCOL= [CLIP_LEN=32 CROP_SIZE=112] [FT_EPOCHS=] [EPOCHS=]
+two-stage: setup  ## crops, cache, fine-tune I3D, cache its features (TS_CACHE), train + evaluate the head, each video decoded once: DATASET= PROTOCOL= [CLIP_LEN=32 CROP_SIZE=112] [FT_EPOCHS=] [EPOCHS=]
 	$(call need,PROTOCOL,the evaluation protocol (e.g. cs))
-	$(LAUNCH) -m vpn_head.train.finetune $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_i3d) $(call opt,FT_EPOCHS,--epochs) $(call opt,VARIANT,--variant) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call args,TRAIN_ARGS)
-	$(PY) -m tasks.cache $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,TS_CACHE,--cache-dir) $(call opt,TS_I3D,--i3d-weights) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,DATA_ROOT,--data-root)
+	$(PY) -m tasks.crops $(call opt,DATASET,--dataset) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,DATA_ROOT,--data-root)
+	$(PY) -m tasks.cache $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) --pixels store
+	$(LAUNCH) -m vpn_head.train.finetune $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_i3d) --pixels store $(call opt,FT_EPOCHS,--epochs) $(call opt,VARIANT,--variant) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call args,TRAIN_ARGS)
+	$(PY) -m tasks.cache $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,TS_CACHE,--cache-dir) $(call opt,TS_I3D,--i3d-weights) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,DATA_ROOT,--data-root) $(call opt,CACHE_DIR,--crops-root) --pixels store
 	$(PY) -m vpn_head.train.head $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,VARIANT,--variant) $(call opt,EPOCHS,--epochs) $(call opt,TS_CACHE,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(TS_SHAPE) $(call each,MODEL,--model) $(call args,TRAIN_ARGS)
 	$(PY) -m vpn_head.eval.evaluate $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(call opt,DATASET,--dataset) --split test $(call opt,TS_CACHE,--cache-dir) $(call opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root)
 

@@ -28,6 +28,7 @@ def benchmarks(weights: str | None) -> dict[str, list[str]]:
     if SHARED_NTU.is_dir():
         runs["bench_decode"] = ["--samples", str(SHARED_NTU)]
         runs["bench_crops"] = ["--samples", str(SHARED_NTU)]
+    runs["bench_cache_store"] = weight_args + (["--samples", str(SHARED_NTU)] if SHARED_NTU.is_dir() else [])
     if (REPO / "bench" / "bench_finetune.py").is_file():
         runs["bench_finetune"] = []
     runs["bench_scale"] = []

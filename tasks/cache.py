@@ -36,6 +36,7 @@ from pipeline.build.lock import BuildLock, CacheBusyError
 from pipeline.build.steps import ShardJob
 from pipeline.cache.config import CacheConfig
 from pipeline.cache.layout import MERGED_NAME, shard_path
+from pipeline.crops.store import PIXELS_CHOICES
 from pipeline.utils.cli import add_config_options
 
 log = logging.getLogger("tasks.cache")
@@ -53,6 +54,7 @@ class _CacheTask(luigi.Task):
     decode_workers = luigi.IntParameter(default=ShardJob.decode_workers, significant=False)
     batch_size = luigi.IntParameter(default=ShardJob.batch_size, significant=False)
     device = luigi.Parameter(default="cpu", significant=False)
+    crops_root = luigi.Parameter(default="", significant=False)
 
     @property
     def config(self) -> CacheConfig:
@@ -61,7 +63,8 @@ class _CacheTask(luigi.Task):
     @property
     def job(self) -> ShardJob:
         return ShardJob(manifest=self.manifest, data_root=self.data_root, i3d_weights=self.i3d_weights,
-                                    decode_workers=self.decode_workers, batch_size=self.batch_size)
+                                    decode_workers=self.decode_workers, batch_size=self.batch_size,
+                        crops_root=self.crops_root)
 
 
 class CacheShard(_CacheTask):
@@ -118,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=defaults.precision, choices=("fp32", "bf16"))
     add_config_options(parser, defaults, ("compression",))
     parser.add_argument("--i3d-weights", default="")
+    parser.add_argument("--pixels", default="auto", choices=PIXELS_CHOICES,
+                        help="auto: the manifest's crop store (make crops) when one fits, else the source videos; "
+                             "store: the store or an error; source: the videos")
+    parser.add_argument("--crops-root", default="", help="cache root whose <dataset>/crops/ holds the crop stores "
+                                                          "(default: --cache-dir)")
     parser.add_argument("--extractor", default=defaults.extractor, choices=("i3d", "pixels"),
                         help="pixels: a fast stand-in for I3D, for smoke tests only")
     parser.add_argument("--workers", type=int, default=1, help="Luigi worker processes (shards in parallel)")

@@ -3,7 +3,10 @@
 Per sample (``prepare_sample``, runs in a worker):
 
 1. ``decode``: sample ``clips_per_video`` x ``clip_len`` frame indices over the video (``video.read_sampled_clips``,
-   with the backend fallback; a wrong frame count in the metadata is re-sampled over the frames that decode);
+   with the backend fallback; a wrong frame count in the metadata is re-sampled over the frames that decode). When
+   the cache reads a person-crop store (``CacheConfig.pixels``, ``PIXELS=``), the frame count and the frames come
+   from the store instead (``pipeline.crops.store``: the same indices over the same count, the person region at
+   ~256 px), and a video the store lacks or cannot decode is read from the source with a logged line;
 2. ``skeleton``: read the skeleton (``poses.load_skeleton``) and map the sampled video frames to skeleton frames
    (``poses.align_frames``, proportional when the two frame counts differ);
 3. ``crop``: one square box per clip around the (<= 2) bodies' joints over the clip's frames
@@ -36,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.video import crop
+from pipeline.crops.store import CropStore, StoreError, StoreView
 from pipeline.datasets import bounds as input_bounds
 from pipeline.datasets import manifest
 from pipeline.datasets import pose_pickle
@@ -207,8 +211,31 @@ def _clip_box(joints2d: np.ndarray, skeleton_frames: np.ndarray, size: tuple[int
     return crop.clip_box(clip_joints, size[0], size[1], pad=pad)
 
 
-def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, config: CacheConfig) -> PreparedSample:
-    """Decode, crop and pose one manifest row.
+def _from_store(sample_id: str, config: CacheConfig, store: CropStore) -> tuple[video.SampledClips, StoreView] | None:
+    """A sample's clips read from the crop store, or None (with a logged line) when it lacks or cannot decode them."""
+    try:
+        num_frames = store.num_frames(sample_id)
+        if num_frames is not None:
+            indices = video.sample_frame_indices(num_frames, config.clip_len, config.clips_per_video)  # (K, clip_len)
+            stored = store.read(sample_id, indices.ravel())
+            if stored is not None:
+                frames, view = stored  # (K * clip_len, h, w, 3)
+                frames = frames.reshape(*indices.shape, *frames.shape[1:])  # (K, clip_len, h, w, 3)
+                return video.SampledClips(frames, indices, STORE_BACKEND, num_frames), view
+        reason = "not in the crop store (see its failures.csv)"
+    except StoreError as err:
+        reason = str(err)
+    log.warning("%s: %s; decoding the source video", sample_id, reason)
+    return None
+
+
+STORE_BACKEND = "store"
+"""The ``backend`` of a sample read from the crop store (the run log counts them)."""
+
+
+def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, config: CacheConfig,
+                   store: CropStore | None = None) -> PreparedSample:
+    """Decode (or read from the crop ``store``), crop and pose one manifest row.
 
     Raises:
         SampleError: with the stage (``manifest``, ``decode``, ``skeleton``, ``crop``) and the reason.
@@ -217,13 +244,19 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
         raise SampleError("manifest", row[PROBLEM_COLUMN])
     video_path = _sample_path(data_root, row, "video_path")
     skeleton_path = _sample_path(data_root, row, "skeleton_path")
-    try:
-        sampled = video.read_sampled_clips(video_path, clip_len=config.clip_len,
-                                           clips_per_video=config.clips_per_video,
-                                           backends=video.backends_for(video_path, config.backend, config.fallback))
-    except video.DecodeError as err:
-        raise SampleError("decode", str(err)) from None
-    height, width = sampled.frames.shape[2:4]
+    found = _from_store(row["sample_id"], config, store) if store is not None else None
+    if found is not None:
+        sampled, view = found
+    else:
+        try:
+            sampled = video.read_sampled_clips(video_path, clip_len=config.clip_len,
+                                               clips_per_video=config.clips_per_video,
+                                               backends=video.backends_for(video_path, config.backend,
+                                                                           config.fallback))
+        except video.DecodeError as err:
+            raise SampleError("decode", str(err)) from None
+        view = StoreView((sampled.frames.shape[3], sampled.frames.shape[2]))
+    width, height = view.source_size
     try:
         skeleton = poses.load_skeleton(spec, skeleton_path, (width, height))
     except SkeletonFormatError as err:
@@ -251,7 +284,7 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
         skel_frames = poses.align_frames(sampled.indices[c], sampled.num_frames, skeleton.num_frames)
         boxes[c] = _clip_box(skeleton.joints2d, skel_frames, (width, height), config.crop_pad)
         try:
-            clips[c] = torch.from_numpy(crop.crop_and_resize(sampled.frames[c], boxes[c], config.crop_size))
+            clips[c] = torch.from_numpy(crop.crop_and_resize(sampled.frames[c], view.box(boxes[c]), config.crop_size))
         except (ValueError, RuntimeError) as err:
             raise SampleError("crop", str(err)) from None
         pose_frames = poses.align_frames(sampled.indices[c], sampled.num_frames, len(joints3d))
@@ -267,11 +300,18 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
 class PreparedSamples(Dataset):
     """Manifest rows -> ``PreparedSample`` or ``SampleFailure`` (never raises), for a DataLoader's workers."""
 
-    def __init__(self, rows: Sequence[Mapping[str, str]], data_root: Path, config: CacheConfig):
+    def __init__(self, rows: Sequence[Mapping[str, str]], data_root: Path, config: CacheConfig,
+                 store: str | Path | None = None):
         self.rows = list(rows)
         self.data_root = Path(data_root)
         self.config = config
         self.spec = get_dataset(config.dataset)
+        self.store = None
+        if store is not None:
+            try:
+                self.store = CropStore(store)
+            except StoreError as err:
+                log.warning("%s: decoding every source video of this shard", err)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -279,7 +319,7 @@ class PreparedSamples(Dataset):
     def __getitem__(self, i: int) -> PreparedSample | SampleFailure:
         row = self.rows[i]
         try:
-            return prepare_sample(row, self.data_root, self.spec, self.config)
+            return prepare_sample(row, self.data_root, self.spec, self.config, self.store)
         except SampleError as err:
             return SampleFailure(row["sample_id"], err.stage, err.reason)
         except Exception as err:  # a bug or an unforeseen input must not kill the shard: record it
@@ -324,7 +364,7 @@ class ShardStats:
 def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, config: CacheConfig,
                   model: torch.nn.Module, out_path: str | Path, *, attrs: Mapping[str, str], workers: int = 1,
                   batch_size: int = 4, device: str = "cpu", progress: bool = True,
-                  record_as: str | Path | None = None) -> ShardStats:
+                  record_as: str | Path | None = None, store: str | Path | None = None) -> ShardStats:
     """Cache one shard of manifest rows into ``out_path`` (written in place: pass a temporary path).
 
     Args:
@@ -339,9 +379,10 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
         device: where I3D runs.
         progress: report progress (``pipeline.utils.progress``: a bar on a terminal, else log lines).
         record_as: the shard's final path, for its integrity record (default ``out_path``).
+        store: the crop store folder to read the pixels from (None: the source videos).
     """
     spec = get_dataset(config.dataset)
-    loader = DataLoader(PreparedSamples(rows, Path(data_root), config), batch_size=None, shuffle=False,
+    loader = DataLoader(PreparedSamples(rows, Path(data_root), config, store), batch_size=None, shuffle=False,
                         num_workers=workers, collate_fn=_keep, prefetch_factor=2 if workers else None,
                         worker_init_fn=_init_decode_worker if workers else None, persistent_workers=False,
                         multiprocessing_context=DECODE_WORKER_START if workers else None)

@@ -21,7 +21,8 @@ from pipeline.build import extract
 from pipeline.cache.reader import open_cache
 from pipeline.cache.format import open_h5
 from pipeline.cache.merge import merge_shards
-from pipeline.cache.config import CacheConfig
+from pipeline.cache.config import PIXELS_SOURCE, STORE_PREFIX, CacheConfig
+from pipeline.crops import store as crop_store
 from pipeline.datasets.registry import get_dataset
 from pipeline.cache.failures import read_failures
 from pipeline.utils.fileio import file_sha256
@@ -52,8 +53,39 @@ def load_extractor(extractor: str, weights: str, device: str) -> torch.nn.Module
     return extract.make_extractor(extractor, weights, device)
 
 
+def resolve_pixels(pixels: str, dataset_folder: str | Path, manifest_sha256: str, crop_pad: float) -> str:
+    """``CacheConfig.pixels`` for ``PIXELS=``: ``store:<digest>`` of the finished crop store that fits the manifest
+    and box padding (``auto``, ``store``), else ``source``.
+
+    Raises:
+        ValueError: an unknown ``pixels``, or ``store`` and no fitting store.
+    """
+    if pixels not in crop_store.PIXELS_CHOICES:
+        raise ValueError(f"PIXELS must be one of {crop_store.PIXELS_CHOICES}, got {pixels!r}")
+    if pixels == "source":
+        return PIXELS_SOURCE
+    stores = crop_store.stores_of(dataset_folder, manifest_sha256, crop_pad)
+    if stores:
+        log.info("reading pixels from the crop store %s", stores[0])
+        return STORE_PREFIX + stores[0].name
+    if pixels == "store":
+        raise ValueError(f"no finished crop store of this manifest at crop_pad {crop_pad} under "
+                         f"{crop_store.crops_root(dataset_folder)}: build it with `make crops` (or PIXELS=source)")
+    log.info("no crop store of this manifest under %s: decoding the source videos", crop_store.crops_root(dataset_folder))
+    return PIXELS_SOURCE
+
+
+def store_folder(config: CacheConfig, crops_root: str | Path) -> Path | None:
+    """The crop store a cache reads (under ``crops_root``, the cache root ``make crops`` wrote to), or None for the
+    source videos."""
+    if not config.store_digest:
+        return None
+    return crop_store.crops_dir(Path(crops_root) / config.dataset, config.store_digest)
+
+
 def build_config(args: argparse.Namespace) -> CacheConfig:
-    """The CacheConfig of a ``tasks.cache`` command line (hashes the manifest and the weights)."""
+    """The CacheConfig of a ``tasks.cache`` command line (hashes the manifest and the weights; finds the crop
+    store for ``--pixels``)."""
     spec = get_dataset(args.dataset)
     if args.protocol and args.protocol not in spec.protocols:
         raise ValueError(f"{args.dataset} has no protocol {args.protocol!r}; choose one of {sorted(spec.protocols)}")
@@ -62,8 +94,12 @@ def build_config(args: argparse.Namespace) -> CacheConfig:
         if not Path(args.i3d_weights).is_file():
             raise FileNotFoundError(f"I3D_WEIGHTS {args.i3d_weights} does not exist")
         weights_sha = file_sha256(args.i3d_weights)
-    return CacheConfig(dataset=args.dataset, protocol=args.protocol or "",
-                       manifest_sha256=file_sha256(args.manifest),
+    manifest_sha256 = file_sha256(args.manifest)
+    crops_root = getattr(args, "crops_root", "") or args.cache_dir
+    pixels = resolve_pixels(getattr(args, "pixels", "source"), Path(crops_root) / args.dataset, manifest_sha256,
+                            args.crop_pad)
+    return CacheConfig(dataset=args.dataset, protocol=args.protocol or "", pixels=pixels,
+                       manifest_sha256=manifest_sha256,
                        i3d_weights_sha256=weights_sha, extractor=args.extractor, clips_per_video=args.clips_per_video,
                        t_p=args.t_p or spec.t_p, crop_pad=args.crop_pad, backend=args.backend,
                        clip_len=args.clip_len, crop_size=args.crop_size,
@@ -145,6 +181,7 @@ class ShardJob:
     i3d_weights: str = ""
     decode_workers: int = 1
     batch_size: int = 4
+    crops_root: str = ""
 
 
 class BuildRefused(Exception):
@@ -175,7 +212,8 @@ class BuildPlan:
         """The parameters of the Luigi tasks of this build (only ``config_json`` and ``cache_root`` identify)."""
         return {"config_json": self.config.to_json(), "cache_root": self.cache_root, "manifest": self.job.manifest,
                 "data_root": self.job.data_root, "i3d_weights": self.job.i3d_weights,
-                "decode_workers": self.job.decode_workers, "batch_size": self.job.batch_size, "device": self.device}
+                "decode_workers": self.job.decode_workers, "batch_size": self.job.batch_size, "device": self.device,
+                "crops_root": self.job.crops_root}
 
 
 def plan_build(args: argparse.Namespace) -> BuildPlan:
@@ -207,7 +245,7 @@ def plan_build(args: argparse.Namespace) -> BuildPlan:
     workers = args.decode_workers if args.decode_workers >= 0 else default_decode_workers(args.device,
                                                                                           os.cpu_count() or 1)
     job = ShardJob(manifest=str(args.manifest), data_root=str(data_root), i3d_weights=args.i3d_weights,
-                   decode_workers=workers, batch_size=args.batch_size)
+                   decode_workers=workers, batch_size=args.batch_size, crops_root=getattr(args, "crops_root", ""))
     plan = BuildPlan(config, str(args.cache_dir), job, args.device)
     plan.cache_dir.mkdir(parents=True, exist_ok=True)
     return plan
@@ -255,7 +293,7 @@ def run_shard(config: CacheConfig, cache_root: str | Path, index: int, job: Shar
     model = load_extractor(config.extractor, job.i3d_weights, device)
     stats = extract.extract_shard(chunk, job.data_root, config, model, out_path, attrs=attrs,
                                   workers=job.decode_workers, batch_size=job.batch_size, device=device,
-                                  record_as=final)
+                                  record_as=final, store=store_folder(config, job.crops_root or cache_root))
     return {"shard": index, "started": started, "host": socket.gethostname(), "pid": os.getpid(), "device": device,
             "videos": stats.samples, "clips": stats.clips, "failures": stats.failures,
             "seconds": round(stats.seconds, 2), "i3d_seconds": round(stats.i3d_seconds, 2),

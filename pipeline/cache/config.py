@@ -17,6 +17,11 @@ from pipeline.defaults import (
 from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE
 from pipeline.cache.layout import cache_dir
 
+PIXELS_SOURCE = "source"
+"""``CacheConfig.pixels`` of a cache decoded from the source videos."""
+STORE_PREFIX = "store:"
+"""``CacheConfig.pixels`` of a cache read from a crop store: this prefix and the store's digest."""
+
 
 @dataclass(frozen=True)
 class CacheConfig:
@@ -39,6 +44,9 @@ class CacheConfig:
         precision: ``fp32`` or ``bf16`` (autocast on GPU).
         compression: HDF5 compression of the feature datasets.
         shard_size: videos per shard.
+        pixels: where the clips' pixels came from: ``source`` (the videos) or ``store:<digest>`` (that person-crop
+            store, ``make crops``). Left out of the JSON when ``source``, so caches built before the field keep
+            their hash.
     """
 
     dataset: str
@@ -56,6 +64,7 @@ class CacheConfig:
     precision: str = "fp32"
     compression: str = DEFAULT_COMPRESSION
     shard_size: int = DEFAULT_SHARD_SIZE
+    pixels: str = PIXELS_SOURCE
 
     def __post_init__(self) -> None:
         if self.clip_len <= 0 or self.clips_per_video <= 0 or self.t_p <= 0 or self.shard_size <= 0:
@@ -66,9 +75,19 @@ class CacheConfig:
             raise ValueError(f"extractor must be i3d or pixels, got {self.extractor!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.pixels != PIXELS_SOURCE and not (self.pixels.startswith(STORE_PREFIX) and self.store_digest):
+            raise ValueError(f"pixels must be {PIXELS_SOURCE!r} or '{STORE_PREFIX}<digest>', got {self.pixels!r}")
+
+    @property
+    def store_digest(self) -> str:
+        """The digest of the crop store the pixels came from, "" for the source videos."""
+        return self.pixels.removeprefix(STORE_PREFIX) if self.pixels.startswith(STORE_PREFIX) else ""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["pixels"] == PIXELS_SOURCE:  # the hash of every cache built from the videos stays what it was
+            del data["pixels"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -154,10 +154,11 @@ def resolve(path: str | os.PathLike, dataset: str | None = None) -> Path:
                      f"{folder}/<hash>/{MERGED_NAME}{build}")
 
 
-# -- the person-crop store (``pipeline.crops.store_build``), kept inside the cache folder it was cut from:
+# -- the person-crop store (``pipeline.crops.store_build``), cut from a manifest's videos, beside the caches of
+#    that dataset that read it:
 #
-#    <cache folder>/crops/LATEST                   the store digest of the crops build that completed last
-#    <cache folder>/crops/<store digest>/          one store: its name is ``StoreConfig.digest()``
+#    <cache_root>/<dataset>/crops/LATEST           the store digest of the crops build that completed last
+#    <cache_root>/<dataset>/crops/<store digest>/  one store: its name is ``StoreConfig.digest()``
 #        config.json                               the StoreConfig the folder was built from
 #        crops_00000.h5 ... crops_000NN.h5         one file per shard task (one H.264 stream per video)
 #        index.json                                sample_id -> shard file; written last (the build is done)
@@ -169,14 +170,14 @@ CROPS_INDEX = "index.json"
 CROPS_TEMP_GLOB = "crops_*.h5-luigi-tmp-*"
 
 
-def crops_root(cache_folder: str | Path) -> Path:
-    """``<cache folder>/crops/``: where the stores cut from one cache live."""
-    return Path(cache_folder) / CROPS_FOLDER
+def crops_root(dataset_folder: str | Path) -> Path:
+    """``<cache_root>/<dataset>/crops/``: where the dataset's crop stores live."""
+    return Path(dataset_folder) / CROPS_FOLDER
 
 
-def crops_dir(cache_folder: str | Path, digest: str) -> Path:
-    """``<cache folder>/crops/<digest>/``: the store whose config hashes to ``digest``."""
-    return crops_root(cache_folder) / digest
+def crops_dir(dataset_folder: str | Path, digest: str) -> Path:
+    """``<cache_root>/<dataset>/crops/<digest>/``: the store whose config hashes to ``digest``."""
+    return crops_root(dataset_folder) / digest
 
 
 def crops_shard_path(folder: str | Path, index: int) -> Path:

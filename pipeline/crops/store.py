@@ -1,5 +1,6 @@
 """The person-crop store, read: a finished store's frames of a video's person region and how they map to source
-pixels; which store a run reads (``PIXELS=``). The builder is ``pipeline.crops.store_build`` (``make crops``).
+pixels; which store a run reads (``PIXELS=``, the fine-tune's and the cache build's). The builder is
+``pipeline.crops.store_build`` (``make crops``, from the manifest alone).
 
 A reader maps a source box into store pixels (``StoreView.box``) and crops there with the same
 ``pipeline.video.crop`` functions as the source path, so box jitter, flips and temporal jitter are unchanged; the crops
@@ -22,13 +23,18 @@ import cv2
 import h5py
 import numpy as np
 
-from pipeline.cache.layout import CROPS_INDEX, LATEST, CacheError, crops_dir, crops_root
-from pipeline.defaults import DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT, DEFAULT_SHARD_SIZE
+from pipeline.cache.layout import CONFIG_NAME, CROPS_INDEX, LATEST, CacheError, crops_dir, crops_root
+from pipeline.defaults import (
+    DEFAULT_BACKEND, DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT, DEFAULT_CROP_PAD, DEFAULT_FALLBACK, DEFAULT_SHARD_SIZE,
+)
 
 log = logging.getLogger(__name__)
 
 PIXELS_CHOICES = ("auto", "store", "source")
-"""Where the fine-tune's pixels come from: ``auto`` is the store when one fits the run, else the source videos."""
+"""Where the fine-tune's and the cache build's pixels come from: ``auto`` is the store when one fits the run, else
+the source videos."""
+
+
 class StoreError(CacheError):
     """A crop store is missing, unreadable, or does not fit the run that asks for it."""
 
@@ -38,8 +44,12 @@ class StoreConfig:
     """Identity of a crop store: every value that changes its content. Its digest names the store's folder.
 
     Attributes:
-        cache_digest: the folder name (config hash) of the cache whose boxes and frames it holds.
-        size: short side, in store pixels, of the smallest cached box of a video (never enlarged).
+        dataset: registry name (how the skeletons are read).
+        manifest_sha256: content hash of the manifest whose videos it holds.
+        crop_pad: the box padding (``CacheConfig.crop_pad``) of every box it must hold.
+        backend: the video backend that decoded the sources.
+        fallback: backends tried when the primary fails.
+        size: short side, in store pixels, of a video's whole-skeleton box (never enlarged).
         margin_scale: box jitter scale the region must hold (``AugmentConfig.box_scale``).
         margin_shift: box jitter shift the region must hold (``AugmentConfig.box_shift``).
         crf: libx264 constant rate factor (lower: larger and closer to the source).
@@ -48,7 +58,11 @@ class StoreConfig:
         shard_size: videos per shard file.
     """
 
-    cache_digest: str
+    dataset: str
+    manifest_sha256: str
+    crop_pad: float = DEFAULT_CROP_PAD
+    backend: str = DEFAULT_BACKEND
+    fallback: tuple[str, ...] = DEFAULT_FALLBACK
     size: int = 256
     margin_scale: float = DEFAULT_BOX_SCALE
     margin_shift: float = DEFAULT_BOX_SHIFT
@@ -58,8 +72,10 @@ class StoreConfig:
     shard_size: int = DEFAULT_SHARD_SIZE
 
     def __post_init__(self) -> None:
-        if not self.cache_digest:
-            raise ValueError("StoreConfig.cache_digest must name the cache the store is cut from")
+        if not self.dataset or not self.manifest_sha256:
+            raise ValueError("StoreConfig needs the dataset and the manifest's sha256")
+        if self.crop_pad < 0:
+            raise ValueError(f"crop_pad must be non-negative, got {self.crop_pad}")
         if self.size < 16 or self.shard_size < 1:
             raise ValueError(f"size must be >= 16 and shard_size >= 1, got {self.size}, {self.shard_size}")
         if not (0 <= self.margin_scale < 1 and 0 <= self.margin_shift <= 1):
@@ -72,7 +88,13 @@ class StoreConfig:
 
     @classmethod
     def from_json(cls, text: str) -> StoreConfig:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        data["fallback"] = tuple(data.get("fallback", ()))
+        return cls(**data)
+
+    def fits(self, manifest_sha256: str, crop_pad: float) -> bool:
+        """Whether the store holds every box of a cache of this manifest at this box padding."""
+        return self.manifest_sha256 == manifest_sha256 and abs(self.crop_pad - crop_pad) < 1e-9
 
     def digest(self) -> str:
         """12 hex digits of the sha256 of the config: the store folder's name."""
@@ -140,30 +162,69 @@ class CropStore:
         self.folder = Path(folder)
         try:
             self.index: dict[str, str] = json.loads((self.folder / CROPS_INDEX).read_text())
-            self.config = StoreConfig.from_json((self.folder / "config.json").read_text())
+            self.config = StoreConfig.from_json((self.folder / CONFIG_NAME).read_text())
         except (OSError, ValueError, TypeError) as err:
             raise StoreError(f"{self.folder}: not a finished crop store ({err}); run `make crops`") from err
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self.index
 
+    def entry(self, sample_id: str) -> tuple[dict, h5py.Dataset, h5py.File] | None:
+        """The open shard, dataset and attributes of a video, or None when the store lacks it.
+
+        Raises:
+            StoreError: the shard file or the video's entry is unreadable.
+        """
+        shard = self.index.get(sample_id)
+        if shard is None:
+            return None
+        try:
+            f = h5py.File(self.folder / shard, "r")
+        except OSError as err:
+            raise StoreError(f"crop store shard {self.folder / shard} unreadable ({err})") from err
+        try:
+            dataset = f[sample_id.replace("/", "\\")]
+            attrs = {k: dataset.attrs[k] for k in ("region", "size", "source_size", "first", "num_frames")}
+        except (KeyError, OSError) as err:
+            f.close()
+            raise StoreError(f"crop store entry {sample_id} in {self.folder / shard} unreadable ({err})") from err
+        return attrs, dataset, f
+
+    def num_frames(self, sample_id: str) -> int | None:
+        """Frames stored of a video (all of its decodable frames: the count clips are sampled over), or None.
+
+        Raises:
+            StoreError: the entry is unreadable.
+        """
+        found = self.entry(sample_id)
+        if found is None:
+            return None
+        attrs, _, f = found
+        f.close()
+        return int(attrs["first"]) + int(attrs["num_frames"])
+
     def read(self, sample_id: str, indices: np.ndarray) -> tuple[np.ndarray, StoreView] | None:
         """Store frames of source frames ``indices``, or None when the store lacks the video or a frame.
 
         Returns:
             ``(frames, view)``: uint8 (len(indices), h, w, 3) RGB, and their mapping to source pixels.
+
+        Raises:
+            StoreError: the entry is unreadable or its stream does not decode.
         """
-        shard = self.index.get(sample_id)
-        if shard is None:
+        found = self.entry(sample_id)
+        if found is None:
             return None
-        with h5py.File(self.folder / shard, "r") as f:
-            dataset = f[sample_id.replace("/", "\\")]
-            attrs = {k: dataset.attrs[k] for k in ("region", "size", "source_size", "first", "num_frames")}
+        attrs, dataset, f = found
+        with f:
             indices = np.asarray(indices, np.int64)
             positions = indices - int(attrs["first"])
             if positions.min() < 0 or positions.max() >= int(attrs["num_frames"]):
                 return None
-            data = dataset[()].tobytes()
+            try:
+                data = dataset[()].tobytes()
+            except OSError as err:
+                raise StoreError(f"crop store entry {sample_id} unreadable ({err})") from err
         frames = decode_h264(data, positions)  # (T, h, w, 3)
         x0, y0, x1, y1 = (int(v) for v in attrs["region"])
         width, height = (int(v) for v in attrs["size"])
@@ -172,15 +233,40 @@ class CropStore:
         return frames, view
 
 
+def stores_of(dataset_folder: str | Path, manifest_sha256: str, crop_pad: float) -> list[Path]:
+    """The finished stores under ``<dataset folder>/crops/`` that fit a cache of this manifest and box padding,
+    the one ``crops/LATEST`` names first, then the newest."""
+    root = crops_root(dataset_folder)
+    latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else ""
+    found = []
+    for folder in root.glob("*/"):
+        if not (folder / CROPS_INDEX).is_file():
+            continue
+        try:
+            config = StoreConfig.from_json((folder / CONFIG_NAME).read_text())
+        except (OSError, ValueError, TypeError):
+            continue
+        if config.fits(manifest_sha256, crop_pad):
+            found.append(folder)
+    return sorted(found, key=lambda p: (p.name != latest, -(p / CROPS_INDEX).stat().st_mtime))
+
+
 def find_store(cache: str | Path) -> Path | None:
-    """The store named by ``<cache folder>/crops/LATEST`` when that build finished, else None."""
+    """The finished store that fits a cache (its manifest and box padding, from its ``config.json``), else None.
+
+    Args:
+        cache: a cache folder or a file in it; its stores live in ``<dataset folder>/crops/``.
+    """
     cache = Path(cache)
     folder = cache if cache.is_dir() else cache.parent
-    latest = crops_root(folder) / LATEST
-    if not latest.is_file():
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
         return None
-    store = crops_dir(folder, latest.read_text().strip())
-    return store if (store / CROPS_INDEX).is_file() else None
+    if not isinstance(config, dict) or "manifest_sha256" not in config:
+        return None
+    stores = stores_of(folder.parent, config["manifest_sha256"], float(config.get("crop_pad", DEFAULT_CROP_PAD)))
+    return stores[0] if stores else None
 
 
 def select_store(cache: str | Path, pixels: str, box_scale: float, box_shift: float) -> CropStore | None:

@@ -1,5 +1,6 @@
 """``make verify``: the full check of every cache file at or under a path (checksums, the merged view's mapping
-onto its shards, changed inputs), without rebuilding anything."""
+onto its shards, changed inputs) and of every person-crop store there (``pipeline.crops.store_build.verify_store``:
+each stream decodes to its frame count), without rebuilding anything."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 
 from pipeline.cache.input_stats import describe, shard_changes
 from pipeline.cache.integrity import check_integrity
-from pipeline.cache.layout import MERGED_NAME, SHARD_GLOB, CacheError, cache_folders
+from pipeline.cache.layout import CROPS_INDEX, MERGED_NAME, SHARD_GLOB, CacheError, cache_folders
 from pipeline.cache.reader import CacheReader
+from pipeline.crops.store_build import verify_store
 
 
 def verify_folder(folder: str | Path) -> dict[Path, str]:
@@ -37,6 +39,16 @@ def verify_folder(folder: str | Path) -> dict[Path, str]:
     return bad
 
 
+def store_folders(path: str | Path) -> list[Path]:
+    """The finished crop stores at or under ``path`` (folders holding ``index.json`` inside a ``crops`` folder)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    if (path / CROPS_INDEX).is_file():
+        return [path]
+    return sorted(p.parent for p in path.rglob(CROPS_INDEX) if p.parent.parent.name == "crops")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.tools.verify_cache PATH``: full check of every cache file at or under PATH, no rebuild.
 
@@ -48,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folders = cache_folders(args.path)
-    if not folders:
-        print(f"error: no cache ({SHARD_GLOB} or {MERGED_NAME}) at or under {args.path}", file=sys.stderr)
+    stores = store_folders(args.path)
+    if not folders and not stores:
+        print(f"error: no cache ({SHARD_GLOB} or {MERGED_NAME}) nor crop store at or under {args.path}",
+              file=sys.stderr)
         return 2
     start, n_files, n_bad = time.perf_counter(), 0, 0
     for folder in folders:
@@ -57,9 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         for path, problem in verify_folder(folder).items():
             print(f"BAD {path}: {problem}")
             n_bad += 1
-    verdict = f"{n_bad} bad; `make cache` with the same settings rebuilds them" if n_bad else "all good"
-    print(f"verified {n_files} files in {len(folders)} cache folder(s) in {time.perf_counter() - start:.1f} s: "
-          f"{verdict}")
+    for folder in stores:
+        n_files += 1
+        for what, problem in verify_store(folder).items():
+            print(f"BAD {what}: {problem}")
+            n_bad += 1
+    verdict = (f"{n_bad} bad; `make cache` / `make crops` with the same settings rebuilds them" if n_bad
+               else "all good")
+    print(f"verified {n_files} files in {len(folders)} cache folder(s) and {len(stores)} crop store(s) in "
+          f"{time.perf_counter() - start:.1f} s: {verdict}")
     return 1 if n_bad else 0
 
 

@@ -177,3 +177,43 @@ def jitter_reach(box: np.ndarray, frame_w: int, frame_h: int, scale: float, shif
         out[axis] = max(min(centre - reach, limit - side), 0.0)
         out[axis + 2] = min(max(centre + reach, side), float(limit))
     return out
+
+
+def any_clip_reach(joints_xy: np.ndarray, frame_w: int, frame_h: int, pad: float, scale: float,
+                   shift: float, min_size: float = DEFAULT_MIN_SIZE) -> tuple[np.ndarray, float]:
+    """A box that holds every box ``clip_box`` can give for any subset of a video's frames, jittered as
+    ``jitter_reach`` allows, and the side of the whole video's box.
+
+    Bound: the joints (clipped into the frame) of any subset lie in the whole video's joints box ``[lo, hi]``, so a
+    clip's square has side ``s <= S`` (``S`` = the whole video's side) and, once ``_fit`` shifts it into the frame,
+    centre ``c in [min(lo, limit - s / 2), max(hi, s / 2)]``; a jittered box reaches at most
+    ``s (1 + scale) (0.5 + shift)`` from ``c``, and ``_fit`` may push it to ``[0, s (1 + scale)]`` or to the far
+    edge (``jitter_reach``). With no finite joint at all the box is the frame.
+
+    Args:
+        joints_xy: ``(T, B, J, 2)`` every frame's joints, NaN where missing.
+        frame_w: Frame width.
+        frame_h: Frame height.
+        pad: ``clip_box``'s padding.
+        scale: ``jitter_box``'s ``scale`` (0: none).
+        shift: ``jitter_box``'s ``shift`` (0: none).
+        min_size: ``clip_box``'s smallest side.
+
+    Returns:
+        ``(reach, side)``: float64 ``(4,)`` ``x0, y0, x1, y1`` inside the frame, and the whole video's box side
+        (before it is cut to the frame).
+    """
+    points = np.asarray(joints_xy, np.float64).reshape(-1, 2)  # (T * B * J, 2)
+    points = points[np.isfinite(points).all(axis=1)]  # (P, 2)
+    if len(points) == 0:
+        return np.array([0.0, 0.0, frame_w, frame_h]), float(min(frame_w, frame_h))
+    points = np.clip(points, 0.0, [frame_w, frame_h])
+    lo, hi = points.min(axis=0), points.max(axis=0)  # (2,), (2,)
+    side = max(float((hi - lo).max()) * (1 + 2 * pad), min_size)
+    grown = side * (1.0 + scale)  # the longest jittered side
+    reach = grown * (0.5 + shift)
+    out = np.empty(4, np.float64)
+    for axis, limit in ((0, frame_w), (1, frame_h)):
+        out[axis] = max(min(lo[axis] - reach, limit - side / 2 - reach, limit - grown), 0.0)
+        out[axis + 2] = min(max(hi[axis] + reach, side / 2 + reach, grown), float(limit))
+    return out, side

@@ -147,13 +147,16 @@ def flip_clip(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frames[:, :, ::-1])
 
 
-def crop_keep_aspect(frames: np.ndarray, box: np.ndarray, short_side: int) -> np.ndarray:
+def crop_keep_aspect(frames: np.ndarray, box: np.ndarray, short_side: int,
+                     aspect_of: tuple[float, float] | None = None) -> np.ndarray:
     """Crop every frame to ``box`` and resize so that the short side is ``short_side``, keeping the aspect.
 
     Args:
         frames: uint8 (T, H, W, 3) RGB.
         box: ``(x0, y0, x1, y1)`` (rounded by ``pipeline.video.crop.box_to_pixels``).
         short_side: output length of the crop's shorter side.
+        aspect_of: ``(width, height)`` whose aspect the output takes (the box in source pixels, when ``frames``
+            are a crop store's, so both paths give the same shape); default the rounded box's.
 
     Returns:
         uint8 (T, h, w, 3) with ``min(h, w) == short_side``.
@@ -165,7 +168,9 @@ def crop_keep_aspect(frames: np.ndarray, box: np.ndarray, short_side: int) -> np
     x0, y0, x1, y1 = crop.box_to_pixels(box, frames.shape[2], frames.shape[1])
     height, width = y1 - y0, x1 - x0
     ratio = short_side / min(height, width)
-    out_h, out_w = max(short_side, round(height * ratio)), max(short_side, round(width * ratio))
+    aspect_w, aspect_h = aspect_of if aspect_of is not None else (width, height)
+    shape_ratio = short_side / min(aspect_w, aspect_h)
+    out_h, out_w = max(short_side, round(aspect_h * shape_ratio)), max(short_side, round(aspect_w * shape_ratio))
     interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
     out = np.empty((len(frames), out_h, out_w, 3), np.uint8)  # (T, h, w, 3)
     for frame, dst in zip(frames[:, y0:y1, x0:x1], out):

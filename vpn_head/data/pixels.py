@@ -3,7 +3,7 @@
 Every cache row holds its clip's 64 frame indices and person box, the manifest the video path (relative to
 DATA_ROOT). ``PixelClips`` decodes, crops (``pipeline.video.crop``) and augments (``vpn_head.data.augment``) each clip in
 the DataLoader workers. Its pixels (``pixels=``, ``PIXELS=``) come from the cache's person-crop store
-(``pipeline.crops.store_build``, ``make crops``) when one exists and holds the run's box jitter (``auto``, the default, or
+(``pipeline.crops.store_build``, ``make crops``; an unreadable entry falls back with a logged line) when one exists and holds the run's box jitter (``auto``, the default, or
 ``store``), else from the source videos (``pipeline.video.reader.read_clip``; ``source``); boxes and jitter stay in
 source pixels and are mapped into the store's frames, so both paths cut the same crops up to codec error. The poses are the cache's when the clip shows exactly
 the cached frames, else they are recomputed from the skeleton file at the frames shown (``pipeline.datasets.poses``, as
@@ -15,6 +15,7 @@ person box); ``StepSampler`` deals whole optimizer steps to the ranks.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from itertools import islice
@@ -35,6 +36,8 @@ from pipeline.datasets.poses import align_frames, clip_poses, load_skeleton
 from vpn_head.data.augment import AugmentConfig, clip_indices, crop_keep_aspect, flip_clip, flip_poses, jitter_box
 from vpn_head.data.clips import CachedClips, video_groups
 from vpn_head.runtime import DistContext
+
+log = logging.getLogger(__name__)
 
 
 def sample_paths(manifest: str | os.PathLike, data_root: str | os.PathLike = "") -> dict[str, tuple[Path, Path]]:
@@ -138,7 +141,11 @@ class PixelClips(Dataset):
         Returns:
             ``(frames, view)``: uint8 (len(indices), h, w, 3) RGB, and how they map to source pixels.
         """
-        stored = self.store.read(sample_id, indices) if self.store is not None else None
+        try:
+            stored = self.store.read(sample_id, indices) if self.store is not None else None
+        except crop_store.StoreError as err:
+            log.warning("%s: reading the source video of %s", err, sample_id)
+            stored = None
         if stored is not None:
             return stored
         frames = self.read_frames(sample_id, indices)  # (T, H, W, 3)
@@ -207,7 +214,10 @@ class PixelVideos(Dataset):
                                              self.num_clips)  # (K, clip_len)
         frames, view = self.clips.read_pixels(sample_id, indices.ravel())  # (K * clip_len, h, w, 3)
         width, height = view.source_size
-        crops = crop_keep_aspect(frames, view.box(self.boxes[index]), self.short_side)  # (K * clip_len, h, w, 3)
+        box = self.boxes[index]
+        x0, y0, x1, y1 = crop.box_to_pixels(box, width, height)
+        crops = crop_keep_aspect(frames, view.box(box), self.short_side,
+                                 aspect_of=(x1 - x0, y1 - y0))  # (K * clip_len, h, w, 3)
         crops = crops.reshape(*indices.shape, *crops.shape[1:])  # (K, clip_len, h, w, 3)
         clips = np.stack([crop.normalize_crops(c) for c in crops])  # (K, 3, clip_len, h, w)
         poses = np.stack([self.clips.poses_at(sample_id, i, (width, height)) for i in indices])  # (K, 2, 3, J, t_p)

@@ -1,21 +1,26 @@
-"""The person-crop store (``make crops``): what it holds, that the fine-tune's crops from it match the source
-path's within codec error, resumption after ``kill -9``, failures rows, and the ``PIXELS=`` choice."""
+"""The person-crop store (``make crops``, from the manifest alone): what it holds, that the fine-tune's crops from it
+match the source path's within codec error, resumption after ``kill -9``, failures rows, ``make verify``, and the
+``PIXELS=`` choice."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.tools import verify_cache
 from pipeline.video import crop
+from pipeline.video import reader as video
 from pipeline.crops import store as crop_store
 from pipeline.crops import store_build
 from pipeline.cache import layout
@@ -34,15 +39,18 @@ STRONG_JITTER = AugmentConfig(flip_prob=0.5, temporal_jitter=True, box_scale=0.1
 
 def build(root: Path, n: int, frame_size=(320, 192), store_args=("--store-size", "72", "--shard-size", "2"),
           seed: int = 3) -> dict[str, Path]:
-    """``n`` synthetic NTU videos, a pixels-extractor cache and (unless ``store_args`` is None) its crop store."""
+    """``n`` synthetic NTU videos, their crop store (unless ``store_args`` is None; built before any cache
+    exists) and a pixels-extractor cache."""
     synthetic_dataset(root / "data", n=n, seed=seed, min_frames=24, max_frames=40, manifest_path=root / "manifest.csv",
                       num_classes=2, frame_size=frame_size)
-    assert cache_tasks.main(["--dataset", "ntu60", "--manifest", str(root / "manifest.csv"), "--cache-dir",
-                             str(root / "cache"), "--extractor", "pixels", "--shard-size", "16"]) == 0
     paths = {"root": root, "manifest": root / "manifest.csv", "cache": root / "cache", "data": root / "data"}
-    paths["cache_folder"] = layout.resolve(paths["cache"], "ntu60")
     if store_args is not None:
         assert crops_main(paths, *store_args) == 0
+        assert not list(paths["cache"].rglob("cache.h5")), "make crops needs no cache"
+    assert cache_tasks.main(["--dataset", "ntu60", "--manifest", str(root / "manifest.csv"), "--cache-dir",
+                             str(root / "cache"), "--extractor", "pixels", "--shard-size", "16"]) == 0
+    paths["cache_folder"] = layout.resolve(paths["cache"], "ntu60")
+    if store_args is not None:
         paths["store"] = crop_store.find_store(paths["cache_folder"])
     return paths
 
@@ -91,13 +99,35 @@ def test_jitter_reach_holds_every_jittered_box_and_is_tight():
         assert (drawn[:, :2].min(0) <= reach[:2] + slack).all() and (drawn[:, 2:].max(0) >= reach[2:] - slack).all()
 
 
+def test_any_clip_reach_holds_every_clip_box_of_any_frames_jittered():
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        width, height = int(rng.integers(200, 2000)), int(rng.integers(200, 1200))
+        frames = int(rng.integers(5, 40))
+        centre = rng.uniform([0, 0], [width, height])
+        walk = np.cumsum(rng.normal(0, 0.05 * width, (frames, 1, 1, 2)), axis=0)  # the person moves
+        joints = centre + walk + rng.normal(0, 0.1 * height, (frames, 2, 5, 2))  # (T, 2, 5, 2)
+        joints[rng.random((frames, 2)) < 0.3] = np.nan  # missing bodies
+        pad, scale, shift = rng.uniform(0, 0.3), rng.uniform(0, 0.3), rng.uniform(0, 0.3)
+        reach, _ = crop.any_clip_reach(joints, width, height, pad, scale, shift)
+        tol = 1e-6 * max(width, height)
+        for _ in range(20):
+            subset = np.sort(rng.choice(frames, int(rng.integers(1, frames + 1)), replace=False))
+            shown = joints[subset] if np.isfinite(joints[subset]).all(-1).any() else joints  # as extract._clip_box
+            box = crop.clip_box(shown, width, height, pad=pad)
+            drawn = np.stack([box] + [jitter_box(box, width, height, rng, scale, shift) for _ in range(20)])
+            assert (drawn[:, :2] >= reach[:2] - tol).all() and (drawn[:, 2:] <= reach[2:] + tol).all()
+    empty = np.full((4, 1, 3, 2), np.nan)
+    assert crop.any_clip_reach(empty, 320, 192, 0.1, 0.1, 0.1)[0].tolist() == [0, 0, 320, 192]
+
+
 def test_store_region_downscales_the_box_to_size_and_never_enlarges():
-    config = crop_store.StoreConfig(cache_digest="x", size=256)
-    boxes = np.array([[600.0, 100.0, 1500.0, 1000.0]])
-    (x0, y0, x1, y1), (w, h) = store_build.store_region(boxes, 1920, 1080, config)
+    config = crop_store.StoreConfig(dataset="ntu60", manifest_sha256="x", size=256, crop_pad=0.0)
+    joints = np.array([[[[600.0, 100.0], [1500.0, 1000.0]]]])  # (1, 1, 2, 2): a 900 px square person
+    (x0, y0, x1, y1), (w, h) = store_build.store_region(joints, 1920, 1080, config)
     assert x0 <= 1050 - 900 * 1.1 * 0.6 and x1 >= 1050 + 900 * 1.1 * 0.6 and (y0, y1) == (0, 1080)  # centre 1050
     assert w % 2 == 0 and h % 2 == 0 and abs(h / (y1 - y0) * 900 - 256) < 2  # the box's short side is ~256 px
-    _, small = store_build.store_region(np.array([[10.0, 10.0, 60.0, 60.0]]), 320, 192, config)
+    _, small = store_build.store_region(np.array([[[[10.0, 10.0], [60.0, 60.0]]]]), 320, 192, config)
     assert small[0] <= 320 and small[1] <= 192  # a box under `size` keeps the source resolution
 
 
@@ -105,17 +135,24 @@ def test_store_region_downscales_the_box_to_size_and_never_enlarges():
 # the fine-tune reads it
 
 
-def test_store_holds_every_cached_video_at_the_store_size(data):
+def test_store_holds_every_frame_of_every_manifest_video(data):
     store = crop_store.CropStore(data["store"])
-    plans = store_build.read_cache_source(str(data["cache_folder"])).plans
-    assert set(store.index) == {p.sample_id for p in plans} and len(plans) == 6
+    videos = sample_paths(data["manifest"])
+    assert set(store.index) == set(videos) and len(videos) == 6
     assert sorted(set(store.index.values())) == ["crops_00000.h5", "crops_00001.h5", "crops_00002.h5"]
-    frames, view = store.read(plans[0].sample_id, np.array([plans[0].last, plans[0].first, plans[0].last]))
+    for sample_id, (video_path, _) in videos.items():
+        with video.open_video(video_path) as reader:
+            assert store.num_frames(sample_id) == reader.num_frames
+    sample_id = sorted(videos)[0]
+    last = store.num_frames(sample_id) - 1
+    frames, view = store.read(sample_id, np.array([last, 0, last]))
     assert frames.dtype == np.uint8 and frames.shape[0] == 3 and np.array_equal(frames[0], frames[2])
-    short = float(np.minimum(plans[0].boxes[:, 2] - plans[0].boxes[:, 0], plans[0].boxes[:, 3] - plans[0].boxes[:, 1]).min())
-    assert view.scale[0] < 1 and abs(short * view.scale[1] - 72) < 2
-    assert store.read(plans[0].sample_id, np.array([plans[0].last + 1])) is None  # outside the stored frames
+    assert view.source_size == (320, 192)
+    assert store.read(sample_id, np.array([last + 1])) is None  # outside the stored frames
     assert read_failures(data["store"] / layout.FAILURES_NAME).empty
+    config = json.loads((data["store"] / layout.CONFIG_NAME).read_text())
+    cache_config = json.loads((data["cache_folder"] / layout.CONFIG_NAME).read_text())
+    assert config["manifest_sha256"] == cache_config["manifest_sha256"]
 
 
 def test_store_crops_equal_source_crops_within_codec_error_with_augmentation(data):
@@ -153,6 +190,23 @@ def test_a_video_the_store_lacks_is_read_from_the_source(data):
     assert both[(0, 0)][0].shape == (3, 16, 64, 64)
 
 
+def test_a_corrupt_store_entry_is_read_from_the_source_with_a_logged_line(data, tmp_path, caplog):
+    copy = tmp_path / "store"
+    shutil.copytree(data["store"], copy)
+    both = clips(data, "store")
+    both.store = crop_store.CropStore(copy)
+    sample = both.sample_ids[0]
+    with h5py.File(copy / both.store.index[sample], "r+") as f:
+        name = sample.replace("/", "\\")
+        attrs = dict(f[name].attrs)
+        del f[name]
+        f.create_dataset(name, data=np.frombuffer(b"garbage" * 50, np.uint8)).attrs.update(attrs)
+    frames, view = both.read_pixels(sample, both.frame_indices[0][:2])
+    assert view.scale == (1.0, 1.0) and frames.shape[1:3] == (192, 320)
+    assert "reading the source video of " + sample in caplog.text
+    assert store_build.verify_store(copy) and not store_build.verify_store(data["store"])
+
+
 def test_pixels_choice_auto_store_source_and_margins(data, tmp_path, caplog):
     cache = data["cache_folder"]
     assert crop_store.select_store(cache, "source", 0.1, 0.1) is None
@@ -164,6 +218,7 @@ def test_pixels_choice_auto_store_source_and_margins(data, tmp_path, caplog):
         crop_store.select_store(cache, "disk", 0.1, 0.1)
     empty = tmp_path / "ntu60" / "abc"
     empty.mkdir(parents=True)
+    (empty / layout.CONFIG_NAME).write_text(json.dumps({"manifest_sha256": "another manifest", "crop_pad": 0.15}))
     assert crop_store.select_store(empty, "auto", 0.1, 0.1) is None
     with pytest.raises(crop_store.StoreError, match="no finished crop store.*make crops"):
         crop_store.select_store(empty, "store", 0.1, 0.1)
@@ -178,9 +233,9 @@ def test_real_1080p_sample_store_crops_match_the_source_at_224(tmp_path):
     df["cs"] = "train"
     manifest.write_manifest(df, tmp_path / "manifest.csv", data_root=root)
     paths = {"manifest": tmp_path / "manifest.csv", "cache": tmp_path / "cache"}
+    assert crops_main(paths) == 0
     assert cache_tasks.main(["--dataset", "ntu60", "--manifest", str(paths["manifest"]), "--cache-dir",
                              str(paths["cache"]), "--extractor", "pixels"]) == 0
-    assert crops_main(paths) == 0
     store, source = clips(paths, "store", crop_size=224), clips(paths, "source", crop_size=224)
     frames, view = store.read_pixels(store.sample_ids[0], store.frame_indices[0][:4])
     assert view.source_size == (1920, 1080) and frames.shape[1] * frames.shape[2] < 1920 * 1080 / 8
@@ -193,7 +248,9 @@ def test_real_1080p_sample_store_crops_match_the_source_at_224(tmp_path):
 
 
 def test_corrupt_and_missing_videos_get_failures_rows(tmp_path):
-    paths = build(tmp_path, n=4, store_args=None, seed=4)
+    synthetic_dataset(tmp_path / "data", n=4, seed=4, min_frames=24, max_frames=40,
+                      manifest_path=tmp_path / "manifest.csv", num_classes=2, frame_size=(320, 192))
+    paths = {"manifest": tmp_path / "manifest.csv", "cache": tmp_path / "cache"}
     videos = sample_paths(paths["manifest"])
     ids = sorted(videos)
     videos[ids[0]][0].write_bytes(b"not a video at all" * 100)
@@ -201,32 +258,59 @@ def test_corrupt_and_missing_videos_get_failures_rows(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:2000])
     videos[ids[2]][0].unlink()
     assert crops_main(paths, "--store-size", "64") == 0
-    store = crop_store.find_store(paths["cache_folder"])
+    store = store_folder(paths)
     failures = read_failures(store / layout.FAILURES_NAME).set_index("sample_id")
     assert set(failures.index) == set(ids[:3]) and (failures["stage"] == "crops").all()
     assert "file not found" in failures.loc[ids[2], "reason"]
     assert set(crop_store.CropStore(store).index) == {ids[3]}
 
 
+def store_folder(paths: dict[str, Path]) -> Path:
+    """The store ``crops/LATEST`` names under the paths' cache root."""
+    root = layout.crops_root(paths["cache"] / "ntu60")
+    return layout.crops_dir(paths["cache"] / "ntu60", (root / layout.LATEST).read_text().strip())
+
+
 def test_command_line_errors_are_one_line(tmp_path, capsys):
     assert crops_tasks.main(["--dataset", "ntu60", "--manifest", str(tmp_path / "none.csv")]) == 2
     assert "manifest" in capsys.readouterr().err
-    (tmp_path / "m.csv").write_text("x\n")
-    assert crops_tasks.main(["--dataset", "ntu60", "--manifest", str(tmp_path / "m.csv"), "--cache-dir",
-                             str(tmp_path / "cache")]) == 2
+    synthetic_dataset(tmp_path / "data", n=1, seed=4, min_frames=24, max_frames=24,
+                      manifest_path=tmp_path / "m.csv", num_classes=2, frame_size=(64, 64))
+    assert crops_tasks.main(["--dataset", "ntu60", "--manifest", str(tmp_path / "m.csv"), "--data-root",
+                             str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no cache at") and err.count("\n") == 1
+    assert err.startswith("error: DATA_ROOT") and err.count("\n") == 1
+
+
+def test_make_verify_checks_a_store_and_names_a_corrupt_stream(tmp_path, capsys):
+    synthetic_dataset(tmp_path / "data", n=2, seed=8, min_frames=24, max_frames=30,
+                      manifest_path=tmp_path / "manifest.csv", num_classes=2, frame_size=(160, 96))
+    paths = {"manifest": tmp_path / "manifest.csv", "cache": tmp_path / "cache"}
+    assert crops_main(paths, "--store-size", "48") == 0
+    assert verify_cache.main([str(paths["cache"])]) == 0
+    assert "1 crop store(s)" in capsys.readouterr().out
+    store = store_folder(paths)
+    shard = store / "crops_00000.h5"
+    with h5py.File(shard, "r+") as f:
+        name = next(iter(f))
+        stream = f[name][()]
+        stream[len(stream) // 3:] = 0  # the end of the stream zeroed
+        f[name][...] = stream
+    assert verify_cache.main([str(paths["cache"])]) == 1
+    assert f"BAD {shard}:" in capsys.readouterr().out
 
 
 def test_kill_9_during_make_crops_resumes_without_redoing_finished_shards(tmp_path):
-    paths = build(tmp_path, n=8, frame_size=(640, 384), store_args=None, seed=6)
+    synthetic_dataset(tmp_path / "data", n=8, seed=6, min_frames=24, max_frames=40,
+                      manifest_path=tmp_path / "manifest.csv", num_classes=2, frame_size=(640, 384))
+    paths = {"manifest": tmp_path / "manifest.csv", "cache": tmp_path / "cache"}
     command = [sys.executable, "-m", "tasks.crops", "--dataset", "ntu60", "--manifest", str(paths["manifest"]),
                "--cache-dir", str(paths["cache"]), "--shard-size", "1", "--store-size", "128"]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     first = None
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list(paths["cache_folder"].glob("crops/*/crops_[0-9]*.h5"))  # Luigi runs shards in any order
+        found = list(paths["cache"].glob("ntu60/crops/*/crops_[0-9]*.h5"))  # Luigi runs shards in any order
         if found:
             first = found[0]
             break
