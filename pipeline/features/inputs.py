@@ -49,7 +49,10 @@ def _one_video(dataset: str, video: Path, skeleton: Path | None) -> RawInputs:
         df, _ = manifest.scan(dataset, video.parent)
         match = df[df["video_path"].map(lambda p: bool(p) and (video.parent / p).resolve() == video)]
         if len(match):
-            return RawInputs(video.parent, (match.iloc[0].to_dict(),), "video")
+            row = match.iloc[0].to_dict()
+            if row.get(PROBLEM_COLUMN):
+                row[PROBLEM_COLUMN] += f" in {video.parent} (pass SKELETON=<file>)"
+            return RawInputs(video.parent, (row,), "video")
         row = {"sample_id": _stem(video), "video_path": video.name, "skeleton_path": "", "label": UNKNOWN_LABEL,
                "action": "", PROBLEM_COLUMN: f"no {dataset} skeleton pairs with {video.name} in {video.parent} "
                                              "(pass SKELETON=<file>)"}
