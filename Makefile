@@ -266,3 +266,25 @@ fuzz: setup  ## fuzz the 4 skeleton readers with mutated real samples: [N=2500] 
 
 clean-demo:  ## remove the demo's data
 	rm -rf -- $(call q,$(DEMO_ROOT)) $(call q,$(DEMO_DIR))
+
+# using a trained model (issue 30): raw videos in, top-k out; where it looks; runs in TensorBoard
+TOPK ?= 5
+INFER_OPTS = $(call opt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(call opt,INPUT,--input) $(call opt,SKELETON,--skeleton) $(call opt,DATA_ROOT,--data-root) $(call opt,TOPK,--topk) $(call opt,OUT,--out) $(call opt,CHECKPOINT,--checkpoint) $(call opt,CACHE_DIR_GIVEN,--cache-dir) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DEVICE,--device) $(call opt,BATCH_SIZE,--batch-size)
+CACHE_DIR_GIVEN = $(if $(call given,CACHE_DIR),$(CACHE_DIR),)
+.PHONY: predict explain tensorboard
+predict: setup  ## top-k classes of raw videos with a trained head run: RUN=name INPUT=video|folder|manifest.csv [SKELETON=…] [TOPK=5] [OUT=…]
+	$(call need,RUN,the trained run to use)
+	$(call need,INPUT,a video, a folder of the dataset's files, or a manifest)
+	$(PY) -m vpn_head.infer.predict $(INFER_OPTS)
+
+explain: setup  ## where a run looks in one video: crop strip + MP4 with A_ST, joint heatmap, top-k: RUN=name INPUT=video [SKELETON=…] [OUT=…]
+	$(call need,RUN,the trained run to use)
+	$(call need,INPUT,the video to explain)
+	$(PY) -m vpn_head.infer.explain $(INFER_OPTS)
+
+tensorboard: setup  ## TensorBoard over the runs' scalars on TB_HOST:PORT (127.0.0.1:6006): [RUNS_DIR=runs]
+	$(PY) -m tensorboard.main --logdir $(call q,$(RUNS_DIR)) --host $(call q,$(or $(TB_HOST),127.0.0.1)) --port $(call q,$(or $(TB_PORT),6006))
+INFER_VARS := RUN RUNS_DIR INPUT SKELETON DATA_ROOT TOPK OUT CHECKPOINT CACHE_DIR I3D_WEIGHTS DEVICE BATCH_SIZE
+VARS_predict := $(INFER_VARS)
+VARS_explain := $(INFER_VARS)
+VARS_tensorboard := RUNS_DIR TB_HOST TB_PORT

@@ -4,7 +4,7 @@
 
 Stages:
 
-* ``decode_crop``: ``extract.prepare_sample`` alone (decode 64 frames, skeleton, crop, poses), one process;
+* ``decode_crop``: ``sample.prepare_sample`` alone (decode 64 frames, skeleton, crop, poses), one process;
 * ``i3d``: ``InceptionI3d.forward_features`` alone on ready (B, 3, 64, 224, 224) batches;
 * ``pipeline``: ``extract.extract_shard`` (decode/crop in DataLoader workers overlapping the I3D forward pass,
   writing the HDF5 shard), in videos/s, with 0 (in-process) and ``--decode-workers`` workers.
@@ -26,6 +26,9 @@ from pathlib import Path
 import torch
 
 from pipeline.build import extract
+from pipeline.i3d.model import extract_features
+from pipeline.features import extractor as features
+from pipeline.features import sample
 from pipeline.datasets import manifest
 from pipeline.cache.config import CacheConfig
 from pipeline.datasets.registry import get_dataset
@@ -48,24 +51,24 @@ def run(out: Path, weights: str | None, videos: int, frame_size: tuple[int, int]
         rows = df.to_dict("records")
         config = CacheConfig(dataset="ntu60", i3d_weights_sha256=file_sha256(weights) if weights else "random-init")
         spec = get_dataset("ntu60")
-        model = extract.make_extractor("i3d", weights, device)
+        model = features.make_extractor("i3d", weights, device)
 
         start = time.perf_counter()
-        prepared = [extract.prepare_sample(row, root, spec, config) for row in rows]
+        prepared = [sample.prepare_sample(row, root, spec, config) for row in rows]
         decode_rate = len(rows) / (time.perf_counter() - start)
 
         clips = torch.cat([p.clips for p in prepared])[:batch_size]  # (B, 3, 64, 224, 224)
-        extract.extract_features(model, clips[:1], batch_size=1, device=device, amp_bf16=False)  # warm-up
+        extract_features(model, clips[:1], batch_size=1, device=device, amp_bf16=False)  # warm-up
         repeats = max(1, len(rows) // batch_size)
         start = time.perf_counter()
         for _ in range(repeats):
-            extract.extract_features(model, clips, batch_size=batch_size, device=device, amp_bf16=False)
+            extract_features(model, clips, batch_size=batch_size, device=device, amp_bf16=False)
         i3d_rate = repeats * len(clips) / (time.perf_counter() - start)
         i3d_bf16 = None
         if device.startswith("cuda"):
             start = time.perf_counter()
             for _ in range(repeats):
-                extract.extract_features(model, clips, batch_size=batch_size, device=device, amp_bf16=True)
+                extract_features(model, clips, batch_size=batch_size, device=device, amp_bf16=True)
             i3d_bf16 = repeats * len(clips) / (time.perf_counter() - start)
 
         attrs = make_attrs(config, config.i3d_weights_sha256)

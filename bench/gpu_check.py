@@ -53,10 +53,11 @@ from bench.bench_finetune import build as build_finetune_model
 from bench.bench_finetune import timed_pass
 from bench.bench_head import write_synthetic_cache
 from pipeline.build import extract
+from pipeline.features import extractor as features
 from pipeline.datasets import manifest
 from pipeline.cache.config import CacheConfig
 from pipeline.utils.fileio import file_sha256
-from pipeline.i3d.model import load_i3d
+from pipeline.i3d.model import extract_features, load_i3d
 from pipeline.cache.provenance import make_attrs
 from pipeline.synthetic.dataset import SyntheticConfig, generate
 from vpn_head.engine import loop as engine
@@ -199,11 +200,11 @@ def check_pipeline(size: dict, device: torch.device, weights: str | None, folder
     config = CacheConfig(dataset="ntu60", extractor=size["extractor"], precision=precision,
                          i3d_weights_sha256=file_sha256(weights) if weights else "random-init")
     attrs = make_attrs(config, config.i3d_weights_sha256)
-    model = extract.make_extractor(size["extractor"], weights, str(device))
-    pixels = extract.make_extractor("pixels", None, str(device))
+    model = features.make_extractor(size["extractor"], weights, str(device))
+    pixels = features.make_extractor("pixels", None, str(device))
     batch = 8 if device.type == "cuda" else 2
     ready = torch.rand(batch, 3, config.clip_len, config.crop_size, config.crop_size) * 2 - 1
-    stage_rate = rate(lambda: extract.extract_features(model, ready, batch_size=batch, device=device,
+    stage_rate = rate(lambda: extract_features(model, ready, batch_size=batch, device=device,
                                                       amp_bf16=precision == "bf16"),
                       batch, device, size)
     by_workers = {}

@@ -1,18 +1,8 @@
 """One shard of the cache: decode + crop + poses in DataLoader workers, I3D Mixed_5c in the main process.
 
-Per sample (``prepare_sample``, runs in a worker):
-
-1. ``decode``: sample ``clips_per_video`` x ``clip_len`` frame indices over the video (``video.read_sampled_clips``,
-   with the backend fallback; a wrong frame count in the metadata is re-sampled over the frames that decode). When
-   the cache reads a person-crop store (``CacheConfig.pixels``, ``PIXELS=``), the frame count and the frames come
-   from the store instead (``pipeline.crops.store``: the same indices over the same count, the person region at
-   ~256 px), and a video the store lacks or cannot decode is read from the source with a logged line;
-2. ``skeleton``: read the skeleton (``poses.load_skeleton``) and map the sampled video frames to skeleton frames
-   (``poses.align_frames``, proportional when the two frame counts differ);
-3. ``crop``: one square box per clip around the (<= 2) bodies' joints over the clip's frames
-   (``crop.clip_box``); frames without a body use the clip's box; a clip none of whose frames has a body uses the
-   box over the whole skeleton; crop and resize to ``crop_size`` squared, RGB in [-1, 1];
-4. ``poses``: ``poses.clip_poses`` subsamples ``t_p`` poses from the clip's frames.
+Per sample, ``pipeline.features.sample.prepare_sample`` (decode, skeleton, crop, poses) runs in a worker; the
+main process runs the extractor (``pipeline.features.extractor``) on whole samples' clips and writes the rows.
+``make predict`` calls the same two functions on files outside any manifest.
 
 A sample that fails any stage becomes a ``(sample_id, stage, reason)`` failure row and the shard goes on.
 Failures are of two kinds. *Content* failures (a corrupt video, a malformed skeleton, a manifest path that
@@ -22,88 +12,31 @@ the data: ``shards_to_rebuild`` sends the shards holding them back to work on th
 Decoded crops are never written between stages: a 64-frame float32 clip is 38.5 MB, so decoding overlaps the
 I3D forward pass through DataLoader workers instead (see the README's performance notes).
 """
-
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.video import crop
-from pipeline.crops.store import CropStore, StoreError, StoreView
-from pipeline.datasets import bounds as input_bounds
-from pipeline.datasets import manifest
-from pipeline.datasets import pose_pickle
-from pipeline.datasets import poses
-from pipeline.video import reader as video
 from pipeline.cache.writer import ShardWriter
+from pipeline.crops.store import CropStore, StoreError
 from pipeline.cache.config import CacheConfig
 from pipeline.contracts import PROBLEM_COLUMN
-from pipeline.datasets.registry import DatasetSpec, get_dataset
+from pipeline.datasets.registry import get_dataset
 from pipeline.cache.failures import read_shard_failures
-from pipeline.i3d.model import extract_features, load_i3d
-from pipeline.i3d.spec import FEATURE_CHANNELS, SPATIAL_STRIDE, TEMPORAL_STRIDE
+from pipeline.features.extractor import FLOAT16_MAX, clip_features, overflow_peaks
+from pipeline.features.sample import ENVIRONMENT_STAGE, PreparedSample, SampleError, prepare_sample, sample_path
 from pipeline.cache.integrity import check_integrity
 from pipeline.cache.layout import CacheError
-from pipeline.datasets.ntu import SkeletonFormatError
 from pipeline.utils.progress import show_progress
 
 log = logging.getLogger(__name__)
-
-
-class PixelFeatures(torch.nn.Module):
-    """A fast stand-in for I3D with the same output shape, for smoke tests and plumbing checks (``extractor=pixels``).
-
-    Mixed_5c-shaped features from the crop itself: adaptive average pooling of the clip to I3D's output grid
-    (``pipeline.i3d.spec``: (8, 7, 7) for the paper's clip) followed by a fixed random 1x1x1 projection 3 -> 1024
-    and a ReLU. No learning, deterministic (seed 0). It keeps where things
-    are in the crop, so a head can still learn spatial cues from it, but it is no video model.
-    """
-
-    def __init__(self, channels: int = FEATURE_CHANNELS):
-        super().__init__()
-        generator = torch.Generator().manual_seed(0)
-        self.register_buffer("projection", torch.randn(channels, 3, generator=generator))
-        self.eval()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        t, h, w = x.shape[2:]
-        grid = (-(-t // TEMPORAL_STRIDE), -(-h // SPATIAL_STRIDE), -(-w // SPATIAL_STRIDE))
-        pooled = torch.nn.functional.adaptive_avg_pool3d(x, grid)  # (N, 3, 8, 7, 7)
-        return torch.relu(torch.einsum("ck,nkthw->ncthw", self.projection, pooled))  # (N, 1024, 8, 7, 7)
-
-
-def make_extractor(name: str, weights: str | None, device: str) -> torch.nn.Module:
-    """The feature extractor of a cache config: ``i3d`` (the paper's) or ``pixels`` (smoke tests)."""
-    if name == "i3d":
-        return load_i3d(weights or None, device=device)
-    if name == "pixels":
-        return PixelFeatures().to(device)
-    raise ValueError(f"unknown feature extractor {name!r}; choose i3d or pixels")
-
-
-@dataclass
-class PreparedSample:
-    """A sample ready for I3D: K clips with their frame indices, boxes and poses."""
-
-    sample_id: str
-    label: int
-    action: str
-    splits: dict[str, str]
-    clips: torch.Tensor  # (K, 3, 64, 224, 224) float32 in [-1, 1]
-    frame_indices: np.ndarray  # (K, 64)
-    boxes: np.ndarray  # (K, 4)
-    poses: np.ndarray  # (K, 2, 3, J, t_p)
-    backend: str
 
 
 @dataclass
@@ -113,43 +46,8 @@ class SampleFailure:
     reason: str
 
 
-class SampleError(Exception):
-    """A sample that cannot be cached, with the stage that failed."""
-
-    def __init__(self, stage: str, reason: str):
-        self.stage = stage
-        self.reason = reason
-        super().__init__(f"{stage}: {reason}")
-
-
-ENVIRONMENT_STAGE = "environment"
-"""The failure stage of a sample whose files could not be reached (missing, unreadable): retried by the next run."""
 PROBE_SAMPLES = 8
 """``check_data_root`` refuses a run when this many first usable samples all lack their files."""
-
-
-def _sample_path(data_root: Path, row: Mapping[str, str], column: str) -> Path:
-    """The row's ``column`` path under ``data_root``, reachable and a regular file (or a frame folder).
-
-    Raises:
-        SampleError: ``manifest`` when the path leaves DATA_ROOT or is not a regular file or folder (content);
-            ``environment`` when it is missing or unreadable.
-    """
-    what = column.removesuffix("_path")
-    try:
-        path = manifest.inside_root(data_root, row[column])
-    except ValueError as err:
-        raise SampleError("manifest", f"{what}: {err}") from None
-    try:
-        mode = path.stat().st_mode
-    except OSError as err:
-        raise SampleError(ENVIRONMENT_STAGE, f"{what} {path} cannot be reached ({err.strerror or err}); "
-                                             "is DATA_ROOT mounted and readable?") from None
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise SampleError("manifest", f"{what} {path} is not a regular file or folder")
-    if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(mode) else 0)):
-        raise SampleError(ENVIRONMENT_STAGE, f"{what} {path} is not readable (permission denied)")
-    return path
 
 
 def check_data_root(rows: Sequence[Mapping[str, str]], data_root: str | Path) -> None:
@@ -165,8 +63,8 @@ def check_data_root(rows: Sequence[Mapping[str, str]], data_root: str | Path) ->
     reached = 0
     for row in probe:
         try:
-            _sample_path(root, row, "video_path")
-            _sample_path(root, row, "skeleton_path")
+            sample_path(root, row, "video_path")
+            sample_path(root, row, "skeleton_path")
             reached += 1
         except SampleError as err:
             if err.stage != ENVIRONMENT_STAGE:
@@ -203,100 +101,6 @@ def shards_to_rebuild(paths: Sequence[Path], *, retry_failed: bool = False) -> d
     return redo
 
 
-def _clip_box(joints2d: np.ndarray, skeleton_frames: np.ndarray, size: tuple[int, int], pad: float) -> np.ndarray:
-    """Box of one clip: its frames' joints, else the whole skeleton's; (4,) float32."""
-    clip_joints = joints2d[skeleton_frames]  # (64, 2, J, 2)
-    if not np.isfinite(clip_joints).all(-1).any():
-        clip_joints = joints2d
-    return crop.clip_box(clip_joints, size[0], size[1], pad=pad)
-
-
-def _from_store(sample_id: str, config: CacheConfig, store: CropStore) -> tuple[video.SampledClips, StoreView] | None:
-    """A sample's clips read from the crop store, or None (with a logged line) when it lacks or cannot decode them."""
-    try:
-        num_frames = store.num_frames(sample_id)
-        if num_frames is not None:
-            indices = video.sample_frame_indices(num_frames, config.clip_len, config.clips_per_video)  # (K, clip_len)
-            stored = store.read(sample_id, indices.ravel())
-            if stored is not None:
-                frames, view = stored  # (K * clip_len, h, w, 3)
-                frames = frames.reshape(*indices.shape, *frames.shape[1:])  # (K, clip_len, h, w, 3)
-                return video.SampledClips(frames, indices, STORE_BACKEND, num_frames), view
-        reason = "not in the crop store (see its failures.csv)"
-    except StoreError as err:
-        reason = str(err)
-    log.warning("%s: %s; decoding the source video", sample_id, reason)
-    return None
-
-
-STORE_BACKEND = "store"
-"""The ``backend`` of a sample read from the crop store (the run log counts them)."""
-
-
-def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, config: CacheConfig,
-                   store: CropStore | None = None) -> PreparedSample:
-    """Decode (or read from the crop ``store``), crop and pose one manifest row.
-
-    Raises:
-        SampleError: with the stage (``manifest``, ``decode``, ``skeleton``, ``crop``) and the reason.
-    """
-    if row.get(PROBLEM_COLUMN):
-        raise SampleError("manifest", row[PROBLEM_COLUMN])
-    video_path = _sample_path(data_root, row, "video_path")
-    skeleton_path = _sample_path(data_root, row, "skeleton_path")
-    found = _from_store(row["sample_id"], config, store) if store is not None else None
-    if found is not None:
-        sampled, view = found
-    else:
-        try:
-            sampled = video.read_sampled_clips(video_path, clip_len=config.clip_len,
-                                               clips_per_video=config.clips_per_video,
-                                               backends=video.backends_for(video_path, config.backend,
-                                                                           config.fallback))
-        except video.DecodeError as err:
-            raise SampleError("decode", str(err)) from None
-        view = StoreView((sampled.frames.shape[3], sampled.frames.shape[2]))
-    width, height = view.source_size
-    try:
-        skeleton = poses.load_skeleton(spec, skeleton_path, (width, height))
-    except SkeletonFormatError as err:
-        raise SampleError("skeleton", str(err)) from None
-    except OSError as err:
-        raise SampleError(ENVIRONMENT_STAGE, f"skeleton {skeleton_path}: {err}") from None
-    problem = (input_bounds.clip_problem(skeleton, spec)
-               or input_bounds.length_problem(skeleton.num_frames, sampled.num_frames, spec))
-    if problem:
-        raise SampleError("skeleton", problem)
-    joints3d = skeleton.joints3d
-    if row.get(pose_pickle.POSES_PATH):  # poses from a pyskl pickle replace the 3D joints; the box still comes from here
-        try:
-            joints3d = pose_pickle.read_pose_file(row[pose_pickle.POSES_PATH], row[pose_pickle.POSES_SHA256], row["sample_id"])
-        except (KeyError, ValueError, OSError) as err:
-            raise SampleError("skeleton", f"pose file {row[pose_pickle.POSES_PATH]}: {err}") from None
-        problem = input_bounds.pose_problem(joints3d, spec)
-        if problem:
-            raise SampleError("skeleton", f"pose file {row[pose_pickle.POSES_PATH]}: {problem}")
-    k = config.clips_per_video
-    clips = torch.empty((k, 3, config.clip_len, config.crop_size, config.crop_size), dtype=torch.float32)
-    boxes = np.empty((k, 4), dtype=np.float32)
-    pose_out = np.empty((k, 2, 3, spec.num_joints, config.t_p), dtype=np.float32)
-    for c in range(k):
-        skel_frames = poses.align_frames(sampled.indices[c], sampled.num_frames, skeleton.num_frames)
-        boxes[c] = _clip_box(skeleton.joints2d, skel_frames, (width, height), config.crop_pad)
-        try:
-            clips[c] = torch.from_numpy(crop.crop_and_resize(sampled.frames[c], view.box(boxes[c]), config.crop_size))
-        except (ValueError, RuntimeError) as err:
-            raise SampleError("crop", str(err)) from None
-        pose_frames = poses.align_frames(sampled.indices[c], sampled.num_frames, len(joints3d))
-        with np.errstate(over="ignore", invalid="ignore"):  # reported just below
-            pose_out[c] = poses.clip_poses(joints3d[pose_frames], config.t_p, spec.centre_joint)
-        if not np.isfinite(pose_out[c]).all():
-            raise SampleError("skeleton", "poses are not finite in float32 once centred (absurd coordinates)")
-    splits = {p: row.get(p, "") for p in spec.protocols}
-    return PreparedSample(row["sample_id"], int(row["label"]), row["action"], splits, clips,
-                          sampled.indices.astype(np.int32), boxes, pose_out, sampled.backend)
-
-
 class PreparedSamples(Dataset):
     """Manifest rows -> ``PreparedSample`` or ``SampleFailure`` (never raises), for a DataLoader's workers."""
 
@@ -327,7 +131,6 @@ class PreparedSamples(Dataset):
             return SampleFailure(row["sample_id"], "unexpected", f"{type(err).__name__}: {err}")
 
 
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 DECODE_WORKER_START = "forkserver"
 """How decode workers start. Not ``fork``: a worker forked from a process whose OpenMP/OpenCV thread pools already
 ran (the I3D forward pass of the previous shard) can hang; a fork server starts them from a clean process. As with
@@ -389,7 +192,6 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
     stats = ShardStats()
     start = time.perf_counter()
     pending: list[tuple[PreparedSample, int]] = []
-    amp = config.precision == "bf16"
 
     def flush(writer: ShardWriter) -> None:
         """I3D on the pending clips (whole samples only), then write them; a sample any of whose clips has
@@ -398,9 +200,9 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
             return
         batch = torch.stack([sample.clips[c] for sample, c in pending])  # (B, 3, 64, 224, 224)
         t0 = time.perf_counter()
-        feats = extract_features(model, batch, batch_size=batch_size, device=device, amp_bf16=amp)
+        feats = clip_features(model, batch, config, batch_size=batch_size, device=device)
         stats.i3d_seconds += time.perf_counter() - t0
-        peaks = np.abs(feats).reshape(len(feats), -1).max(axis=1)  # NaN propagates
+        peaks = overflow_peaks(feats)
         overflow = {sample.sample_id: float(peak) for (sample, _), peak in zip(pending, peaks)
                     if not peak <= FLOAT16_MAX}
         for sample_id, peak in overflow.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline.build import extract
+from pipeline.features import extractor as features
 from pipeline.cache.reader import open_cache
 from pipeline.cache.format import open_h5
 from pipeline.cache.merge import merge_shards
@@ -50,7 +51,7 @@ def manifest_rows(manifest: str, protocol: str) -> tuple[dict, ...]:
 @lru_cache(maxsize=2)
 def load_extractor(extractor: str, weights: str, device: str) -> torch.nn.Module:
     """The feature extractor, loaded once per process and device."""
-    return extract.make_extractor(extractor, weights, device)
+    return features.make_extractor(extractor, weights, device)
 
 
 def resolve_pixels(pixels: str, dataset_folder: str | Path, manifest_sha256: str, crop_pad: float) -> str:

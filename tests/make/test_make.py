@@ -26,11 +26,12 @@ from tasks import crops as crops_cli
 from tests.conftest import REPO, shared_path
 from tests.helpers import build_cache, write_shard
 from vpn_head.eval import evaluate
+from vpn_head.infer import explain, predict
 from vpn_head.train import finetune
 from vpn_head.train import head as train
 
 BASE = {"train-head": ["PROTOCOL=cs"], "finetune": ["PROTOCOL=cs"], "manifest": ["DATA_ROOT=/d"],
-        "export-pyskl": ["OUT=x.pkl"]}
+        "export-pyskl": ["OUT=x.pkl"], "predict": ["RUN=r", "INPUT=v.avi"], "explain": ["RUN=r", "INPUT=v.avi"]}
 RENAMED = {("manifest", "out"): "MANIFEST"}
 """Options whose make variable is not the upper-case option name."""
 NOT_VARIABLES = {("cache", "resume")}
@@ -72,7 +73,8 @@ def parser_of(main, monkeypatch) -> argparse.ArgumentParser:
 @pytest.mark.parametrize("target, main", [("cache", cache_cli.main), ("manifest", manifest_cli.main),
                                           ("train-head", train.main), ("eval", evaluate.main),
                                           ("finetune", finetune.main), ("export-pyskl", pyskl.main),
-                                          ("crops", crops_cli.main)])
+                                          ("crops", crops_cli.main), ("predict", predict.main),
+                                          ("explain", explain.main)])
 def test_every_cli_option_is_a_make_variable(target, main, monkeypatch):
     for action in parser_of(main, monkeypatch)._actions:
         if not action.option_strings or action.dest == "help" or (target, action.dest) in NOT_VARIABLES:
@@ -144,7 +146,8 @@ def test_help_lists_each_targets_variables_with_defaults():
 
 @pytest.mark.parametrize("target, main", [("cache", cache_cli.main), ("manifest", manifest_cli.main),
                                           ("train-head", train.main), ("eval", evaluate.main),
-                                          ("finetune", finetune.main), ("crops", crops_cli.main)])
+                                          ("finetune", finetune.main), ("crops", crops_cli.main),
+                                          ("predict", predict.main), ("explain", explain.main)])
 def test_help_defaults_are_the_cli_defaults(target, main, monkeypatch):
     """``make help`` states a default beside each variable; where it is a plain value it must be the CLI's."""
     result = subprocess.run(["make", "-s", "--no-print-directory", f"help-vars-{target}"], cwd=REPO,

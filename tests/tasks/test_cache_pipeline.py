@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from pipeline.build import extract
+from pipeline.features import extractor as features
 from pipeline.datasets import manifest
 from pipeline.datasets import ntu
 from pipeline.cache.reader import open_cache
@@ -266,13 +267,13 @@ def test_real_ntu_pair_crop_contains_the_person_and_features_are_sane(tmp_path):
     assert (xy[:, 0] >= x0).all() and (xy[:, 0] <= x1).all() and (xy[:, 1] >= y0).all() and (xy[:, 1] <= y1).all()
     assert (x1 - x0) < 1080 / 1.5  # a person crop, not the frame
     weights = Path(shared_path("i3d", "rgb_scratch.pt"))
-    model = extract.make_extractor("i3d", str(weights), "cpu")
-    feats = extract.extract_features(model, out.clips, batch_size=1, device="cpu", amp_bf16=False)
+    model = features.make_extractor("i3d", str(weights), "cpu")
+    feats = features.clip_features(model, out.clips, CacheConfig(dataset="ntu60"), batch_size=1, device="cpu")
     assert feats.shape == (1, 1024, 8, 7, 7) and np.isfinite(feats).all() and feats.min() >= 0
     assert torch.is_tensor(out.clips) and get_dataset("ntu60").num_joints == out.poses.shape[3]
 
 
-class _OverflowOnce(extract.PixelFeatures):
+class _OverflowOnce(features.PixelFeatures):
     """Pixel features whose second clip of the first batch overflows float16."""
 
     calls = 0

@@ -14,6 +14,8 @@ Opening the log reconciles it with the checkpoint it resumes from, so each epoch
 records the checkpoint does not hold (``last.pt`` replaced by an older copy) and repeated epochs are dropped,
 epochs the checkpoint holds but the log lacks (a process killed between writing ``last.pt`` and the log line)
 are added from its history, marked ``recovered_from_checkpoint``, and a torn line is dropped.
+
+Every epoch record is mirrored as TensorBoard scalars (``vpn_head.engine.board``) when the package is installed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.utils.fileio import atomic_write_text
+from vpn_head.engine.board import ScalarBoard
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ class EventLog:
     def __init__(self, run_dir: Path, columns: Sequence[str], history: Iterable[Mapping[str, Any]]):
         self.path = Path(run_dir) / EVENTS_NAME
         self.columns = tuple(columns)
+        self.board = ScalarBoard(run_dir)
         history = list(history)
         done = {row["epoch"] for row in history}
         events, skipped = _parse(self.path) if self.path.exists() else ([], 0)
@@ -127,10 +131,12 @@ class EventLog:
                      "epochs": epochs, "config": config})
 
     def epoch(self, row: Mapping[str, Any]) -> None:
-        """Record a finished epoch."""
+        """Record a finished epoch (and its TensorBoard scalars)."""
         self.append(self.epoch_record(row))
+        self.board.epoch(row)
 
     def run_end(self, status: str, epochs_done: int, best_epoch: int, best_value: float, error: str = "") -> None:
-        """Record how ``fit`` ended."""
+        """Record how ``fit`` ended (and close the TensorBoard writer)."""
+        self.board.close()
         self.append({"event": "run_end", "time": _now(), "status": status, "epochs_done": epochs_done,
                      "best_epoch": best_epoch, "best_value": best_value, "error": error})

@@ -24,6 +24,7 @@ import torch
 
 from pipeline.cache.reader import CacheError
 from vpn_head.eval import diagnostics as diag
+from vpn_head.engine.board import write_eval
 from vpn_head.engine.checkpoints import (
     CHECKPOINT_NAMES, FINETUNE, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint,
 )
@@ -125,6 +126,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     default_out = run_dir / (f"eval_{split}_shuffled_poses" if shuffle_poses else f"eval_{split}")
     out = Path(out_dir) if out_dir is not None else default_out
     write_eval_reports(out, metrics, video_ids, video_labels, video_probs, clips.class_names, probabilities)
+    write_eval(run_dir, metrics, int(ckpt["epoch"]))
     log.info("%s %s: top-1 %.4f, mean-class %.4f over %d videos -> %s", run_dir.name, split,
              metrics["top1"], metrics["mean_class"], metrics["num_videos"], out)
     return metrics

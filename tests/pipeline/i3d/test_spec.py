@@ -12,7 +12,7 @@ from pipeline.i3d import spec as i3d_spec
 from pipeline.cache import layout
 from pipeline.cache.reader import CacheError, open_cache
 from pipeline.cache.config import CacheConfig
-from pipeline.build.extract import PixelFeatures
+from pipeline.features.extractor import PixelFeatures
 from pipeline.utils.fileio import file_sha256
 from tests.helpers import SMALL_MODEL, synthetic_dataset
 from vpn_head.model.config import VPNConfig

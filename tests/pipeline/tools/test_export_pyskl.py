@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.build import extract
+from pipeline.features import sample
 from pipeline.datasets import manifest
 from pipeline.datasets import pose_pickle
 from pipeline.datasets import poses
@@ -62,8 +62,8 @@ def test_a_manifest_with_poses_caches_the_same_poses_as_the_skeleton_files(ntu_m
     (i,) = np.flatnonzero(attached["sample_id"] == "S001C001P001R001A001")
     config = CacheConfig(dataset="ntu60", extractor="pixels")
     spec = get_dataset("ntu60")
-    from_skeleton = extract.prepare_sample(df.iloc[i].to_dict(), root, spec, config)
-    from_pickle = extract.prepare_sample(attached.iloc[i].to_dict(), root, spec, config)
+    from_skeleton = sample.prepare_sample(df.iloc[i].to_dict(), root, spec, config)
+    from_pickle = sample.prepare_sample(attached.iloc[i].to_dict(), root, spec, config)
     np.testing.assert_array_equal(from_pickle.poses, from_skeleton.poses)
     np.testing.assert_array_equal(from_pickle.boxes, from_skeleton.boxes)
     data = pose_pickle.restricted_load(tmp_path / "ntu.pkl")  # the poses do come from the pickle: scale them there
@@ -71,12 +71,12 @@ def test_a_manifest_with_poses_caches_the_same_poses_as_the_skeleton_files(ntu_m
         ann["keypoint"] *= 2
     (tmp_path / "double.pkl").write_bytes(pickle.dumps(data))
     doubled_df = pose_pickle.attach_poses(df, tmp_path / "double.pkl", tmp_path / "double.poses.h5")
-    doubled = extract.prepare_sample(doubled_df.iloc[i].to_dict(), root, spec, config)
+    doubled = sample.prepare_sample(doubled_df.iloc[i].to_dict(), root, spec, config)
     np.testing.assert_allclose(doubled.poses, 2 * from_skeleton.poses, rtol=1e-6)
     np.testing.assert_array_equal(doubled.boxes, from_skeleton.boxes)
     pose_pickle.attach_poses(df, tmp_path / "double.pkl", tmp_path / "ntu.poses.h5")  # the manifest's file, rewritten
-    with pytest.raises(extract.SampleError, match="rewritten from another pose pickle"):
-        extract.prepare_sample(attached.iloc[i].to_dict(), root, spec, config)
+    with pytest.raises(sample.SampleError, match="rewritten from another pose pickle"):
+        sample.prepare_sample(attached.iloc[i].to_dict(), root, spec, config)
 
 
 def test_make_manifest_with_poses_writes_the_pose_file_beside_the_manifest(ntu_manifest, tmp_path):
