@@ -178,12 +178,14 @@ def test_weights_sha256_matches_readme() -> None:
 # ---------------------------------------------------------------- loading
 
 
-def test_missing_weights_warn_loudly_and_give_seeded_random_init(tmp_path, caplog) -> None:
+def test_no_weights_warn_loudly_and_give_seeded_random_init(tmp_path, caplog) -> None:
     missing = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match=f"I3D weights {missing} do not exist"):
+        load_i3d(missing)  # a path that names no file is a mistake, never a silent random init
     rng_before = torch.random.get_rng_state()
     with caplog.at_level(logging.WARNING, logger="pipeline.i3d.model"):
-        a = load_i3d(missing)
-    assert "RANDOM-INIT" in caplog.text and "MEANINGLESS" in caplog.text and str(missing) in caplog.text
+        a = load_i3d(None)
+    assert "RANDOM-INIT" in caplog.text and "MEANINGLESS" in caplog.text
     assert torch.equal(torch.random.get_rng_state(), rng_before)
     assert not a.training
     b = load_i3d(None)
@@ -268,8 +270,8 @@ def test_cli_features_round_trip(tmp_path, random_model: InceptionI3d) -> None:
     x = (np.random.default_rng(0).random((2, 3, 9, 224, 224), dtype=np.float32) * 2 - 1)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "sub" / "y.npy"
-    argv = ["features", "--weights", str(tmp_path / "absent.pt"), "--input", str(tmp_path / "x.npy"),
-            "--output", str(out), "--batch-size", "2"]
+    argv = ["features", "--input", str(tmp_path / "x.npy"), "--output", str(out), "--batch-size", "2"]
+    assert run_i3d.main([*argv[:1], "--weights", str(tmp_path / "absent.pt"), *argv[1:]]) == 1
     assert run_i3d.main(argv) == 0
     y = np.load(out)
     assert y.dtype == np.float32 and y.shape == (2, 1024, 2, 7, 7)
