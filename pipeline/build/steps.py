@@ -233,8 +233,9 @@ def outcome(plan: BuildPlan, seconds: float) -> tuple[list[str], str]:
     failures = plan.cache_dir / FAILURES_NAME
     if failures.exists():
         lines.append(f"{skipped} samples skipped, listed in {failures}")
-    error = (f"{unreachable} samples could not be reached (stage {extract.ENVIRONMENT_STAGE!r} in {failures}); "
-             f"check DATA_ROOT {plan.job.data_root}, then rerun: they are retried") if unreachable else ""
+    error = (f"{unreachable} samples could not be reached or met a passing fault (memory, disk, interrupted I/O; "
+             f"stage {extract.ENVIRONMENT_STAGE!r} in {failures}); check DATA_ROOT {plan.job.data_root} and free "
+             "space, then rerun: they are retried") if unreachable else ""
     return lines, error
 
 
