@@ -215,7 +215,7 @@ def run_shard(config: StoreConfig, cache_folder: str | Path, index: int, manifes
     videos = _sample_videos(manifest, data_root)
     backends = (source.backend, *(b for b in source.fallback if b != source.backend))
     failures: list[tuple[str, str, str]] = []
-    with h5py.File(out, "w") as f:
+    with fail_safe_h5(out) as f:  # a full disk: one ShardWriteError, the file deleted, no double close
         f.attrs.update(make_attrs(json.loads(config.to_json()), ""))
         for plan in shard_plans(source.plans, config.shard_size, index):
             if plan.sample_id not in videos:
