@@ -323,6 +323,8 @@ def shard_failure_line(shard_index: int, error: BaseException) -> str:
     number = getattr(error, "errno", None) or getattr(error.__cause__, "errno", None)
     hint = " (free some space, or raise the file-size limit)" if number in (errno.ENOSPC, errno.EDQUOT,
                                                                              errno.EFBIG) else ""
+    if not isinstance(error, OSError):  # a bug, not the disk: its traceback is in the log above
+        return f"shard {shard_index} could not be built: {reason} (traceback above); the finished shards are kept"
     return (f"shard {shard_index} could not be built: {reason}{hint}; the finished shards are kept and no partial "
             "file is left: rerun to continue")
 

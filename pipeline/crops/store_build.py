@@ -43,6 +43,7 @@ from pipeline.video import crop
 from pipeline.video import reader as video
 from pipeline.cache.reader import open_cache
 from pipeline.cache.failures import write_failures
+from pipeline.cache.writer import fail_safe_h5
 from pipeline.utils.fileio import atomic_write_json, atomic_write_text
 from pipeline.cache.layout import (
     CROPS_INDEX, CROPS_SHARD_NAME, FAILURES_NAME, LATEST, crops_dir, crops_root, crops_shard_path,
