@@ -88,6 +88,15 @@ class CacheShard(_CacheTask):
         steps.log_shard(self.config, self.cache_root, self.manifest, entry)
 
 
+_SHARD_ERRORS: list[str] = []
+"""One line per shard that raised in this process (a full disk, a file-size limit), printed after the build."""
+
+
+@CacheShard.event_handler(luigi.Event.FAILURE)
+def _shard_failed(task: CacheShard, error: BaseException) -> None:
+    _SHARD_ERRORS.append(steps.shard_failure_line(task.shard_index, error))
+
+
 class BuildCache(_CacheTask):
     """Wrapper: all shards of a cache, then the merged view ``cache.h5`` and ``failures.csv``."""
 
@@ -197,6 +206,8 @@ def _build(args: argparse.Namespace, plan: steps.BuildPlan) -> int:
     print(result.summary_text)
     lines, error = steps.outcome(plan, time.perf_counter() - start)
     print("\n".join(lines))
+    error = _SHARD_ERRORS[0] if _SHARD_ERRORS and not task.complete() else error
+    _SHARD_ERRORS.clear()
     if error:
         print(f"error: {error}", file=sys.stderr)
     return 0 if result.scheduling_succeeded and task.complete() and not error else 1

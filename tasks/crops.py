@@ -27,6 +27,7 @@ from pipeline.crops import store as crop_store
 from pipeline.crops import store_build
 from pipeline.cache import layout
 from pipeline.build.lock import BuildLock, CacheBusyError
+from pipeline.build.steps import shard_failure_line
 from pipeline.defaults import DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT, DEFAULT_SHARD_SIZE
 from pipeline.cache.failures import read_failures
 from pipeline.datasets.manifest import resolve_data_root
@@ -65,6 +66,15 @@ class CropShard(_CropsTask):
     def run(self) -> None:
         with self.output().temporary_path() as tmp:
             store_build.run_shard(self.config, self.shard_index, self.manifest, self.data_root, tmp)
+
+
+_SHARD_ERRORS: list[str] = []
+"""One line per shard that raised in this process (a full disk, a file-size limit), printed after the build."""
+
+
+@CropShard.event_handler(luigi.Event.FAILURE)
+def _shard_failed(task: CropShard, error: BaseException) -> None:
+    _SHARD_ERRORS.append(shard_failure_line(task.shard_index, error))
 
 
 class BuildCrops(_CropsTask):
@@ -125,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dataset_folder = Path(args.cache_dir) / args.dataset
     folder = layout.crops_dir(dataset_folder, config.digest())
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot write the crop store {folder} ({err.strerror or err}): the cache folder is read-only?",
+              file=sys.stderr)
+        return 2
     try:
         with BuildLock(folder):
             return _build(config, dataset_folder, manifest, str(data_root), args.workers)
@@ -150,6 +165,9 @@ def _build(config: crop_store.StoreConfig, dataset_folder: Path, manifest: str, 
     print(result.summary_text)
     print(store_build.store_status(config, dataset_folder, manifest) + f" ({time.perf_counter() - start:.1f} s)")
     if not (result.scheduling_succeeded and task.complete()):
+        if _SHARD_ERRORS:
+            print(f"error: {_SHARD_ERRORS[0]}", file=sys.stderr)
+        _SHARD_ERRORS.clear()
         return 1
     stored, skipped = len(crop_store.CropStore(folder).index), len(read_failures(folder / layout.FAILURES_NAME))
     print(f"{stored} videos in the store, {skipped} skipped (listed in {folder / layout.FAILURES_NAME})")

@@ -43,7 +43,7 @@ def tiny_sample_id(dataset: str, split: str, c: int, v: int) -> str:
 
 def write_tiny_cache(folder: Path, dataset: str = "nucla", classes: tuple[int, ...] = (0, 1, 2, 3),
                      videos: dict[str, int | dict[int, int]] | None = None, clips: dict[str, int] | None = None,
-                     seed: int = 0, feature_fn=None) -> Path:
+                     seed: int = 0, feature_fn=None, built_protocol: str = "") -> Path:
     """Write a merged cache of separable clips: class c lifts feature channels [16c, 16c+16) and pose x.
 
     Args:
@@ -54,6 +54,7 @@ def write_tiny_cache(folder: Path, dataset: str = "nucla", classes: tuple[int, .
         clips: clips per video per split (default train 1, test 2).
         seed: noise seed.
         feature_fn: optional ``(class_index, sample_id, clip, rng) -> (1024, 8, 7, 7)`` features.
+        built_protocol: the ``CacheConfig.protocol`` the cache records (a cache built for one protocol only).
 
     Returns:
         ``folder``.
@@ -69,7 +70,8 @@ def write_tiny_cache(folder: Path, dataset: str = "nucla", classes: tuple[int, .
     folder.mkdir(parents=True, exist_ok=True)
     shard = folder / "shard_00000.h5"
     with ShardWriter(shard, n_rows_max=len(rows), num_joints=spec.num_joints, t_p=spec.t_p,
-                     attrs=make_attrs({"dataset": dataset, "t_p": spec.t_p}, ""), protocols=protocols,
+                     attrs=make_attrs({"dataset": dataset, "t_p": spec.t_p, "protocol": built_protocol}, ""),
+                     protocols=protocols,
                      compression="none") as writer:
         for sample_id, c, split, k in rows:
             if feature_fn is None:

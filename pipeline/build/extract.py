@@ -7,8 +7,9 @@ main process runs the extractor (``pipeline.features.extractor``) on whole sampl
 A sample that fails any stage becomes a ``(sample_id, stage, reason)`` failure row and the shard goes on.
 Failures are of two kinds. *Content* failures (a corrupt video, a malformed skeleton, a manifest path that
 leaves DATA_ROOT) are final: the next run keeps them (``--retry-failed`` retries them). *Environment* failures
-(stage ``environment``: a file that is missing or unreadable, as when DATA_ROOT is unmounted) say nothing about
-the data: ``shards_to_rebuild`` sends the shards holding them back to work on the next run.
+(stage ``environment``: a file that is missing or unreadable, as when DATA_ROOT is unmounted, or a passing fault of
+the machine: ``MemoryError``, a full disk, an I/O error, an interrupted call, ``pipeline.utils.fileio.is_transient``)
+say nothing about the data: ``shards_to_rebuild`` sends the shards holding them back to work on the next run.
 Decoded crops are never written between stages: a 64-frame float32 clip is 38.5 MB, so decoding overlaps the
 I3D forward pass through DataLoader workers instead (see the README's performance notes).
 """
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -34,6 +37,7 @@ from pipeline.features.extractor import FLOAT16_MAX, clip_features, overflow_pea
 from pipeline.features.sample import ENVIRONMENT_STAGE, PreparedSample, SampleError, prepare_sample, sample_path
 from pipeline.cache.integrity import check_integrity
 from pipeline.cache.layout import CacheError
+from pipeline.utils.fileio import is_transient
 from pipeline.utils.progress import show_progress
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,8 @@ class SampleFailure:
     reason: str
 
 
+TRANSIENT_PREFIX = "passing fault, retried by the next run: "
+"""How the reason of a passing fault starts."""
 PROBE_SAMPLES = 8
 """``check_data_root`` refuses a run when this many first usable samples all lack their files."""
 
@@ -90,15 +96,27 @@ def shards_to_rebuild(paths: Sequence[Path], *, retry_failed: bool = False) -> d
             redo[path] = problem
             continue
         try:
-            stages = read_shard_failures(path)["stage"]
+            recorded = read_shard_failures(path)
+            stages, reasons = recorded["stage"], recorded["reason"]
         except (CacheError, OSError) as err:
             redo[path] = f"unreadable failures ({err})"
             continue
-        retried = stages[stages == ENVIRONMENT_STAGE] if not retry_failed else stages[stages != "manifest"]
+        retried = stages[retried_by_rerun(stages, reasons)] if not retry_failed else stages[stages != "manifest"]
         if len(retried):
             kind = "environment" if not retry_failed else "recorded"
             redo[path] = f"{len(retried)} {kind} failures to retry"
     return redo
+
+
+LEGACY_TRANSIENT = r"^(?:MemoryError|InterruptedError|OSError: \[Errno (?:5|12|28|122)\])"
+"""Reasons of ``unexpected`` failures that caches built before passing faults had their stage recorded for them."""
+
+
+def retried_by_rerun(stages: pd.Series, reasons: pd.Series) -> np.ndarray:
+    """Which failure rows a plain rerun retries: every ``environment`` row, and ``unexpected`` rows of a passing
+    fault recorded by an older build (a MemoryError filed as the sample's fault)."""
+    legacy = (stages == "unexpected") & reasons.str.contains(LEGACY_TRANSIENT, regex=True)
+    return ((stages == ENVIRONMENT_STAGE) | legacy).to_numpy()
 
 
 class PreparedSamples(Dataset):
@@ -127,6 +145,11 @@ class PreparedSamples(Dataset):
         except SampleError as err:
             return SampleFailure(row["sample_id"], err.stage, err.reason)
         except Exception as err:  # a bug or an unforeseen input must not kill the shard: record it
+            if is_transient(err):  # memory, disk, interrupted I/O: the sample is fine, the next run retries it
+                log.warning("passing fault on %s: %s: %s (retried by the next run)", row["sample_id"],
+                            type(err).__name__, err)
+                return SampleFailure(row["sample_id"], ENVIRONMENT_STAGE,
+                                     f"{TRANSIENT_PREFIX}{type(err).__name__}: {err}"[:500])
             log.exception("unexpected error on %s", row["sample_id"])
             return SampleFailure(row["sample_id"], "unexpected", f"{type(err).__name__}: {err}")
 

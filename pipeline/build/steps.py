@@ -8,6 +8,7 @@ cache folder and, when the merged view holds a clip, points the dataset folder's
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import socket
@@ -248,7 +249,13 @@ def plan_build(args: argparse.Namespace) -> BuildPlan:
     job = ShardJob(manifest=str(args.manifest), data_root=str(data_root), i3d_weights=args.i3d_weights,
                    decode_workers=workers, batch_size=args.batch_size, crops_root=getattr(args, "crops_root", ""))
     plan = BuildPlan(config, str(args.cache_dir), job, args.device)
-    plan.cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        plan.cache_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(plan.cache_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied", str(plan.cache_dir))
+    except OSError as err:
+        raise BuildRefused(f"CACHE_DIR {args.cache_dir}: cannot write {err.filename or plan.cache_dir} "
+                           f"({err.strerror or err}); give a writable CACHE_DIR=") from err
     return plan
 
 
@@ -272,8 +279,9 @@ def outcome(plan: BuildPlan, seconds: float) -> tuple[list[str], str]:
     failures = plan.cache_dir / FAILURES_NAME
     if failures.exists():
         lines.append(f"{skipped} samples skipped, listed in {failures}")
-    error = (f"{unreachable} samples could not be reached (stage {extract.ENVIRONMENT_STAGE!r} in {failures}); "
-             f"check DATA_ROOT {plan.job.data_root}, then rerun: they are retried") if unreachable else ""
+    error = (f"{unreachable} samples could not be reached or met a passing fault (memory, disk, interrupted I/O; "
+             f"stage {extract.ENVIRONMENT_STAGE!r} in {failures}); check DATA_ROOT {plan.job.data_root} and free "
+             "space, then rerun: they are retried") if unreachable else ""
     return lines, error
 
 
@@ -344,6 +352,20 @@ def merge_build(config: CacheConfig, cache_root: str | Path, manifest: str) -> N
     else:
         log.warning("%s holds no clip (every sample failed, see %s); LATEST left unchanged", folder, FAILURES_NAME)
     append_run_log(folder, {"merged": MERGED_NAME, "host": socket.gethostname(), "at": utc_now()})
+
+
+def shard_failure_line(shard_index: int, error: BaseException) -> str:
+    """The one line a build prints for a shard that raised (a full disk, a file-size limit, an I/O error): the
+    finished shards are kept and the failed one left no file, so a rerun continues where it stopped."""
+    text = str(error).strip().splitlines()
+    reason = f"{type(error).__name__}: {text[0] if text else ''}"[:400]
+    number = getattr(error, "errno", None) or getattr(error.__cause__, "errno", None)
+    hint = " (free some space, or raise the file-size limit)" if number in (errno.ENOSPC, errno.EDQUOT,
+                                                                             errno.EFBIG) else ""
+    if not isinstance(error, OSError):  # a bug, not the disk: its traceback is in the log above
+        return f"shard {shard_index} could not be built: {reason} (traceback above); the finished shards are kept"
+    return (f"shard {shard_index} could not be built: {reason}{hint}; the finished shards are kept and no partial "
+            "file is left: rerun to continue")
 
 
 def failure_counts(folder: str | Path) -> tuple[int, int]:

@@ -135,7 +135,12 @@ def open_h5(path: Path) -> h5py.File:
     try:
         if not h5py.is_hdf5(path):
             raise CacheError(f"{path}: not an HDF5 file (corrupt or truncated)")
-        f = h5py.File(path, "r")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as err:
+            if "lock" not in str(err).lower():
+                raise
+            f = h5py.File(path, "r", locking=False)  # a read-only filesystem that refuses HDF5's file lock
     except OSError as err:
         raise CacheError(f"{path}: cannot open as HDF5 ({err})") from err
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,9 @@ class ShardWriter:
 
     Use it as a context manager: a clean exit trims the datasets to the rows appended and closes the file
     (renaming it into place when ``atomic``); an exception deletes the partial file, so a crash never leaves
-    a file at ``path``.
+    a file at ``path``. HDF5 writes through a ``FailSafeFile``: a write error (a full disk, a file-size limit) is
+    raised by the next ``append`` or ``close`` as one ``ShardWriteError`` naming the file, which is deleted; the
+    library never sees it, so it never closes a failed file twice (which segfaults).
 
     Args:
         path: the file to produce. A Luigi task passes its ``temporary_path()`` with ``atomic=False``.
@@ -72,9 +77,13 @@ class ShardWriter:
         self._write_path.parent.mkdir(parents=True, exist_ok=True)
         self._strings: dict[str, list[str]] = {name: [] for name in STRING_DATASETS}
         self._split_values: dict[str, list[str]] = {protocol: [] for protocol in self.protocols}
-        self._file = h5py.File(self._write_path, "w", **FILE_KWARGS)
+        self._sink = FailSafeFile(self._write_path)
+        self._file: h5py.File | None = None
         try:
+            self._file = h5py.File(self._sink, "w", **FILE_KWARGS)
             self._create_datasets(attrs, compression)
+            self._file.flush()
+            self._check_sink()
         except BaseException:
             self.abort()
             raise
@@ -158,6 +167,7 @@ class ShardWriter:
         for protocol, value in splits.items():
             self._split_values[protocol].append(value)
         self.n_rows += 1
+        self._check_sink()
 
     def add_failure(self, sample_id: str, stage: str, reason: str) -> None:
         """Record a skipped sample; stored in the shard's ``failures`` dataset on close."""
@@ -178,6 +188,10 @@ class ShardWriter:
             failures = np.array(self.failures, dtype=object).reshape(-1, len(FAILURE_COLUMNS))
             create_checked(f, FAILURES, fixed_strings(failures))
             f.close()
+            self._file = None
+            self._sink.sync()
+            self._check_sink()
+            self._sink.close()
             record_integrity(self._write_path, self.record_as)
             if self.atomic:
                 os.replace(self._write_path, self.path)
@@ -187,11 +201,113 @@ class ShardWriter:
         log.info("wrote %s: %d clips, %d failures", self.path, n, len(self.failures))
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
+        """Close and delete the partial file, once, whatever state a write error left it in."""
+        file, self._file = self._file, None
         try:
-            self._file.close()
+            if file is not None and file.id.valid:
+                file.close()  # the sink swallows the writes of a failed file, so this close cannot fail in HDF5
+        except (OSError, RuntimeError, ValueError) as error:  # nothing left to save: the caller reports its error
+            log.debug("closing the discarded %s: %s", self._write_path, error)
         finally:
+            self._sink.close()
             self._write_path.unlink(missing_ok=True)
+
+    def _check_sink(self) -> None:
+        """Raise the first write error of the file (a full disk, a file-size limit) as one line naming it."""
+        if self._sink.error is not None:
+            raise ShardWriteError(f"{self._write_path}: {self._sink.error.strerror or self._sink.error} "
+                                  f"(errno {self._sink.error.errno}) while writing the shard") from self._sink.error
+
+
+class ShardWriteError(OSError):
+    """A shard file could not be written (a full disk, a file-size limit, an I/O error): the file is deleted."""
+
+
+class FailSafeFile(io.FileIO):
+    """The file HDF5 writes a shard through (h5py's ``fileobj`` driver): the first write error is kept in ``error``
+    and every later write is accepted and dropped.
+
+    HDF5 cannot recover from a write error of its own: its close flushes again, fails again and leaves the file open
+    inside the library, which then crashes the interpreter (a segfault at exit, "closed twice"). Behind this sink
+    HDF5 never sees the error, its state stays whole, and ``ShardWriter`` raises the kept error itself after the
+    write and deletes the (garbage) file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path, "w+")
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                written = self._write_some(view[done:])
+            except OSError as error:
+                self.error = error
+                break
+            if not written:
+                self.error = OSError(errno.EIO, "the disk took no bytes")
+                break
+            done += written
+        return len(view)
+
+    def _write_some(self, view: memoryview) -> int:
+        """One ``write`` of the OS (it may take part of ``view``)."""
+        return super().write(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as error:
+                self.error = error
+        return self.tell() if size is None else size
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                super().flush()
+            except OSError as error:
+                self.error = error
+
+    def sync(self) -> None:
+        """``fsync``: a disk that fails late (a network filesystem, delayed allocation) says so here."""
+        self.flush()
+        if self.error is None:
+            try:
+                os.fsync(self.fileno())
+            except OSError as error:
+                self.error = error
+
+
+@contextmanager
+def fail_safe_h5(path: str | Path, **kwargs: Any) -> Iterator[h5py.File]:
+    """An HDF5 file written through a ``FailSafeFile`` for the ``with`` block: a write error (a full disk) raises
+    one ``ShardWriteError`` naming the file when the block ends, and the file is deleted, never closed twice."""
+    path = Path(path)
+    sink = FailSafeFile(path)
+    file: h5py.File | None = None
+    try:
+        file = h5py.File(sink, "w", **kwargs)
+        yield file
+        file.close()
+        file = None
+        sink.sync()
+        if sink.error is not None:
+            raise ShardWriteError(f"{path}: {sink.error.strerror or sink.error} (errno {sink.error.errno}) while "
+                                  "writing it") from sink.error
+    except BaseException:
+        try:
+            if file is not None and file.id.valid:
+                file.close()  # its writes go nowhere after an error, so this close cannot fail in HDF5
+        except (OSError, RuntimeError, ValueError) as error:
+            log.debug("closing the discarded %s: %s", path, error)
+        sink.close()
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        sink.close()
 
 
 def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]], *, num_joints: int, t_p: int,

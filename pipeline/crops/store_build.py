@@ -48,6 +48,7 @@ import numpy as np
 from pipeline.video import crop
 from pipeline.video import reader as video
 from pipeline.cache.failures import write_failures
+from pipeline.cache.writer import fail_safe_h5
 from pipeline.contracts import PROBLEM_COLUMN
 from pipeline.utils.fileio import atomic_write_json, atomic_write_text
 from pipeline.cache.layout import (
@@ -218,7 +219,7 @@ def run_shard(config: StoreConfig, index: int, manifest: str | Path, data_root: 
     """
     root = resolve_data_root(manifest, data_root)
     failures: list[tuple[str, str, str]] = []
-    with h5py.File(out, "w") as f:
+    with fail_safe_h5(out) as f:  # a full disk: one ShardWriteError, the file deleted, no double close
         f.attrs.update(make_attrs(json.loads(config.to_json()), ""))
         for row in shard_rows(manifest, config.shard_size, index):
             sample_id = str(row["sample_id"])

@@ -42,6 +42,15 @@ def relative(path: Path | None, root: Path) -> str:
     return "" if path is None else printable(path.relative_to(root).as_posix())
 
 
+def real_path(path: Path) -> Path | None:
+    """``path.resolve()``, or None for a symlink loop (``resolve`` raises RuntimeError for one on Python < 3.13,
+    OSError on later ones): a loop is reported, never a traceback."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return None
+
+
 def walk(root: Path, report: ScanReport) -> Iterator[Path]:
     """Every file under ``root`` (sorted), following symlinked folders that stay inside it, each real folder once."""
     seen: set[tuple[int, int]] = set()
@@ -64,8 +73,12 @@ def walk(root: Path, report: ScanReport) -> Iterator[Path]:
         keep = []
         for name in sorted(dirnames):
             sub = here / name
-            if sub.is_symlink() and not sub.resolve().is_relative_to(root):
-                report.not_followed.append(f"{printable(relative(sub, root))} -> {printable(str(sub.resolve()))} "
+            real = real_path(sub) if sub.is_symlink() else sub
+            if real is None:
+                report.not_followed.append(f"{printable(relative(sub, root))} (a symlink loop)")
+                continue
+            if not real.is_relative_to(root):
+                report.not_followed.append(f"{printable(relative(sub, root))} -> {printable(str(real))} "
                                            "(outside DATA_ROOT)")
                 continue
             keep.append(name)

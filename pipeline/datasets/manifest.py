@@ -31,7 +31,7 @@ from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
 from pipeline.datasets.registry import DATASETS, DatasetSpec, get_dataset
 from pipeline.utils.fileio import atomic_path, atomic_write_json
 from pipeline.utils.progress import show_progress
-from pipeline.datasets.files import SampleFiles, ScanReport, printable, relative
+from pipeline.datasets.files import SampleFiles, ScanReport, printable, real_path, relative
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,11 @@ def _file_problem(path: Path | None, what: str, root: Path) -> str:
         return f"{what} missing"
     if printable(str(path)) != str(path):
         return f"{what} path is not valid UTF-8 (written escaped; rename the file)"
-    if not path.resolve().is_relative_to(root):
-        return f"{what} resolves to {printable(str(path.resolve()))}, outside DATA_ROOT"
+    real = real_path(path)
+    if real is None:
+        return f"{what} is a symlink loop"
+    if not real.is_relative_to(root):
+        return f"{what} resolves to {printable(str(real))}, outside DATA_ROOT"
     try:
         info = path.stat()
     except OSError as err:
@@ -118,8 +121,8 @@ def scan(dataset: str, data_root: str | Path, *, validate: bool = False, missing
         FileNotFoundError: when ``data_root`` is not a folder.
     """
     spec = get_dataset(dataset)
-    root = Path(data_root).resolve()
-    if not root.is_dir():
+    root = real_path(Path(data_root))
+    if root is None or not root.is_dir():
         raise FileNotFoundError(f"DATA_ROOT {data_root} is not a folder")
     report = ScanReport()
     found = spec.find_samples(root, report)
@@ -157,14 +160,17 @@ def inside_root(data_root: str | Path, relative: str) -> Path:
     """``data_root / relative``, refused when it would leave DATA_ROOT.
 
     Raises:
-        ValueError: an empty, absolute or ``..`` path, or one that resolves (through a symlink) outside the root.
+        ValueError: an empty, absolute or ``..`` path, one that resolves (through a symlink) outside the root, or a
+            symlink loop.
     """
     root = Path(data_root)
     rel = PurePosixPath(relative)
     if not relative or rel.is_absolute() or ".." in rel.parts:
         raise ValueError(f"path {relative!r} is empty, absolute or uses '..'; manifest paths stay inside DATA_ROOT")
     path = root / rel
-    real = path.resolve()
+    real = real_path(path)
+    if real is None:
+        raise ValueError(f"path {relative!r} is a symlink loop")
     if not real.is_relative_to(root.resolve()):
         raise ValueError(f"path {relative!r} resolves to {real}, outside DATA_ROOT {root.resolve()} (a symlink?)")
     return path
@@ -219,12 +225,18 @@ def _row_problem(spec: DatasetSpec, row: dict[str, str]) -> str:
         return f"sample_id is not a {spec.name} id: {err}"
     if info.action != row["action"]:
         return f"sample_id {row['sample_id']!r} is of action {info.action!r}, the row says {row['action']!r}"
+    for protocol, official in info.splits.items():  # an edited official split would train on test clips
+        if protocol in row and row[protocol] != official:
+            return (f"column {protocol!r} says {row[protocol]!r}, but the official {spec.name} {protocol} split of "
+                    f"{row['sample_id']!r} is {official!r}; put a split of your own in a column of its own name "
+                    "(docs/datasets.md)")
     return ""
 
 
 def check_rows(df: pd.DataFrame, path: Path, spec: DatasetSpec) -> None:
     """Refuse a manifest whose content contradicts its dataset: another dataset's rows, duplicated sample ids,
-    labels that are not integers or out of range, actions that are not the label's class, ids of another form.
+    labels that are not integers or out of range, actions that are not the label's class, ids of another form,
+    an official protocol column (``cs``, ``cv``, ...) whose value is not the one the sample id gives.
 
     Raises:
         ValueError: one line naming the file, the line (the header is line 1) and what is wrong.

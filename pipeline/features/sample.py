@@ -40,6 +40,7 @@ from pipeline.datasets import pose_pickle
 from pipeline.datasets import poses
 from pipeline.datasets.ntu import SkeletonFormatError
 from pipeline.datasets.registry import DatasetSpec
+from pipeline.utils.fileio import is_transient
 from pipeline.video import crop
 from pipeline.video import reader as video
 
@@ -72,7 +73,8 @@ class SampleError(Exception):
 
 
 ENVIRONMENT_STAGE = "environment"
-"""The failure stage of a sample whose files could not be reached (missing, unreadable): retried by the next run."""
+"""The failure stage of a sample whose files could not be reached (missing, unreadable) or that met a passing fault
+of the machine (``MemoryError``, a full disk, an I/O error, an interrupted call): retried by the next run."""
 
 
 def sample_path(data_root: Path, row: Mapping[str, str], column: str) -> Path:
@@ -168,6 +170,8 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
         try:
             joints3d = pose_pickle.read_pose_file(row[pose_pickle.POSES_PATH], row[pose_pickle.POSES_SHA256], row["sample_id"])
         except (KeyError, ValueError, OSError) as err:
+            if is_transient(err):
+                raise
             raise SampleError("skeleton", f"pose file {row[pose_pickle.POSES_PATH]}: {err}") from None
         problem = input_bounds.pose_problem(joints3d, spec)
         if problem:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -339,7 +340,8 @@ def load_weights(model: InceptionI3d, path: str | Path) -> None:
         path: File written by ``torch.save(state_dict)``, or a fine-tune checkpoint.
 
     Raises:
-        ValueError: The file is unreadable, not a state dict, or its keys/shapes do not match the model.
+        ValueError: The file is unreadable, not a state dict, its keys/shapes do not match the model, or a tensor
+            holds NaN or inf (the message names the file and the tensors).
     """
     path = Path(path)
     try:
@@ -364,7 +366,22 @@ def load_weights(model: InceptionI3d, path: str | Path) -> None:
              if state[k].shape != v.shape]
     if wrong:
         raise ValueError(f"I3D weights {path} have wrong shapes: {_first(wrong)}")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise ValueError(f"I3D weights {path} hold NaN or infinite values in {bad}: every feature would be garbage")
     model.load_state_dict(state, strict=True)
+
+
+def nonfinite_tensors(state: Mapping[str, Any]) -> str:
+    """The first floating-point tensors of a state dict that hold NaN or inf, as ``name (n of size)`` ('' when all
+    are finite): weights that cannot produce a number, refused wherever weights are loaded."""
+    bad = []
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()})")
+    return _first(bad)
 
 
 def load_i3d(weights: str | Path | None, *, with_logits: bool = False, device: str | torch.device = "cpu",
@@ -372,8 +389,8 @@ def load_i3d(weights: str | Path | None, *, with_logits: bool = False, device: s
     """Build an InceptionI3d in eval mode and load its weights.
 
     Args:
-        weights: State-dict file (e.g. ``rgb_scratch.pt``). None or a missing file gives a random-init model
-            (seeded, so runs are repeatable) and a loud warning: its features are meaningless.
+        weights: State-dict file (e.g. ``rgb_scratch.pt``). None gives a random-init model (seeded, so runs are
+            repeatable) and a loud warning: its features are meaningless. A path that does not exist is an error.
         with_logits: Also build the Kinetics logits head (``final_endpoint="Logits"``).
         device: Where to put the model.
         seed: Seed of the random init (used only without weights; the global RNG is left untouched).
@@ -385,15 +402,17 @@ def load_i3d(weights: str | Path | None, *, with_logits: bool = False, device: s
         The model, in eval mode, on ``device``.
 
     Raises:
-        ValueError: The file exists but is corrupt or does not match the architecture.
+        FileNotFoundError: ``weights`` names no file.
+        ValueError: The file is corrupt, does not match the architecture, or holds NaN or inf.
     """
     cfg = I3DConfig(final_endpoint="Logits" if with_logits else "Mixed_5c")
-    if weights is None or not Path(weights).is_file():
-        reason = "no weights file was given" if weights is None else f"weights file {weights} does not exist"
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"I3D weights {weights} do not exist (give no weights for a random-init I3D)")
+    if weights is None:
         logger.warning(
-            "!!! I3D: %s. Using RANDOM-INIT weights (seed %d): features and logits will be MEANINGLESS. "
-            "Fine for tests and smoke runs only; pass the real weights (e.g. rgb_scratch.pt) for anything else. !!!",
-            reason, seed,
+            "!!! I3D: no weights file was given. Using RANDOM-INIT weights (seed %d): features and logits will be "
+            "MEANINGLESS. Fine for tests and smoke runs only; pass the real weights (e.g. rgb_scratch.pt) for "
+            "anything else. !!!", seed,
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

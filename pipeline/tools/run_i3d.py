@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.tools.run_i3d", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     feats = sub.add_parser("features", help="Mixed_5c features of (N, 3, T, 224, 224) clips in [-1, 1]")
-    feats.add_argument("--weights", type=Path, default=None, help="state-dict file; absent = random init (warns)")
+    feats.add_argument("--weights", type=Path, default=None, help="state-dict file; not given = random init (warns); a path that names no file is an error")
     feats.add_argument("--input", type=Path, required=True, help="float32 .npy (N, 3, T, 224, 224) in [-1, 1]")
     feats.add_argument("--output", type=Path, required=True, help="float32 .npy (N, 1024, ceil(T/8), 7, 7)")
     feats.add_argument("--batch-size", type=int, default=1)

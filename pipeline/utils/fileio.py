@@ -8,6 +8,7 @@ A file a reader may see is never half-written: writers fill a hidden temporary f
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -20,6 +21,27 @@ from typing import Any
 
 HASH_BLOCK = 4 << 20
 """Bytes read at a time when hashing a file."""
+TRANSIENT_ERRNOS: frozenset[int] = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE,
+    errno.ENFILE, errno.EMFILE, errno.EFBIG,
+})
+"""``OSError`` numbers of a passing fault of the machine (full disk, I/O error, no memory, interrupted call, stale
+NFS handle, too many open files), not of the data being read."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is a passing fault of the machine: ``MemoryError``,
+    ``InterruptedError``, or an ``OSError`` of ``TRANSIENT_ERRNOS``. Such an error says nothing about a sample, so
+    it is never recorded as the sample's fault; the next run retries it."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (MemoryError, InterruptedError)):
+            return True
+        if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def temp_path(path: str | os.PathLike) -> Path:

@@ -40,6 +40,7 @@ from pipeline.defaults import DEFAULT_BACKEND, DEFAULT_FALLBACK
 from pipeline.i3d.spec import CLIP_FRAMES
 from pipeline.datasets.bounds import frame_size_problem
 from pipeline.video.sampling import sample_frame_indices
+from pipeline.utils.fileio import is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -475,9 +476,20 @@ def open_video(
         try:
             return factory(path, threads=threads)
         except Exception as err:  # any backend failure moves on to the next backend
+            if passing_fault(err):
+                raise  # a passing fault (memory, disk, interrupted I/O) is no verdict on the file
             logger.warning("video backend %s could not open %s: %s", name, path, err)
             reasons.append(f"{name}: {_reason(err)}")
     raise DecodeError(path, "no backend could open it: " + "; ".join(reasons))
+
+
+def passing_fault(error: BaseException) -> bool:
+    """A fault of the machine while reading a video (``fileio.is_transient``), not of the file: never a fallback to
+    another backend, never a decode failure. FFmpeg's own errors carry an errno too (``EIO`` for some damaged
+    streams), so they count only as memory errors."""
+    if isinstance(error, av.FFmpegError) and not isinstance(error, MemoryError):
+        return False
+    return is_transient(error)
 
 
 def _first_success(
@@ -493,6 +505,8 @@ def _first_success(
             with factory(path, threads=threads) as reader:
                 return read(reader), name
         except Exception as err:  # a failing backend (DecodeError or a library error) falls back to the next
+            if passing_fault(err):
+                raise  # a passing fault (memory, disk, interrupted I/O) is no verdict on the file
             logger.warning("video backend %s failed on %s: %s", name, path, err)
             errors.append(err)
     if len(errors) == 1 and isinstance(errors[0], DecodeError):

@@ -145,7 +145,8 @@ class CachedClips(Dataset):
                 pose-shuffle diagnostic then moves them with the 3D poses, as the pose they are part of.
 
         Raises:
-            CacheError: missing or unreadable cache, wrong dataset, unknown protocol or split, empty split.
+            CacheError: missing or unreadable cache, wrong dataset, unknown protocol or split, empty split, or a
+                cache built for another protocol only (``CacheConfig.protocol``).
         """
         if split not in SPLITS:
             raise CacheError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -168,6 +169,11 @@ class CachedClips(Dataset):
             self.spec: DatasetSpec = get_dataset(name)
             if protocol not in self.spec.protocols:
                 raise CacheError(f"{name} has no protocol {protocol!r}; choose one of {sorted(self.spec.protocols)}")
+            built = config.get("protocol") or ""
+            if built and built != protocol:  # it holds the samples of `built` only: a subset of `protocol`'s
+                raise CacheError(f"{self.path} was built for {name} protocol {built!r} only (PROTOCOL={built} at "
+                                 f"make cache), so it holds a subset of {protocol!r}'s samples; build a cache with "
+                                 f"PROTOCOL={protocol} or PROTOCOL= (every sample)")
             self.class_names = self.spec.protocol_classes(protocol)
             splits = np.asarray(reader.splits(protocol)).astype(str)
             labels = self._protocol_labels(np.asarray(reader.actions).astype(str))

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from pipeline.utils.fileio import atomic_write_bytes
-from pipeline.i3d.model import InceptionI3d
+from pipeline.i3d.model import InceptionI3d, nonfinite_tensors
+from vpn_head.engine.config import FinetuneConfig, TrainConfig, saved_type_problem
 from vpn_head.model.config import VPNConfig
 from vpn_head.model.finetune_vpn import FinetuneVPN
 from vpn_head.model.vpn import VPN
@@ -87,7 +88,44 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[st
         raise CheckpointError(f"{path} holds no I3D weights; it is not a fine-tune checkpoint")
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path} is a {ckpt['kind']} checkpoint, not a {kind} one")
+    problem = content_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; it is damaged or was written from a diverged run")
     return ckpt
+
+
+def content_problem(ckpt: dict[str, Any]) -> str:
+    """Why a checkpoint's content (past its top-level keys) cannot be used, or '': the epoch an int, the configs
+    objects whose known fields have their types, the weights tensors that are all finite (NaN weights would score
+    every clip as class 0 and report a plausible number), the training state of the expected form."""
+    epoch = ckpt["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return f"epoch {epoch!r} is not a count of epochs"
+    for key in ("train_config", "vpn_config"):
+        if not isinstance(ckpt[key], dict):
+            return f"{key} is a {type(ckpt[key]).__name__}, not an object"
+    problem = saved_type_problem(FinetuneConfig if ckpt["kind"] == FINETUNE else TrainConfig, ckpt["train_config"])
+    if problem:
+        return f"train_config: {problem}"
+    for key in ("model", "i3d"):
+        if key not in ckpt:
+            continue
+        state = ckpt[key]
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            return f"{key} is not a state dict of tensors"
+        bad = nonfinite_tensors(state)
+        if bad:
+            return f"{key} weights hold NaN or infinite values in {bad}, so it cannot score anything"
+    progress = ckpt.get("progress")
+    if progress is not None:
+        if not isinstance(progress, dict) or not isinstance(progress.get("history", []), list):
+            return "progress is not an object with a history list"
+        best_epoch, done = progress.get("best_epoch", 0), progress.get("epoch", 0)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (best_epoch, done)) \
+                or not 0 <= best_epoch <= done or len(progress.get("history", [])) < best_epoch:
+            return f"progress epochs {done!r}/best {best_epoch!r} do not fit its history"
+    return ""
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:

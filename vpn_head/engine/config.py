@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +24,28 @@ EVAL_SPLITS: tuple[str, ...] = ("auto", "val", CARVED_VAL, "test")
 """Splits that may pick ``best.pt``: ``auto`` is the protocol's ``val``, else ``val_carved``."""
 
 
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,199}")
+"""A run name: one folder directly under RUNS_DIR (no ``/``, no leading dot or dash, at most 200 characters)."""
+
+
+def check_run_name(name: str) -> str:
+    """``name`` when it names one folder directly under RUNS_DIR; the one check every run name goes through
+    (``RUN=``, ``--config`` replay, an experiment's generated names, ``make eval``/``make report``).
+
+    Raises:
+        ValueError: one line naming the bad name (``.``, ``..``, ``../x``, ``a/b``, a hidden or empty name).
+    """
+    if not isinstance(name, str) or not RUN_NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"run name {name!r} is not one folder under RUNS_DIR: use letters, digits and ._+=,@- "
+                         "(not starting with . or -, no /, at most 200 characters)")
+    return name
+
+
+def run_folder(runs_dir: str | Path, name: str) -> Path:
+    """``<runs_dir>/<name>`` for a valid run name (``check_run_name``)."""
+    return Path(runs_dir) / check_run_name(name)
+
+
 def is_int(value: Any, minimum: int) -> bool:
     """An int (not a bool) of at least ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
@@ -28,6 +54,59 @@ def is_int(value: Any, minimum: int) -> bool:
 def is_number(value: Any) -> bool:
     """A finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def type_matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the annotated type ``hint`` exactly as JSON and argparse give it: a bool is no int, a
+    string is no bool or number (``"false"`` is not ``False``), an int is a float."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(type_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (dict, Mapping):
+        return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+    return isinstance(value, origin or hint)
+
+
+def check_types(config: Any) -> None:
+    """Check every field of the dataclass instance ``config`` against its annotation (``type_matches``), so that a
+    value of the wrong type from any source (a ``CONFIG=`` file, a saved run, code) is refused, not coerced.
+
+    Raises:
+        ValueError: one line naming every field of the wrong type, its value and the type it needs.
+    """
+    hints = typing.get_type_hints(type(config))
+    bad = [f"{f.name}={getattr(config, f.name)!r} (needs {_type_name(hints[f.name])})"
+           for f in dataclasses.fields(config) if not type_matches(getattr(config, f.name), hints[f.name])]
+    if bad:
+        raise ValueError(f"{type(config).__name__} value(s) of the wrong type: {', '.join(bad)}")
+
+
+def saved_type_problem(cls: type, values: Mapping[str, Any]) -> str:
+    """Why the saved fields ``values`` of the config dataclass ``cls`` cannot be trusted, or '': each field it
+    knows must have its annotated type (fields it does not know are left to the caller: old runs are readable)."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    bad = [f"{k}={v!r}"[:80] for k, v in values.items() if k in known and k != "augment"
+           and not type_matches(v, hints[k])]
+    if "augment" in values and "augment" in known and not isinstance(values["augment"], Mapping):
+        bad.append(f"augment={values['augment']!r}"[:80])
+    return f"value(s) of the wrong type: {', '.join(bad)}" if bad else ""
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    return "null" if hint is type(None) else getattr(typing.get_origin(hint) or hint, "__name__", str(hint))
 
 
 def reject_unknown_fields(cls: type, values: Mapping[str, Any]) -> None:
@@ -109,8 +188,11 @@ def check_fields(config: TrainerConfig, extra: dict[str, bool]) -> None:
     """Check the optimisation fields both trainers' configs have, plus ``extra`` (field -> ok).
 
     Raises:
-        ValueError: naming every bad field and its value.
+        ValueError: naming every field of the wrong type (``check_types``), else every bad field and its value.
     """
+    check_types(config)
+    if config.run_name:
+        check_run_name(config.run_name)
     checks = {
         "epochs": is_int(config.epochs, 1), "batch_size": is_int(config.batch_size, 1),
         "lr_step": is_int(config.lr_step, 1), "num_workers": is_int(config.num_workers, 0),
@@ -166,7 +248,7 @@ class TrainConfig(TrainerConfig):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.runs_dir) / (self.run_name or default_run_name(self.dataset, self.protocol, self.variant))
+        return run_folder(self.runs_dir, self.run_name or default_run_name(self.dataset, self.protocol, self.variant))
 
     def vpn_config(self) -> VPNConfig:
         """The model config: dataset facts + ``variant`` + ``model`` overrides (validated)."""
@@ -174,6 +256,7 @@ class TrainConfig(TrainerConfig):
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
+        check_types(self)
         get_dataset(self.dataset).protocol_classes(self.protocol)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
@@ -211,7 +294,7 @@ class FinetuneConfig(TrainerConfig):
         manifest: manifest CSV; empty: ``manifests/<dataset>.csv``.
         data_root: folder the manifest's paths are relative to; empty: from the manifest's side file.
         init: head run directory to start the head from; empty: a new head (warns).
-        i3d_weights: I3D state-dict file; empty: random init (warns loudly).
+        i3d_weights: I3D state-dict file; empty: random init (warns loudly); a path that names no file is refused.
         pixels: where clips are decoded (``pipeline.crops.store.PIXELS_CHOICES``): ``auto`` reads the cache's
             person-crop store (``make crops``) when one holds the box jitter, else the source videos.
 
@@ -244,7 +327,7 @@ class FinetuneConfig(TrainerConfig):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.runs_dir) / (self.run_name or f"{self.dataset}_{self.protocol}_finetune")
+        return run_folder(self.runs_dir, self.run_name or f"{self.dataset}_{self.protocol}_finetune")
 
     @property
     def manifest_path(self) -> Path:
@@ -262,12 +345,16 @@ class FinetuneConfig(TrainerConfig):
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
+        check_types(self)
         get_dataset(self.dataset).protocol_classes(self.protocol)
         positive = ("per_gpu_batch", "clip_len", "crop_size", "eval_clips", "eval_crop_size")
         check_fields(self, {**{n: is_int(getattr(self, n), 1) for n in positive},
                             "variant": self.variant in ("", *VARIANTS), "pixels": self.pixels in PIXELS_CHOICES})
         if self.init and self.model:
             raise ValueError("model overrides apply to a new head only; the head of --init keeps its config")
+        if self.i3d_weights and not Path(self.i3d_weights).is_file():
+            raise ValueError(f"I3D_WEIGHTS {self.i3d_weights} does not exist (leave it empty for a random-init I3D)")
+        check_types(self.augment)
         self.augment.validate()
 
     @classmethod
@@ -275,6 +362,7 @@ class FinetuneConfig(TrainerConfig):
         """Inverse of ``to_dict`` (``augment`` may be a dict)."""
         values = dict(values)
         if isinstance(values.get("augment"), Mapping):
+            reject_unknown_fields(AugmentConfig, values["augment"])
             values["augment"] = AugmentConfig(**values["augment"])
         return super().from_dict(values)
 

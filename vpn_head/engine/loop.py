@@ -1,8 +1,10 @@
 """The training engine both trainers configure: run folder, resume, the epoch loop, checkpoints and logs.
 
 A trainer (``vpn_head.train.head``: the head on cached features; ``vpn_head.train.finetune``: I3D + head on pixels) builds
-its data, model and optimizer, describes them in a ``Run`` and calls ``prepare_run_dir``, ``resume`` and ``fit``:
+its data, model and optimizer, describes them in a ``Run`` and calls ``lock_run``, ``prepare_run_dir``, ``resume`` and
+``fit``:
 
+- ``lock_run``: one trainer per run folder (``RunLock``, an ``flock`` beside it, as the cache build has).
 - ``prepare_run_dir``: ``runs/<name>/config.json`` holds ``{<section>: trainer config, "model": VPNConfig}``
   (and the head trainer's ``"cache"``: the cache folder and its hash); an existing folder of another experiment,
   or one trained on another cache, is refused (``RunConfigError``) unless ``force_new`` moves it aside.
@@ -23,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import parametrize
 
 from pipeline.utils.fileio import atomic_write_csv, atomic_write_json
+from pipeline.utils.lock import FolderLock
 from pipeline.utils.progress import show_progress
 from vpn_head.engine.checkpoints import (
     FINETUNE, HEAD, CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint,
@@ -62,6 +65,32 @@ POSTFIX_EVERY = 10
 
 class RunConfigError(ValueError):
     """A run directory holds a different experiment than the one requested."""
+
+
+class RunBusyError(RunConfigError):
+    """Another process is training the same run folder."""
+
+
+class RunLock(FolderLock):
+    """One trainer per run folder at a time: an ``flock`` on ``<runs_dir>/.<run>.lock`` (beside the folder, so that
+    ``--force-new`` can move the folder aside while holding it), released by the kernel when the trainer exits.
+
+    Raises:
+        RunBusyError: on ``__enter__``, when another process trains the run.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        super().__init__(self.run_dir.parent / f".{self.run_dir.name}.lock")
+
+    def busy(self, holder: str) -> Exception:
+        return RunBusyError(f"run {self.run_dir} is being trained by {holder}; wait for it to finish or choose "
+                            "another RUN=")
+
+
+def lock_run(run_dir: Path, ctx: DistContext = DistContext()) -> AbstractContextManager:
+    """The run lock of ``run_dir`` for the process that writes it (rank 0); other ranks hold nothing."""
+    return RunLock(run_dir) if ctx.is_main else nullcontext()
 
 
 class NonFiniteLossError(ValueError):

@@ -47,7 +47,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: Any, model_h
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, section: str,
                            renames: dict[str, str], nested: tuple[str, ...] = ()) -> argparse.Namespace:
     """Parse ``argv``; with ``--config runs/<name>/config.json`` a recorded run's values become the defaults, so
-    the options given on the command line override the file.
+    the options given on the command line override the file. The file's values are taken as they are written,
+    not converted: the config's ``validate`` (``vpn_head.engine.config.check_types``) refuses a value of the wrong
+    type (``"amp": "false"``) in one line.
 
     Args:
         parser: the command's parser (``--config`` is added to it).
@@ -65,6 +67,11 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | No
             recorded = json.loads(Path(path).read_text())[section]
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"--config {path}: not a {section} run's config.json ({type(error).__name__}: {error})")
+        if not isinstance(recorded, dict):
+            parser.error(f"--config {path}: its {section!r} entry is a {type(recorded).__name__}, not an object")
+        bad = [key for key in ("model", *nested) if key in recorded and not isinstance(recorded[key], dict)]
+        if bad:
+            parser.error(f"--config {path}: field(s) {bad} must be objects of KEY: VALUE")
         defaults: dict[str, Any] = {}
         for key, value in recorded.items():
             if key in nested:
@@ -75,6 +82,10 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | No
         unknown = sorted(set(defaults) - set(actions))
         if unknown:
             parser.error(f"--config {path}: fields {unknown} have no option here (a config of another version?)")
+        strings = sorted(f"{dest}={value!r}" for dest, value in defaults.items()
+                         if isinstance(value, str) and actions[dest].type in (int, float))
+        if strings:  # argparse would convert a string default: the file's values are taken as they are typed
+            parser.error(f"--config {path}: {', '.join(strings)} must be numbers, not strings")
         parser.set_defaults(**defaults)
         for dest in defaults:
             actions[dest].required = False

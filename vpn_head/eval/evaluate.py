@@ -28,7 +28,7 @@ from vpn_head.engine.board import write_eval
 from vpn_head.engine.checkpoints import (
     CHECKPOINT_NAMES, FINETUNE, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint,
 )
-from vpn_head.engine.config import default_run_name
+from vpn_head.engine.config import default_run_name, run_folder
 from vpn_head.data.clips import CachedClips, resolve_cache
 from vpn_head.eval.finetune import evaluate_finetuned
 from vpn_head.engine.metrics import summarise, top1_accuracy, video_scores
@@ -82,6 +82,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         return evaluate_finetuned(run_dir, split=split, checkpoint=checkpoint, out_dir=out_dir)
     model = model_from_checkpoint(ckpt, ckpt_path)
     train_config = ckpt["train_config"]
+    if "dataset" not in train_config or "protocol" not in train_config:
+        raise CheckpointError(f"{ckpt_path}: its train_config names no dataset and protocol; it is damaged")
     dataset, protocol = train_config["dataset"], train_config["protocol"]
     cache_path = resolve_cache(cache if cache is not None else _trained_on(run_dir, train_config), dataset)
     uses_pose = model.config.variant != "i3d"
@@ -94,6 +96,9 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     record: dict[str, np.ndarray] = {}
     probs, labels, rows = score_clips(model, make_loader(clips, batch_size, num_workers, torch_device),
                                       torch_device, amp, record=record if uses_pose else None)
+    if not np.isfinite(probs).all():  # never report a number from scores that are not numbers
+        raise CheckpointError(f"{ckpt_path}: the model scores {int((~np.isfinite(probs)).any(axis=1).sum())} of "
+                              f"{len(probs)} {split} clips as NaN or inf; no accuracy can be reported from it")
     sample_ids = clips.sample_ids_of(rows)
     diagnostics: dict[str, Any] = {}
     if uses_pose:
@@ -182,15 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="where the manifest's paths start (default: its side file)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.run_dir:
-        run_dir = Path(args.run_dir)
-    elif args.run:
-        run_dir = Path(args.runs_dir) / args.run
-    elif args.dataset and args.protocol:
-        run_dir = Path(args.runs_dir) / default_run_name(args.dataset, args.protocol, args.variant)
-    else:
+    if not (args.run_dir or args.run or (args.dataset and args.protocol)):
         parser.error("give --run-dir, --run, or --dataset and --protocol")
     try:
+        run_dir = (Path(args.run_dir) if args.run_dir else
+                   run_folder(args.runs_dir, args.run or default_run_name(args.dataset, args.protocol, args.variant)))
         metrics = evaluate_run(run_dir, args.split, args.checkpoint, args.cache, args.out, args.batch_size,
                                args.num_workers, args.device, args.probabilities, args.shuffle_poses,
                                args.manifest, args.data_root)

@@ -48,6 +48,7 @@ from vpn_head.engine.checkpoints import (
 )
 from vpn_head.data.clips import SPLITS, CachedClips, resolve_cache
 from vpn_head.eval.evaluate import evaluate_run
+from vpn_head.engine.config import run_folder
 from vpn_head.engine.metrics import per_class_accuracy
 from vpn_head.report.figures import (
     ReportError, new_figure, plot_attention, plot_per_class_accuracy, plot_training_curves, save_png,
@@ -338,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.samples < 0 or args.tsne_clips < 0:
         parser.error(f"--samples and --tsne-clips must be >= 0, got {args.samples} and {args.tsne_clips}")
-    run_dir = Path(args.runs_dir) / args.run
     try:
+        run_dir = run_folder(args.runs_dir, args.run)
         figures = make_report(run_dir, args.split, args.samples, args.checkpoint, args.cache, args.manifest,
                               args.data_root, args.tsne_clips)
     except (ReportError, CacheError, CheckpointError, ValueError, OSError) as error:

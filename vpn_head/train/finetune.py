@@ -60,7 +60,7 @@ from vpn_head.eval.finetune import PREFETCH, evaluate_finetuned, score_split
 from vpn_head.model.finetune_vpn import FinetuneVPN
 from vpn_head.model.vpn import VPN
 from vpn_head.data.pixels import PixelClips, StepSampler, sample_paths
-from vpn_head.runtime import init_distributed, loss_scaler, make_loader, seed_everything
+from vpn_head.runtime import DistContext, init_distributed, loss_scaler, make_loader, seed_everything
 from vpn_head.data.splits import CARVED_VAL
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,12 @@ def finetune(config: FinetuneConfig, force_new: bool = False) -> dict[str, Any]:
     """
     config.validate()
     ctx, device = init_distributed(config.device)
+    with engine.lock_run(config.run_dir, ctx):
+        return _finetune(config, force_new, ctx, device)
+
+
+def _finetune(config: FinetuneConfig, force_new: bool, ctx: DistContext, device: torch.device) -> dict[str, Any]:
+    """``finetune`` under the run lock (held by rank 0)."""
     accum = accumulation_steps(config.batch_size, config.per_gpu_batch, ctx.world_size)
     amp = config.amp if config.amp is not None else device.type == "cuda"
     cache = resolve_cache(config.cache, config.dataset)

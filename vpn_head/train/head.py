@@ -147,6 +147,12 @@ def train(config: TrainConfig, force_new: bool = False) -> dict[str, Any]:
         CheckpointError: ``last.pt`` is damaged or does not fit the model.
     """
     config.validate()
+    with engine.lock_run(config.run_dir):
+        return _train(config, force_new)
+
+
+def _train(config: TrainConfig, force_new: bool) -> dict[str, Any]:
+    """``train`` under the run lock."""
     vpn_config = config.vpn_config()
     device = resolve_device(config.device)
     amp = config.amp if config.amp is not None else device.type == "cuda"

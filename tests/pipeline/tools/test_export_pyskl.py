@@ -131,7 +131,7 @@ def test_export_from_a_cache_writes_its_poses(tmp_path):
     merge_shards([tmp_path / "c" / "shard_00000.h5"], tmp_path / "c" / "cache.h5")
     classes = get_dataset("ntu60").classes
     rows = [{"sample_id": s, "dataset": "ntu60", "video_path": "", "skeleton_path": "", "label": str(l),
-             "action": classes[l], "subject": "1", "view": "1", "setup": "1", "cs": "train", "cv": "", "problem": ""}
+             "action": classes[l], "subject": "1", "view": "1", "setup": "1", "cs": "train", "cv": "test", "problem": ""}
             for s, l in zip(records[0].sample_ids, records[0].labels)]
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     data = pyskl.export(tmp_path / "m.csv", tmp_path / "c.pkl", cache=tmp_path / "c")

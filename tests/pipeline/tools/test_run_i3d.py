@@ -22,8 +22,8 @@ def test_cli_features_round_trip(tmp_path, random_model: InceptionI3d) -> None:
     x = (np.random.default_rng(0).random((2, 3, 9, 224, 224), dtype=np.float32) * 2 - 1)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "sub" / "y.npy"
-    argv = ["features", "--weights", str(tmp_path / "absent.pt"), "--input", str(tmp_path / "x.npy"),
-            "--output", str(out), "--batch-size", "2"]
+    argv = ["features", "--input", str(tmp_path / "x.npy"), "--output", str(out), "--batch-size", "2"]
+    assert run_i3d.main([*argv[:1], "--weights", str(tmp_path / "absent.pt"), *argv[1:]]) == 1
     assert run_i3d.main(argv) == 0
     y = np.load(out)
     assert y.dtype == np.float32 and y.shape == (2, 1024, 2, 7, 7)
