@@ -171,6 +171,15 @@ def _init_decode_worker(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def _batch(pending: Sequence[tuple[PreparedSample, int]]) -> torch.Tensor:
+    """The pending clips as one tensor: a view of the sample's clips when they are one sample's consecutive
+    clips (no 38.5 MB copy per clip), else stacked."""
+    sample, first = pending[0]
+    if all(s is sample and c == first + i for i, (s, c) in enumerate(pending)):
+        return sample.clips[first:first + len(pending)]  # (B, 3, T, S, S)
+    return torch.stack([s.clips[c] for s, c in pending])  # (B, 3, T, S, S)
+
+
 @dataclass
 class ShardStats:
     """What one shard did, for the run log."""
@@ -221,7 +230,7 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
         features that do not fit float16 is written to failures instead, with none of its clips."""
         if not pending:
             return
-        batch = torch.stack([sample.clips[c] for sample, c in pending])  # (B, 3, 64, 224, 224)
+        batch = _batch(pending)  # (B, 3, 64, 224, 224)
         t0 = time.perf_counter()
         feats = clip_features(model, batch, config, batch_size=batch_size, device=device)
         stats.i3d_seconds += time.perf_counter() - t0

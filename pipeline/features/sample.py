@@ -186,8 +186,8 @@ def prepare_sample(row: Mapping[str, str], data_root: Path, spec: DatasetSpec, c
         joints2d[c] = skeleton.joints2d[skel_frames]
         boxes[c] = _clip_box(skeleton.joints2d, skel_frames, (width, height), config.crop_pad)
         try:
-            clips[c] = torch.from_numpy(crop.crop_and_resize(sampled.frames[c], view.box(boxes[c]),
-                                                                  config.crop_size))
+            crop.crop_and_resize(sampled.frames[c], view.box(boxes[c]), config.crop_size, area_from=view.area_from,
+                                 out=clips[c].numpy())  # (3, clip_len, S, S), written in place
         except (ValueError, RuntimeError) as err:
             raise SampleError("crop", str(err)) from None
         pose_frames = poses.align_frames(sampled.indices[c], sampled.num_frames, len(joints3d))

@@ -94,59 +94,74 @@ def box_to_pixels(box: np.ndarray, frame_w: int, frame_h: int) -> tuple[int, int
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
-def to_uint8_crops(frames: np.ndarray, box: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+def to_uint8_crops(frames: np.ndarray, box: np.ndarray, size: int = CROP_SIZE, *, area_from: float = 1.0,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """Crop every frame to ``box`` (rounded by ``box_to_pixels``) and resize to ``size x size``.
 
-    ``cv2.INTER_AREA`` when the crop is at least ``size`` pixels both ways (shrinking), ``cv2.INTER_LINEAR``
-    otherwise (growing).
+    ``cv2.INTER_AREA`` when the crop is at least ``area_from * size`` pixels both ways (shrinking),
+    ``cv2.INTER_LINEAR`` otherwise (growing, or, with ``area_from > 1``, shrinking by less than ``area_from``:
+    the person-crop store's frames are already near ``size``, ``pipeline.crops.store.StoreView.area_from``).
 
     Args:
         frames: uint8 ``(T, H, W, 3)`` RGB.
         box: ``(x0, y0, x1, y1)`` from ``clip_box``.
         size: Output side.
+        area_from: shrink factor from which ``INTER_AREA`` is used (1: every shrink, the source path).
+        out: uint8 ``(T, size, size, 3)`` to write into (a new array when None).
 
     Returns:
-        uint8 ``(T, size, size, 3)`` RGB.
+        uint8 ``(T, size, size, 3)`` RGB (``out`` when given).
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     x0, y0, x1, y1 = box_to_pixels(box, frames.shape[2], frames.shape[1])
     crops = frames[:, y0:y1, x0:x1]  # (T, h, w, 3)
-    shrinking = crops.shape[1] >= size and crops.shape[2] >= size
+    shrinking = crops.shape[1] >= area_from * size and crops.shape[2] >= area_from * size
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    out = np.empty((len(frames), size, size, 3), np.uint8)  # (T, size, size, 3)
+    if out is None:
+        out = np.empty((len(frames), size, size, 3), np.uint8)  # (T, size, size, 3)
+    elif out.shape != (len(frames), size, size, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be contiguous uint8 {(len(frames), size, size, 3)}, got {out.dtype} {out.shape}")
     for crop, dst in zip(crops, out):
         cv2.resize(crop, (size, size), dst=dst, interpolation=interpolation)
     return out
 
 
-def normalize_crops(crops: np.ndarray) -> np.ndarray:
+def normalize_crops(crops: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 ``(T, S, S, 3)`` RGB crops to the I3D input layout: float32 ``(3, T, S, S)`` with ``x / 127.5 - 1``.
 
     Args:
         crops: uint8 ``(T, S, S, 3)``.
+        out: float32 ``(3, T, S, S)`` to write into (a new array when None), e.g. a clip of a preallocated tensor.
 
     Returns:
-        float32 ``(3, T, S, S)`` in ``[-1, 1]``.
+        float32 ``(3, T, S, S)`` in ``[-1, 1]`` (``out`` when given).
     """
-    out = np.empty((3, *crops.shape[:3]), np.float32)  # (3, T, S, S)
+    shape = (3, *crops.shape[:3])
+    if out is None:
+        out = np.empty(shape, np.float32)  # (3, T, S, S)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
     np.divide(crops.transpose(3, 0, 1, 2), np.float32(127.5), out=out)
     out -= 1.0
     return out
 
 
-def crop_and_resize(frames: np.ndarray, box: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+def crop_and_resize(frames: np.ndarray, box: np.ndarray, size: int = CROP_SIZE, *, area_from: float = 1.0,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Crop, resize and normalise a clip for I3D (``to_uint8_crops`` then ``normalize_crops``).
 
     Args:
         frames: uint8 ``(T, H, W, 3)`` RGB.
         box: ``(x0, y0, x1, y1)`` from ``clip_box``.
         size: Output side.
+        area_from: ``to_uint8_crops``'s shrink factor from which ``INTER_AREA`` is used.
+        out: float32 ``(3, T, size, size)`` to write into (a new array when None).
 
     Returns:
-        float32 ``(3, T, size, size)`` in ``[-1, 1]``, RGB.
+        float32 ``(3, T, size, size)`` in ``[-1, 1]``, RGB (``out`` when given).
     """
-    return normalize_crops(to_uint8_crops(frames, box, size))
+    return normalize_crops(to_uint8_crops(frames, box, size, area_from=area_from), out=out)
 
 
 def jitter_reach(box: np.ndarray, frame_w: int, frame_h: int, scale: float, shift: float) -> np.ndarray:

@@ -177,7 +177,8 @@ class PixelClips(Dataset):
         box = self.boxes[index]
         if aug is not None and (aug.box_scale or aug.box_shift):
             box = jitter_box(box, width, height, rng, aug.box_scale, aug.box_shift)
-        crops = crop.to_uint8_crops(frames, view.box(box), self.crop_size)  # (T, S, S, 3)
+        crops = crop.to_uint8_crops(frames, view.box(box), self.crop_size,
+                                    area_from=view.area_from)  # (T, S, S, 3)
         if np.array_equal(indices, cached):
             poses = self.cached_poses(index)  # (2, 3, J, t_p)
         else:

@@ -173,3 +173,50 @@ def test_normalize_crops_maps_every_value_exactly() -> None:
 def test_to_uint8_crops_rejects_float_frames() -> None:
     with pytest.raises(ValueError, match="uint8"):
         to_uint8_crops(np.zeros((2, 10, 10, 3), np.float32), np.array([0, 0, 5, 5]))
+
+
+def reference_crop_and_resize(frames: np.ndarray, box: np.ndarray, size: int = 224) -> np.ndarray:
+    """The source path's crop as it was written before ``out=`` / ``area_from``: the bits a source cache holds."""
+    import cv2
+
+    x0, y0, x1, y1 = box_to_pixels(box, frames.shape[2], frames.shape[1])
+    crops = frames[:, y0:y1, x0:x1]
+    interpolation = cv2.INTER_AREA if crops.shape[1] >= size and crops.shape[2] >= size else cv2.INTER_LINEAR
+    resized = np.stack([cv2.resize(c, (size, size), interpolation=interpolation) for c in crops])
+    return (resized.transpose(3, 0, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)).astype(np.float32)
+
+
+@pytest.mark.parametrize("box", [[100.3, 20.0, 700.9, 620.6], [10, 10, 250, 250], [30.2, 40.7, 150.1, 160.6]])
+def test_source_crops_are_bit_identical_with_or_without_out(box: list[float]) -> None:
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (4, 640, 720, 3), np.uint8)
+    box = np.array(box, np.float32)
+    expected = reference_crop_and_resize(frames, box)
+    np.testing.assert_array_equal(crop_and_resize(frames, box), expected)
+    out = np.full((3, 4, 224, 224), np.nan, np.float32)
+    assert crop_and_resize(frames, box, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    crops = to_uint8_crops(frames, box)
+    assert normalize_crops(crops, out=np.empty((3, 4, 224, 224), np.float32)).tobytes() == expected.tobytes()
+
+
+def test_area_from_picks_linear_for_a_near_size_shrink_and_area_beyond() -> None:
+    import cv2
+
+    rng = np.random.default_rng(6)
+    frames = rng.integers(0, 256, (2, 600, 600, 3), np.uint8)
+    near, far = np.array([0, 0, 256, 256], np.float32), np.array([0, 0, 500, 500], np.float32)
+    linear = np.stack([cv2.resize(f[:256, :256], (224, 224), interpolation=cv2.INTER_LINEAR) for f in frames])
+    area = np.stack([cv2.resize(f[:256, :256], (224, 224), interpolation=cv2.INTER_AREA) for f in frames])
+    np.testing.assert_array_equal(to_uint8_crops(frames, near, area_from=2.0), linear)  # 1.14x shrink: linear
+    np.testing.assert_array_equal(to_uint8_crops(frames, near), area)  # the source path: area for any shrink
+    far_area = np.stack([cv2.resize(f[:500, :500], (224, 224), interpolation=cv2.INTER_AREA) for f in frames])
+    np.testing.assert_array_equal(to_uint8_crops(frames, far, area_from=2.0), far_area)  # 2.2x: area again
+
+
+def test_out_of_the_wrong_shape_is_refused() -> None:
+    frames = np.zeros((2, 100, 100, 3), np.uint8)
+    with pytest.raises(ValueError, match="out must be"):
+        to_uint8_crops(frames, np.array([0, 0, 50, 50]), 32, out=np.empty((2, 32, 31, 3), np.uint8))
+    with pytest.raises(ValueError, match="out must be"):
+        crop_and_resize(frames, np.array([0, 0, 50, 50]), 32, out=np.empty((3, 2, 32, 32), np.float64))
