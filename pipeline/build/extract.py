@@ -119,6 +119,11 @@ def retried_by_rerun(stages: pd.Series, reasons: pd.Series) -> np.ndarray:
     return ((stages == ENVIRONMENT_STAGE) | legacy).to_numpy()
 
 
+MAX_SPARE_CLIPS = 8
+"""Clip tensors ``PreparedSamples`` keeps for reuse: at most what one flush frees (``batch_size`` clips' samples),
+so reuse never raises the peak memory of a shard."""
+
+
 class PreparedSamples(Dataset):
     """Manifest rows -> ``PreparedSample`` or ``SampleFailure`` (never raises), for a DataLoader's workers."""
 
@@ -129,6 +134,7 @@ class PreparedSamples(Dataset):
         self.config = config
         self.spec = get_dataset(config.dataset)
         self.store = None
+        self.spare: list[torch.Tensor] = []  # clip tensors handed back by ``recycle``
         if store is not None:
             try:
                 self.store = CropStore(store)
@@ -138,10 +144,17 @@ class PreparedSamples(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def recycle(self, clips: torch.Tensor) -> None:
+        """Hand back a sample's clips, which nothing reads any more, for the next sample to write into (in-process
+        loading only: a worker's tensors go to the main process through shared memory and must not be reused)."""
+        if len(self.spare) < MAX_SPARE_CLIPS:
+            self.spare.append(clips)
+
     def __getitem__(self, i: int) -> PreparedSample | SampleFailure:
         row = self.rows[i]
         try:
-            return prepare_sample(row, self.data_root, self.spec, self.config, self.store)
+            return prepare_sample(row, self.data_root, self.spec, self.config, self.store,
+                                  clips_out=self.spare.pop() if self.spare else None)
         except SampleError as err:
             return SampleFailure(row["sample_id"], err.stage, err.reason)
         except Exception as err:  # a bug or an unforeseen input must not kill the shard: record it
@@ -217,7 +230,8 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
         store: the crop store folder to read the pixels from (None: the source videos).
     """
     spec = get_dataset(config.dataset)
-    loader = DataLoader(PreparedSamples(rows, Path(data_root), config, store), batch_size=None, shuffle=False,
+    samples = PreparedSamples(rows, Path(data_root), config, store)
+    loader = DataLoader(samples, batch_size=None, shuffle=False,
                         num_workers=workers, collate_fn=_keep, prefetch_factor=2 if workers else None,
                         worker_init_fn=_init_decode_worker if workers else None, persistent_workers=False,
                         multiprocessing_context=DECODE_WORKER_START if workers else None)
@@ -246,6 +260,9 @@ def extract_shard(rows: Sequence[Mapping[str, str]], data_root: str | Path, conf
                               label=sample.label, action=sample.action, clip_index=c,
                               frame_indices=sample.frame_indices[c], box=sample.boxes[c], splits=sample.splits)
                 stats.clips += 1
+        if not workers:  # the features are computed and written: the clips' memory serves the next samples
+            for sample in {id(sample): sample for sample, _ in pending}.values():
+                samples.recycle(sample.clips)
         pending.clear()
 
     n_rows_max = len(rows) * config.clips_per_video

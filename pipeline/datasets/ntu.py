@@ -17,6 +17,7 @@ video has another size.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -311,12 +312,79 @@ class _Track:
             return float(np.stack(self.joints)[:, :, 0:3].astype(np.float32).var(axis=0).sum())  # as body_motion
 
 
+_PLAIN_NUMBERS = re.compile(r"[0-9eE+\-. \t]*")
+"""The characters of a well-formed file's joint lines: decimal numbers separated by spaces or tabs."""
+
+
+def _plain_int(text: str) -> int | None:
+    """``_Lines.take_int``'s integer, or None where it would raise."""
+    text = text.strip()
+    if not (text.isascii() and text.lstrip("-").isdigit()):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _parse_well_formed(lines: list[str]) -> tuple[int, list[_Track]] | None:
+    """``_parse``'s result for a file it accepts, with every joint value converted by one ``np.loadtxt`` (C
+    parsing, correctly rounded as ``float``) instead of a ``split`` and ``np.array`` per body; None on anything
+    unusual, which ``_parse`` then reads line by line to name the error. The same checks as ``_parse``: every joint
+    line has 12 fields, each a plain decimal number (no ``nan``, ``inf``, ``_`` or other characters), finite in
+    float32, with a tracking state of 0-2."""
+    try:
+        num_frames = _plain_int(lines[0])
+        if num_frames is None or not 0 <= num_frames <= MAX_FRAMES:
+            return None
+        pos, bodies = 1, []  # bodies: (frame, body id, first joint line)
+        for t in range(num_frames):
+            num_bodies = _plain_int(lines[pos])
+            if num_bodies is None or not 0 <= num_bodies <= MAX_BODIES_PER_FRAME:
+                return None
+            pos += 1
+            for _ in range(num_bodies):
+                info = lines[pos].split()
+                if (len(info) != BODY_INFO_FIELDS or not (info[0].isascii() and info[0].isdigit())
+                        or int(info[0]) >= 2**64 or _plain_int(lines[pos + 1]) != NUM_JOINTS):
+                    return None
+                bodies.append((t, int(info[0]), pos + 2))
+                pos += 2 + NUM_JOINTS
+    except IndexError:
+        return None
+    if pos > len(lines) or any(line.strip() for line in lines[pos:]):
+        return None
+    joint_lines = [line for _, _, start in bodies for line in lines[start:start + NUM_JOINTS]]
+    if not _PLAIN_NUMBERS.fullmatch("\t".join(joint_lines)):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. "input contained no data"
+            values = np.loadtxt(joint_lines, dtype=np.float64, ndmin=2)  # (lines, fields); skips blank lines
+    except (ValueError, UserWarning):
+        return None
+    if values.shape != (len(joint_lines), JOINT_FIELDS):
+        return None
+    joints = values.reshape(len(bodies), NUM_JOINTS, JOINT_FIELDS)  # (bodies, 25, 12)
+    if not (np.abs(joints) <= FLOAT32_MAX).all() or not np.isin(joints[:, :, 11], TRACKING_STATES).all():
+        return None
+    tracks: dict[int, _Track] = {}
+    for (t, body_id, _), body_joints in zip(bodies, joints):
+        track = tracks.setdefault(body_id, _Track(body_id, [], []))
+        track.frames.append(t)
+        track.joints.append(body_joints)
+    return num_frames, list(tracks.values())
+
+
 def _parse(path: Path) -> tuple[int, list[_Track]]:
     """Parse a ``.skeleton`` strictly into per-body tracks (memory: the records, never frames x bodies)."""
     text = read_bounded(path).decode("ascii", errors="replace")
     if not text.strip():
         raise SkeletonFormatError(f"{path}: line 1: empty skeleton file")
     cur = _Lines(path, text)
+    parsed = _parse_well_formed(cur.lines)
+    if parsed is not None:
+        return parsed
     num_frames = cur.take_int("frame count", 0, MAX_FRAMES)
     tracks: dict[int, _Track] = {}
     for t in range(num_frames):
