@@ -218,7 +218,7 @@ def cache_config(manifest: Path, shard_size: int) -> CacheConfig:
     args = argparse.Namespace(dataset="ntu120", protocol="", extractor="pixels", i3d_weights="", manifest=manifest,
                               clips_per_video=1, t_p=0, crop_pad=0.15, backend="opencv", precision="fp32",
                               compression=DEFAULT_COMPRESSION, shard_size=shard_size, clip_len=CLIP_FRAMES,
-                              crop_size=CROP_SIZE)
+                              crop_size=CROP_SIZE, pixels="source", cache_dir="")
     return cache_build.build_config(args)
 
 
