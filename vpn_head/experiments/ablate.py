@@ -1,4 +1,5 @@
-"""The paper's ablations (Tables 1-3) as runs under ``runs/<prefix>/``, summed up in ``ablation.md``.
+"""The paper's ablations (Tables 1-3) and the three readings (table 4, docs/readings.md) as runs under
+``runs/<prefix>/``, summed up in ``ablation.md``.
 
 ``make ablate DATASET=… PROTOCOL=… [EPOCHS=…]`` trains every variant below (a run shared by several tables,
 such as the full VPN, is trained once), scores each run's best checkpoint on the test split, and writes
@@ -133,7 +134,7 @@ def markdown_table(results: dict[str, dict[str, Any]], tables: tuple[str, ...], 
     return "\n".join(lines)
 
 
-def ablate(base: TrainConfig, tables: tuple[str, ...] = ("1", "2", "3"), test_split: str = "test") -> Path:
+def ablate(base: TrainConfig, tables: tuple[str, ...] = ("1", "2", "3", "4"), test_split: str = "test") -> Path:
     """Train and score every run of ``tables`` under ``base.runs_dir`` and write ``ablation.md`` there.
 
     Args:

@@ -114,7 +114,8 @@ class VPNConfig:
             "extrinsic" pairs (``graph="official"``).
         graph: ``paper`` (the paper's text: ``beta`` on every non-bone pair, so after normalisation each joint
             takes ~81 % of its input from non-bone joints) or ``official`` (the authors' ``compute_adjacency.py``:
-            their 24 NTU bones at ``alpha``, ``beta`` only on 6 extrinsic pairs, 0 elsewhere; NTU's 25 joints only).
+            their 24 NTU bones at ``alpha``, ``beta`` only on 6 extrinsic pairs, 0 elsewhere; for a skeleton other
+            than NTU's 25 joints their function returns all zeros, so the normalised graph is the identity).
         gcn_layer: ``bare`` (``A G_t W_t``) or ``filter_bank`` (the authors' ``MultiGraphCNN`` over [I; A]:
             ``G_t W0_t + A G_t W1_t + b_t``, then ELU and dropout 0.3).
         pose_residual: ``add`` (a 1 x 1 conv of the raw pose added to the graph output) or ``concat`` (the raw xyz
@@ -208,9 +209,6 @@ class VPNConfig:
         _choice("embedding_form", self.embedding_form, EMBEDDING_FORMS)
         _choice("attention_reg", self.attention_reg, ATTENTION_REGS)
         _choice("classifier", self.classifier, CLASSIFIERS)
-        if self.graph == "official" and self.num_joints != 25:
-            raise ValueError(f"VPNConfig.graph='official' is the authors' NTU graph (25 joints); this dataset has "
-                             f"{self.num_joints}")
         if isinstance(self.temporal_hidden, bool) or not isinstance(self.temporal_hidden, int) \
                 or self.temporal_hidden < 0:
             raise ValueError(f"VPNConfig.temporal_hidden must be an int >= 0, got {self.temporal_hidden!r}")

@@ -72,8 +72,11 @@ def official_adjacency(alpha: float, beta: float) -> torch.Tensor:
 
 
 def config_adjacency(config: VPNConfig) -> torch.Tensor:
-    """E of ``config.graph``: ``build_adjacency`` (the paper) or ``official_adjacency`` (the authors' code)."""
+    """E of ``config.graph``: ``build_adjacency`` (the paper) or ``official_adjacency`` (the authors' code, which
+    returns zeros for any skeleton but NTU's 25 joints: Â is then the identity)."""
     if config.graph == "official":
+        if config.num_joints != 25:
+            return torch.zeros(config.num_joints, config.num_joints)
         return official_adjacency(config.alpha, config.beta)
     return build_adjacency(config.num_joints, config.edges, config.alpha, config.beta)
 

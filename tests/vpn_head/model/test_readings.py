@@ -60,9 +60,9 @@ def test_the_paper_graph_averages_the_body_and_the_authors_does_not():
     assert non_bone_share(ntu(graph="official")) == pytest.approx(0.051, abs=0.005)
 
 
-def test_the_authors_graph_is_ntu_only():
-    with pytest.raises(ValueError, match="25 joints"):
-        VPNConfig.from_dict(dict(num_classes=4, num_joints=20, edges=[], graph="official"))
+def test_the_authors_graph_is_zero_for_other_skeletons_as_in_their_code():
+    config = VPNConfig.from_dict(dict(num_classes=4, num_joints=20, edges=[[0, 1]], graph="official"))
+    assert torch.equal(normalised_adjacency(config_adjacency(config)), torch.eye(20))
 
 
 def test_filter_bank_layer_by_hand():
