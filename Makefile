@@ -81,7 +81,7 @@ resume: setup  ## print done/remaining shards of a cache run, then continue it
 luigid: setup  ## Luigi's central scheduler on LUIGID_ADDRESS:PORT (127.0.0.1:8082); state in a private LUIGID_DIR
 	$(PY) -m tasks.luigid $(call opt,LUIGID_ADDRESS,--address) $(call opt,PORT,--port) $(call opt,LUIGID_DIR,--state-dir)
 
-train-head: setup  ## DATASET= PROTOCOL= [VARIANT=vpn] [EPOCHS=30] [RUN=name] [CACHE=dir] [CONFIG=runs/<name>/config.json]
+train-head: setup  ## DATASET= PROTOCOL= [VARIANT=vpn] [EPOCHS=30] [READING=paper|official] [RUN=name] [CACHE=dir] [CONFIG=runs/<name>/config.json]
 	$(if $(CONFIG),,$(call need,PROTOCOL,the evaluation protocol (e.g. cs)))
 	$(PY) -m vpn_head.train.head $(call opt,CONFIG,--config) $(call dflt,DATASET,--dataset) $(call dflt,PROTOCOL,--protocol) $(call dflt,VARIANT,--variant) $(call dflt,EPOCHS,--epochs) $(call dflt,CACHE_ROOT,--cache-dir,CACHE CACHE_DIR) $(call dflt,RUNS_DIR,--runs-dir) $(call opt,RUN,--run) $(HEAD_OPTS) $(call bool,COUPLER,coupler) $(call opt,POSE_BACKBONE,--pose-backbone) $(call opt,EMBEDDING_LOSS,--embedding-loss) $(call flag,FORCE_NEW,--force-new) $(call args,TRAIN_ARGS)
 
@@ -108,13 +108,13 @@ demo: setup  ## synthetic data -> manifest -> cache -> i3d, attention, vpn heads
 	$(PY) -m pipeline.datasets.manifest --dataset ntu60 $(call opt,DEMO_ROOT,--data-root) --out $(call q,$(DEMO_DIR)/manifest.csv)
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(call q,$(DEMO_DIR)/manifest.csv) --cache-dir $(call q,$(DEMO_DIR)/cache) --shard-size 32 --workers 1 $(call opt,DEMO_WEIGHTS,--i3d-weights)
 	$(PY) -m pipeline.crops.joints --cache-dir $(call q,$(DEMO_DIR)/cache) --dataset ntu60 --manifest $(call q,$(DEMO_DIR)/manifest.csv)
-	$(PY) -m vpn_head.experiments.demo --cache-dir $(call q,$(DEMO_DIR)/cache) --runs-dir $(call q,$(DEMO_DIR)/runs) --manifest $(call q,$(DEMO_DIR)/manifest.csv) --epochs $(call q,$(or $(DEMO_EPOCHS),30))
+	$(PY) -m vpn_head.experiments.demo --cache-dir $(call q,$(DEMO_DIR)/cache) --runs-dir $(call q,$(DEMO_DIR)/runs) --manifest $(call q,$(DEMO_DIR)/manifest.csv) --epochs $(call q,$(or $(DEMO_EPOCHS),30)) $(call opt,READING,--reading)
 
-fidelity: setup  ## does VPN beat I3D? synthetic data made for it, 5 seeds of i3d/attention/vpn + oracle [FID_N=240] [SEEDS="0 1 2 3 4"] [FID_ARGS=]
+fidelity: setup  ## does VPN beat I3D? synthetic data made for it, 5 seeds of i3d/attention/vpn + oracle [FID_N=240] [SEEDS="0 1 2 3 4"] [READING=paper|official] [FID_ARGS=]
 	$(PY) -m vpn_head.experiments.fidelity --work $(call q,$(FID_WORK)) --n $(call q,$(or $(FID_N),240)) --prepare-only $(call args,FID_ARGS)
 	$(PY) -m tasks.cache --dataset ntu60 --protocol cs --manifest $(call q,$(FID_WORK)/manifest.csv) --cache-dir $(call q,$(FID_WORK)/cache) --shard-size 40 --workers 1 $(call opt,DEMO_WEIGHTS,--i3d-weights)
 	$(PY) -m pipeline.crops.joints --cache-dir $(call q,$(FID_WORK)/cache) --dataset ntu60 --manifest $(call q,$(FID_WORK)/manifest.csv)
-	$(PY) -m vpn_head.experiments.fidelity --work $(call q,$(FID_WORK)) --n $(call q,$(or $(FID_N),240)) --seeds $(foreach s,$(or $(SEEDS),0 1 2 3 4),$(call q,$(s))) $(call opt,EPOCHS,--epochs) --out bench/results/fidelity.json $(call args,FID_ARGS)
+	$(PY) -m vpn_head.experiments.fidelity --work $(call q,$(FID_WORK)) --n $(call q,$(or $(FID_N),240)) --seeds $(foreach s,$(or $(SEEDS),0 1 2 3 4),$(call q,$(s))) $(call opt,EPOCHS,--epochs) $(call opt,READING,--reading) --out bench/results/fidelity.json $(call args,FID_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------
 # Every CLI option as a make variable (the CLI's name in upper case), pass-throughs, and the check that a
@@ -147,7 +147,7 @@ bool = $(if $(filter 1 yes true,$($(1))),--$(2),$(if $(filter 0 no false,$($(1))
 each = $(foreach v,$($(1)),$(2) $(call q,$(v)))
 
 CACHE_OPTS = $(call opt,SHARD_SIZE,--shard-size) $(call opt,WORKERS,--workers) --clips-per-video $(call q,$(or $(CLIPS_PER_VIDEO),$(CLIPS))) $(call opt,PROTOCOL,--protocol) $(call opt,SCHEDULER,--scheduler) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,T_P,--t-p) $(call opt,CROP_PAD,--crop-pad) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,BACKEND,--backend) $(call opt,PRECISION,--precision) $(call opt,COMPRESSION,--compression) $(call opt,EXTRACTOR,--extractor) $(call opt,PIXELS,--pixels) $(call opt,CROPS_ROOT,--crops-root) $(call opt,DECODE_WORKERS,--decode-workers) $(call opt,BATCH_SIZE,--batch-size) $(call opt,DEVICE,--device) $(call flag,RETRY_FAILED,--retry-failed) $(call flag,REBUILD_CHANGED,--rebuild-changed) $(call args,CACHE_ARGS)
-COMMON_TRAIN_OPTS = $(call each,MODEL,--model) $(call opt,BATCH_SIZE,--batch-size) $(call opt,LR,--lr) $(call opt,MOMENTUM,--momentum) $(call opt,WEIGHT_DECAY,--weight-decay) $(call opt,LR_STEP,--lr-step) $(call opt,LR_GAMMA,--lr-gamma) $(call opt,EVAL_SPLIT,--eval-split) $(call opt,VAL_FRACTION,--val-fraction) $(call given_opt,SEED,--seed) $(call noflag,DETERMINISTIC,--no-deterministic) $(call opt,NUM_WORKERS,--num-workers) $(call bool,AMP,amp) $(call opt,DEVICE,--device)
+COMMON_TRAIN_OPTS = $(call each,MODEL,--model) $(call opt,READING,--reading) $(call opt,BATCH_SIZE,--batch-size) $(call opt,LR,--lr) $(call opt,MOMENTUM,--momentum) $(call opt,WEIGHT_DECAY,--weight-decay) $(call opt,LR_STEP,--lr-step) $(call opt,LR_GAMMA,--lr-gamma) $(call opt,EVAL_SPLIT,--eval-split) $(call opt,VAL_FRACTION,--val-fraction) $(call given_opt,SEED,--seed) $(call noflag,DETERMINISTIC,--no-deterministic) $(call opt,NUM_WORKERS,--num-workers) $(call bool,AMP,amp) $(call opt,DEVICE,--device)
 HEAD_OPTS = $(COMMON_TRAIN_OPTS) $(call flag,IN_MEMORY,--in-memory) $(call opt,POSE_LR_SCALE,--pose-lr-scale) $(call opt,OPTIMIZER,--optimizer)
 FINETUNE_OPTS = $(COMMON_TRAIN_OPTS) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call opt,FREEZE_UNTIL,--freeze-until) $(call flag,FROZEN_BN,--frozen-bn) $(call opt,CLIP_LEN,--clip-len) $(call opt,CROP_SIZE,--crop-size) $(call opt,FLIP_PROB,--flip-prob) $(call noflag,TEMPORAL_JITTER,--no-temporal-jitter) $(call opt,BOX_SCALE,--box-scale) $(call opt,BOX_SHIFT,--box-shift) $(call given_opt,VARIANT,--variant) $(call opt,EVAL_CLIPS,--eval-clips) $(call opt,EVAL_CROP_SIZE,--eval-crop-size) $(call flag,FORCE_NEW,--force-new) $(call flag,EVAL_ONLY,--eval-only) $(call opt,SPLIT,--split) $(call opt,CHECKPOINT,--checkpoint)
 # one process, torchrun on one machine (GPUS=n), or torchrun on NNODES machines meeting at RDZV=host:port
@@ -156,7 +156,7 @@ LAUNCH = $(if $(MULTINODE),$(if $(RDZV),,$(error RDZV=host:port is required with
 
 COMMON_VARS := PYTHON_SYS
 CACHE_VARS := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR SHARD_SIZE WORKERS SCHEDULER CLIPS CLIPS_PER_VIDEO I3D_WEIGHTS T_P CROP_PAD CLIP_LEN CROP_SIZE BACKEND PRECISION COMPRESSION EXTRACTOR PIXELS CROPS_ROOT DECODE_WORKERS BATCH_SIZE DEVICE RETRY_FAILED REBUILD_CHANGED CACHE_ARGS
-TRAIN_VARS := MODEL BATCH_SIZE LR MOMENTUM WEIGHT_DECAY LR_STEP LR_GAMMA EVAL_SPLIT VAL_FRACTION SEED DETERMINISTIC NUM_WORKERS AMP DEVICE TRAIN_ARGS
+TRAIN_VARS := MODEL READING BATCH_SIZE LR MOMENTUM WEIGHT_DECAY LR_STEP LR_GAMMA EVAL_SPLIT VAL_FRACTION SEED DETERMINISTIC NUM_WORKERS AMP DEVICE TRAIN_ARGS
 VARS_setup :=
 VARS_test := PYTEST_ARGS
 VARS_test-fast := PYTEST_ARGS
@@ -171,8 +171,8 @@ VARS_ablate := DATASET PROTOCOL EPOCHS CACHE CACHE_DIR RUNS_DIR $(TRAIN_VARS) IN
 VARS_finetune := CONFIG DATASET PROTOCOL EPOCHS MANIFEST DATA_ROOT CACHE CACHE_DIR RUNS_DIR RUN INIT I3D_WEIGHTS GPUS NNODES RDZV RDZV_ID $(TRAIN_VARS) PER_GPU_BATCH FREEZE_UNTIL FROZEN_BN CLIP_LEN CROP_SIZE FLIP_PROB TEMPORAL_JITTER BOX_SCALE BOX_SHIFT VARIANT EVAL_CLIPS EVAL_CROP_SIZE FORCE_NEW EVAL_ONLY SPLIT CHECKPOINT
 VARS_bench := I3D_WEIGHTS ONLY
 VARS_report := RUN RUNS_DIR CACHE MANIFEST DATA_ROOT SAMPLES SPLIT CHECKPOINT TSNE_CLIPS
-VARS_demo := DEMO_N DEMO_ROOT DEMO_DIR DEMO_EPOCHS SEED I3D_WEIGHTS
-VARS_fidelity := FID_DIR FID_N SEEDS EPOCHS I3D_WEIGHTS FID_ARGS
+VARS_demo := DEMO_N DEMO_ROOT DEMO_DIR DEMO_EPOCHS SEED READING I3D_WEIGHTS
+VARS_fidelity := FID_DIR FID_N SEEDS EPOCHS READING I3D_WEIGHTS FID_ARGS
 VARS_inspect := CACHE CACHE_DIR DATASET
 VARS_verify := CACHE CACHE_DIR
 VARS_fuzz := N
@@ -197,7 +197,7 @@ VARS_finetune += PIXELS
 
 VARS_probe := DATASET PROTOCOL CACHE CACHE_DIR RUNS_DIR SEED EVAL_SPLIT
 VARS_joints := DATASET CACHE CACHE_DIR MANIFEST DATA_ROOT
-VARS_two-stage := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR RUNS_DIR CLIP_LEN CROP_SIZE FT_EPOCHS EPOCHS VARIANT TS_RUN TS_CACHE I3D_WEIGHTS PER_GPU_BATCH GPUS MODEL TRAIN_ARGS
+VARS_two-stage := DATASET PROTOCOL DATA_ROOT MANIFEST CACHE_DIR RUNS_DIR CLIP_LEN CROP_SIZE FT_EPOCHS EPOCHS VARIANT TS_RUN TS_CACHE I3D_WEIGHTS PER_GPU_BATCH GPUS MODEL READING TRAIN_ARGS
 VARS_TARGETS := $(patsubst VARS_%,%,$(filter VARS_%,$(.VARIABLES)))
 CMDLINE_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command,$(firstword $(origin $(v)))),$(v)))
 ifeq ($(filter-out $(VARS_TARGETS),$(MAKECMDGOALS)),)
@@ -243,7 +243,7 @@ two-stage: setup  ## crops, cache, fine-tune I3D, cache its features (TS_CACHE),
 	$(PY) -m tasks.cache $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) --pixels store
 	$(LAUNCH) -m vpn_head.train.finetune $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,CACHE_DIR,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_i3d) --pixels store $(call opt,FT_EPOCHS,--epochs) $(call opt,VARIANT,--variant) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,I3D_WEIGHTS,--i3d-weights) $(call opt,DATA_ROOT,--data-root) $(call opt,PER_GPU_BATCH,--per-gpu-batch) $(call args,TRAIN_ARGS)
 	$(PY) -m tasks.cache $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,MANIFEST,--manifest) $(call opt,TS_CACHE,--cache-dir) $(call opt,TS_I3D,--i3d-weights) $(call opt,TS_CLIP,--clip-len) $(call opt,TS_CROP,--crop-size) $(call opt,DATA_ROOT,--data-root) $(call opt,CACHE_DIR,--crops-root) --pixels store
-	$(PY) -m vpn_head.train.head $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,VARIANT,--variant) $(call opt,EPOCHS,--epochs) $(call opt,TS_CACHE,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(TS_SHAPE) $(call each,MODEL,--model) $(call args,TRAIN_ARGS)
+	$(PY) -m vpn_head.train.head $(call opt,DATASET,--dataset) $(call opt,PROTOCOL,--protocol) $(call opt,VARIANT,--variant) $(call opt,EPOCHS,--epochs) $(call opt,TS_CACHE,--cache-dir) $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(TS_SHAPE) $(call each,MODEL,--model) $(call opt,READING,--reading) $(call args,TRAIN_ARGS)
 	$(PY) -m vpn_head.eval.evaluate $(call opt,RUNS_DIR,--runs-dir) --run $(call q,$(TS_RUN)_head) $(call opt,DATASET,--dataset) --split test $(call opt,TS_CACHE,--cache-dir) $(call opt,MANIFEST,--manifest) $(call opt,DATA_ROOT,--data-root)
 
 # cost at scale and the prepared GPU run (issue 13)

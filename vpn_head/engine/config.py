@@ -22,6 +22,11 @@ from vpn_head.model.config import VARIANTS, VPNConfig
 
 EVAL_SPLITS: tuple[str, ...] = ("auto", "val", CARVED_VAL, "test")
 """Splits that may pick ``best.pt``: ``auto`` is the protocol's ``val``, else ``val_carved``."""
+TRAIN_READINGS: dict[str, dict[str, Any]] = {"paper": {}, "official": {"lr_gamma": 1.0}}
+"""The trainer values of each ``READING`` (``vpn_head.model.config.READINGS`` holds the model's): the paper's
+schedule is the default; the authors' ``train_ST_gcnn_attention.py`` keeps lr 0.01 throughout (its
+ReduceLROnPlateau is built but never passed to ``fit``). Their lack of model selection is not reproduced: every
+reading's ``best.pt`` is chosen on the same split, so the readings compare on one footing."""
 
 
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,199}")

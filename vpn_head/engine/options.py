@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.utils.cli import add_config_options
-from vpn_head.engine.config import EVAL_SPLITS
+from vpn_head.engine.config import EVAL_SPLITS, TRAIN_READINGS
+from vpn_head.model.config import READINGS
 
 SIMPLE_FIELDS: tuple[str, ...] = (
     "epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma", "val_fraction", "seed",
@@ -28,12 +29,34 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def add_reading_argument(parser: argparse.ArgumentParser) -> None:
+    """``--reading paper|official`` (``READING=``): a preset of ``VPNConfig`` and trainer values (docs/readings.md)."""
+    parser.add_argument("--reading", choices=sorted(READINGS), default=None,
+                        help="paper: the paper's text; official: the authors' Keras code (docs/readings.md); "
+                             "default: this project's defaults. --model and the trainer options override single fields")
+
+
+def apply_reading(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Make the trainer values of the ``--reading`` in ``argv`` the parser's defaults, so options given win."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--reading", choices=sorted(READINGS), default=None)
+    reading = pre.parse_known_args(argv)[0].reading
+    if reading:
+        parser.set_defaults(**TRAIN_READINGS[reading])
+
+
+def reading_model(reading: str | None, model: list[tuple[str, Any]] | dict[str, Any]) -> dict[str, Any]:
+    """The ``VPNConfig`` overrides of ``reading`` (none: {}) with the ``--model`` pairs on top."""
+    return {**(READINGS[reading] if reading else {}), **dict(model)}
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, defaults: Any, model_help: str) -> None:
     """The options of the fields both trainers' configs share, with ``defaults`` (a config) as defaults."""
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--protocol", required=True)
     parser.add_argument("--model", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
                         help=model_help)
+    add_reading_argument(parser)
     add_config_options(parser, defaults, SIMPLE_FIELDS, helps={
         "batch_size": "clips per optimizer step",
         "val_fraction": "share of training subjects carved out as val_carved"})
@@ -89,4 +112,5 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | No
         parser.set_defaults(**defaults)
         for dest in defaults:
             actions[dest].required = False
+    apply_reading(parser, argv)
     return parser.parse_args(argv)

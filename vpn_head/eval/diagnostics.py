@@ -66,6 +66,61 @@ def shuffle_poses(sample_ids: np.ndarray, seed: int) -> np.ndarray:
     return source
 
 
+def read_hands(manifest: Path, data_root: Path | None) -> dict[str, str] | None:
+    """Each sample's class-carrying hand (``active_hand`` of ``synthetic_truth.csv`` under DATA_ROOT), or None when
+    the data has no such file (real data)."""
+    try:
+        path = resolve_data_root(manifest, data_root) / TRUTH_FILE
+    except (OSError, ValueError, KeyError):
+        return None
+    if not path.is_file():
+        return None
+    truth = pd.read_csv(path)
+    if "active_hand" not in truth.columns:
+        return None
+    return dict(zip(truth["sample_id"].astype(str), truth["active_hand"].astype(str)))
+
+
+def hand_aware_shuffle(sample_ids: np.ndarray, hands: Mapping[str, str], seed: int) -> np.ndarray | None:
+    """Row permutation that gives every clip the poses of a video whose class-carrying hand *differs*.
+
+    The plain shuffle (``shuffle_poses``) pairs many videos with a partner that holds the same hand forward; on the
+    fidelity data the pose then still points at the right hand and a head that uses it loses nothing. Here every
+    video's donor is drawn (with replacement, by ``seed``) among the videos of another hand, so a head that reads
+    the pose must lose accuracy.
+
+    Args:
+        sample_ids: (N,) video id of every row.
+        hands: video id -> class-carrying hand (``read_hands``).
+        seed: picks the donors.
+
+    Returns:
+        (N,) int64 source row of every row's poses, or None when some video has no hand or only one hand occurs.
+    """
+    sample_ids = np.asarray(sample_ids).astype(str)
+    videos, inverse = np.unique(sample_ids, return_inverse=True)
+    if any(v not in hands for v in videos):
+        return None
+    hand = np.array([hands[v] for v in videos])
+    if np.unique(hand).size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    rows_of = [np.flatnonzero(inverse == v) for v in range(videos.size)]
+    source = np.empty(sample_ids.size, dtype=np.int64)
+    for v, rows in enumerate(rows_of):
+        donor = rows_of[int(rng.choice(np.flatnonzero(hand != hand[v])))]
+        source[rows] = donor[np.arange(rows.size) % donor.size]
+    return source
+
+
+def same_hand_share(sample_ids: np.ndarray, source: np.ndarray, hands: Mapping[str, str]) -> float:
+    """Share of videos whose pose donor under ``source`` holds the same hand forward (first row of each video)."""
+    sample_ids = np.asarray(sample_ids).astype(str)
+    _, first = np.unique(sample_ids, return_index=True)
+    same = [hands.get(sample_ids[r]) == hands.get(sample_ids[source[r]]) for r in first]
+    return float(np.mean(same))
+
+
 def attention_statistics(a_s: np.ndarray, a_t: np.ndarray) -> dict[str, float]:
     """Summaries of the attention maps of many clips.
 
@@ -224,6 +279,13 @@ def peak_hits(a_s: np.ndarray, cells: np.ndarray) -> dict[str, float]:
             "peak_chance_within_1": float(chance), "peak_clips": int(known.sum())}
 
 
+def shuffle_block(own: dict[str, float], shuffled: dict[str, float], changed: float) -> dict[str, float]:
+    """Accuracy with another video's poses and its drop from the own-pose accuracy."""
+    return {"top1": shuffled["top1"], "mean_class": shuffled["mean_class"],
+            "drop_top1": own["top1"] - shuffled["top1"], "drop_mean_class": own["mean_class"] - shuffled["mean_class"],
+            "changed_predictions": changed}
+
+
 def pose_diagnostics(own: dict[str, float], shuffled: dict[str, float], changed: float,
                      record: dict[str, np.ndarray], cells: np.ndarray | None, cells_note: str) -> dict[str, object]:
     """The metrics-file block of a pose variant: accuracy with shuffled poses, attention statistics, peaks.
@@ -240,10 +302,7 @@ def pose_diagnostics(own: dict[str, float], shuffled: dict[str, float], changed:
     if cells is not None:
         attention.update(peak_hits(record["attention_spatial"], cells))
     return {
-        "pose_shuffle": {"top1": shuffled["top1"], "mean_class": shuffled["mean_class"],
-                         "drop_top1": own["top1"] - shuffled["top1"],
-                         "drop_mean_class": own["mean_class"] - shuffled["mean_class"],
-                         "changed_predictions": changed},
+        "pose_shuffle": shuffle_block(own, shuffled, changed),
         "attention": attention,
         "key_joint": cells_note,
     }

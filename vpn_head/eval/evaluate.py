@@ -64,7 +64,9 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         data_root: where the manifest's paths start; default the manifest's side file.
 
     For pose variants ``metrics.json`` also holds the diagnostics of ``vpn_head.eval.diagnostics``: accuracy with the
-    poses shuffled across videos, A_S spread across videos, A_T entropy, and where A_S peaks.
+    poses shuffled across videos, A_S spread across videos, A_T entropy, and where A_S peaks; on synthetic data
+    (``synthetic_truth.csv``) also ``hand_shuffle``: the poses taken from a video whose class-carrying hand differs,
+    and the share of plain-shuffle partners that hold the same hand (``pose_shuffle.same_hand_partners``).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -111,9 +113,20 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
                                             model.config.feature_size)
         own_video, video_labels, _ = video_scores(probs, labels, sample_ids)
         shuffled_video, _, _ = video_scores(shuffled_probs, labels, sample_ids)
+        own_summary = summarise(video_labels, own_video.argmax(axis=1))
         diagnostics = diag.pose_diagnostics(
-            summarise(video_labels, own_video.argmax(axis=1)), summarise(video_labels, shuffled_video.argmax(axis=1)),
+            own_summary, summarise(video_labels, shuffled_video.argmax(axis=1)),
             float((own_video.argmax(axis=1) != shuffled_video.argmax(axis=1)).mean()), record, cells, note)
+        hands = diag.read_hands(manifest_path, Path(data_root) if data_root else None)
+        hand_source = diag.hand_aware_shuffle(sample_ids, hands, seed=0) if hands else None
+        if hand_source is not None:
+            hand_probs, _, _ = score_clips(model, make_loader(clips, batch_size, num_workers, torch_device),
+                                           torch_device, amp, replace_poses=record["poses"][hand_source])
+            hand_video, _, _ = video_scores(hand_probs, labels, sample_ids)
+            diagnostics["pose_shuffle"]["same_hand_partners"] = diag.same_hand_share(sample_ids, source, hands)
+            diagnostics["hand_shuffle"] = diag.shuffle_block(
+                own_summary, summarise(video_labels, hand_video.argmax(axis=1)),
+                float((own_video.argmax(axis=1) != hand_video.argmax(axis=1)).mean()))
         if shuffle_poses:
             probs = shuffled_probs
     elif shuffle_poses:

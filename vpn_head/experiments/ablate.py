@@ -1,4 +1,5 @@
-"""The paper's ablations (Tables 1-3) as runs under ``runs/<prefix>/``, summed up in ``ablation.md``.
+"""The paper's ablations (Tables 1-3) and the three readings (table 4, docs/readings.md) as runs under
+``runs/<prefix>/``, summed up in ``ablation.md``.
 
 ``make ablate DATASET=… PROTOCOL=… [EPOCHS=…]`` trains every variant below (a run shared by several tables,
 such as the full VPN, is trained once), scores each run's best checkpoint on the test split, and writes
@@ -20,7 +21,9 @@ from pipeline.cache.reader import CacheError
 from pipeline.datasets.registry import get_dataset
 from pipeline.utils.fileio import atomic_write_text
 from vpn_head.engine.checkpoints import CheckpointError
-from vpn_head.model.config import PAPER_READING
+from vpn_head.engine.config import TRAIN_READINGS
+from vpn_head.engine.options import apply_reading, reading_model
+from vpn_head.model.config import OFFICIAL_READING, PAPER_READING
 from vpn_head.eval.evaluate import evaluate_run
 from vpn_head.train.head import TrainConfig, add_training_arguments, config_from_args, train
 
@@ -30,6 +33,7 @@ TABLE_TITLES: dict[str, str] = {
     "1": "Table 1: pose-driven attention and spatial embedding",
     "2": "Table 2: pose backbone and attention coupler",
     "3": "Table 3: embedding loss",
+    "4": "Readings: the paper's text, the authors' code, this project's defaults (docs/readings.md)",
 }
 
 
@@ -43,6 +47,7 @@ class Ablation:
         run: run directory name; rows with the same run share one trained model.
         variant: ``i3d`` | ``attention`` | ``vpn``.
         model: ``VPNConfig`` overrides of this row.
+        train: ``TrainConfig`` overrides of this row (the authors' reading keeps the learning rate constant).
     """
 
     table: str
@@ -50,6 +55,7 @@ class Ablation:
     run: str
     variant: str
     model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 ABLATIONS: tuple[Ablation, ...] = (
@@ -70,6 +76,13 @@ ABLATIONS: tuple[Ablation, ...] = (
     Ablation("3", "KL(f_e || P_e)", "vpn-kl_fe_pe", "vpn", {"embedding_loss": "kl_fe_pe"}),
     Ablation("3", "KL(P_e || f_e)", "vpn-kl_pe_fe", "vpn", {"embedding_loss": "kl_pe_fe"}),
     Ablation("3", "bi-directional KL", "vpn-bikl", "vpn", {"embedding_loss": "bikl"}),
+    Ablation("4", "attention, our defaults", "attention", "attention"),
+    Ablation("4", "attention, the paper's reading", "attention-paper", "attention", dict(PAPER_READING)),
+    Ablation("4", "attention, the authors' code", "attention-official", "attention", dict(OFFICIAL_READING),
+             TRAIN_READINGS["official"]),
+    Ablation("4", "VPN, our defaults", "vpn", "vpn"),
+    Ablation("4", "VPN, the paper's reading", "vpn-paper", "vpn", dict(PAPER_READING)),
+    Ablation("4", "VPN, the authors' code", "vpn-official", "vpn", dict(OFFICIAL_READING), TRAIN_READINGS["official"]),
 )
 """The full VPN is GCN + coupler + the ``VPNConfig`` defaults (contrastive embedding loss); ``vpn-paper`` is the
 paper's reading of the four fields whose defaults depart from it."""
@@ -85,7 +98,7 @@ def run_configs(base: TrainConfig, tables: tuple[str, ...]) -> dict[str, TrainCo
     for ablation in ABLATIONS:
         if ablation.table in tables:
             config = replace(base, variant=ablation.variant, model={**base.model, **ablation.model},
-                             run_name=ablation.run)
+                             run_name=ablation.run, **ablation.train)
             configs.setdefault(ablation.run, config)
     return configs
 
@@ -121,7 +134,7 @@ def markdown_table(results: dict[str, dict[str, Any]], tables: tuple[str, ...], 
     return "\n".join(lines)
 
 
-def ablate(base: TrainConfig, tables: tuple[str, ...] = ("1", "2", "3"), test_split: str = "test") -> Path:
+def ablate(base: TrainConfig, tables: tuple[str, ...] = ("1", "2", "3", "4"), test_split: str = "test") -> Path:
     """Train and score every run of ``tables`` under ``base.runs_dir`` and write ``ablation.md`` there.
 
     Args:
@@ -156,14 +169,16 @@ def ablate(base: TrainConfig, tables: tuple[str, ...] = ("1", "2", "3"), test_sp
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vpn_head.experiments.ablate", description=__doc__.split("\n\n")[0])
     add_training_arguments(parser)
-    parser.add_argument("--tables", nargs="+", default=["1", "2", "3"], choices=sorted(TABLE_TITLES))
+    parser.add_argument("--tables", nargs="+", default=["1", "2", "3", "4"], choices=sorted(TABLE_TITLES))
     parser.add_argument("--prefix", default="", help="folder under --runs-dir (default: ablate_<dataset>_<protocol>)")
     parser.add_argument("--test-split", default="test", choices=("val", "test"))
+    apply_reading(parser, argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.runs_dir = str(Path(args.runs_dir) / (args.prefix or default_prefix(args.dataset, args.protocol)))
     try:
-        out = ablate(config_from_args(args, "vpn", dict(args.model), ""), tuple(dict.fromkeys(args.tables)),
+        out = ablate(config_from_args(args, "vpn", reading_model(args.reading, args.model), ""),
+                     tuple(dict.fromkeys(args.tables)),
                      args.test_split)
     except (CacheError, CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

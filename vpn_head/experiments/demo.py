@@ -21,6 +21,9 @@ from pipeline.cache.reader import CacheError
 from vpn_head.experiments.fidelity import JOINT_ANCHORED, VARIANTS, format_table, run_variants, summarise_seeds, train_oracle
 from vpn_head.eval.probe import run_probe
 from vpn_head.data.splits import CARVED_VAL
+from vpn_head.engine.config import TRAIN_READINGS
+from vpn_head.engine.options import reading_model
+from vpn_head.model.config import READINGS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,16 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--reading", choices=sorted(READINGS), default=None,
+                        help="train every head under this reading (docs/readings.md); default: our defaults")
     args = parser.parse_args(argv)
+    model, trainer = reading_model(args.reading, {}), dict(TRAIN_READINGS[args.reading]) if args.reading else {}
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        results = run_variants(args.cache_dir, args.runs_dir, args.seed, args.epochs, tuple(args.variants),
-                               manifest=args.manifest, dataset=args.dataset, protocol=args.protocol)
+        results = run_variants(args.cache_dir, args.runs_dir, args.seed, args.epochs, tuple(args.variants), model,
+                               manifest=args.manifest, dataset=args.dataset, protocol=args.protocol,
+                               train_overrides=trainer)
         pose_variants = tuple(v for v in args.variants if v != "i3d")
-        results += run_variants(args.cache_dir, args.runs_dir, args.seed, args.epochs, pose_variants, JOINT_ANCHORED,
-                                args.manifest, dataset=args.dataset, protocol=args.protocol, label=" (joints)")
+        results += run_variants(args.cache_dir, args.runs_dir, args.seed, args.epochs, pose_variants,
+                                {**model, **JOINT_ANCHORED}, args.manifest, dataset=args.dataset,
+                                protocol=args.protocol, train_overrides=trainer, label=" (joints)")
         oracle = [train_oracle(args.cache_dir, args.seed, args.epochs, args.manifest, None, args.dataset,
-                               args.protocol, runs_dir=args.runs_dir)]
+                               args.protocol, model=model, train_overrides=trainer, runs_dir=args.runs_dir)]
         probe = [run_probe(args.cache_dir, args.dataset, args.protocol, args.seed)]
     except (CacheError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

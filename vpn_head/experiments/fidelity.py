@@ -37,7 +37,9 @@ from vpn_head.eval import diagnostics as diag
 from vpn_head.model.config import VPNConfig
 from pipeline.datasets.manifest import main as manifest_main
 from pipeline.synthetic.dataset import SyntheticConfig, generate
-from vpn_head.engine.options import parse_override
+from vpn_head.engine.config import TRAIN_READINGS
+from vpn_head.engine.options import parse_override, reading_model
+from vpn_head.model.config import READINGS
 from vpn_head.data.clips import CachedClips, resolve_cache
 from vpn_head.eval.evaluate import evaluate_run
 from vpn_head.engine.metrics import summarise, video_scores
@@ -62,8 +64,19 @@ JOINT_ANCHORED: dict[str, Any] = {"spatial_attention": "joints", "attention_pool
 """The joint-anchored option (issue 18): A_S from per-joint weights at the joints' crop positions, and the head's pool
 the attention-weighted average of f (the oracle shows the paper's ``A_ST f + f`` with a global average cannot use a
 perfect map). ``make demo`` prints its rows beside the defaults'; ``make fidelity FID_ARGS="--model …"`` takes it."""
-HEAD_FIELDS: tuple[str, ...] = ("feature_norm", "dropout")
+HEAD_FIELDS: tuple[str, ...] = ("feature_norm", "dropout", "classifier")
 """``VPNConfig`` fields the ``i3d`` head has too (the classifier's); the other overrides concern the pose branch."""
+
+
+OURS = "ours"
+"""The name of this project's defaults among ``--readings`` (beside ``paper`` and ``official``)."""
+
+
+def reading_overrides(reading: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(VPNConfig overrides, TrainConfig overrides)`` of a reading: ``ours`` (the defaults), ``paper``, ``official``."""
+    if reading == OURS:
+        return {}, {}
+    return dict(READINGS[reading]), dict(TRAIN_READINGS[reading])
 
 
 def run_variants(cache: str, runs_dir: str, seed: int, epochs: int, variants: tuple[str, ...] = VARIANTS,
@@ -178,6 +191,11 @@ def summarise_seeds(per_seed: list[list[dict[str, Any]]], oracle: list[dict[str,
         if isinstance(results[0].get("pose_shuffle"), dict):
             row["shuffled_top1"] = _stat([r["pose_shuffle"]["top1"] for r in results])
             row["shuffle_drop"] = _stat([r["pose_shuffle"]["drop_top1"] for r in results])
+            if all("same_hand_partners" in r["pose_shuffle"] for r in results):
+                row["same_hand_partners"] = _stat([r["pose_shuffle"]["same_hand_partners"] for r in results])
+        if all(isinstance(r.get("hand_shuffle"), dict) for r in results):
+            row["hand_shuffled_top1"] = _stat([r["hand_shuffle"]["top1"] for r in results])
+            row["hand_shuffle_drop"] = _stat([r["hand_shuffle"]["drop_top1"] for r in results])
             for key in ("a_s_spread", "a_t_entropy", "peak_within_1", "peak_chance_within_1"):
                 if key in results[0]["attention"]:
                     row[key] = _stat([r["attention"][key] for r in results])
@@ -198,14 +216,14 @@ def _cell(row: dict[str, Any], key: str) -> str:
 
 def format_table(table: dict[str, Any]) -> str:
     """Markdown table of ``summarise_seeds``' output."""
-    lines = ["| variant | test top-1 | shuffled-pose top-1 | shuffle drop | A_S spread | A_T entropy | "
-             "A_S peak within 1 cell of key joint (chance) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | test top-1 | shuffled-pose top-1 | shuffle drop | hand-aware shuffle drop | A_S spread | "
+             "A_T entropy | A_S peak within 1 cell of key joint (chance) |", "|---|---|---|---|---|---|---|---|"]
     for variant, row in table.items():
         peak = ("-" if "peak_within_1" not in row
                 else f"{_cell(row, 'peak_within_1')} ({row['peak_chance_within_1']['mean']:.2f})")
         lines.append(f"| {variant} | {_cell(row, 'top1')} | {_cell(row, 'shuffled_top1')} | "
-                     f"{_cell(row, 'shuffle_drop')} | {_cell(row, 'a_s_spread')} | {_cell(row, 'a_t_entropy')} | "
-                     f"{peak} |")
+                     f"{_cell(row, 'shuffle_drop')} | {_cell(row, 'hand_shuffle_drop')} | {_cell(row, 'a_s_spread')} | "
+                     f"{_cell(row, 'a_t_entropy')} | {peak} |")
     return "\n".join(lines)
 
 
@@ -237,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="VPNConfig override for the pose variants (repeatable)")
     parser.add_argument("--train", action="append", default=[], type=parse_override, metavar="KEY=VALUE",
                         help="TrainConfig override for every variant and the oracle, e.g. optimizer=adamw (repeatable)")
+    parser.add_argument("--reading", choices=sorted(READINGS), default=None,
+                        help="train every run under this reading (docs/readings.md); --model/--train override fields")
+    parser.add_argument("--readings", nargs="+", default=None, choices=[OURS, *sorted(READINGS)],
+                        help="several readings side by side (one row per variant and reading)")
+    parser.add_argument("--joints-readings", nargs="+", default=[], choices=[OURS, *sorted(READINGS)],
+                        help="add the joint-anchored A_S rows (JOINT_ANCHORED) under these readings")
     parser.add_argument("--no-oracle", dest="oracle", action="store_false")
     parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear-probe row")
     parser.add_argument("--prepare-only", action="store_true",
@@ -251,31 +275,56 @@ def main(argv: list[str] | None = None) -> int:
         cache = resolve_cache(args.work / "cache", "ntu60")
         runs = args.work / "runs"
         per_seed, oracle, probe = [], [], []
-        trainer = dict(args.train)
+        out = args.out or args.work / "fidelity.json"
+        model = reading_model(args.reading, args.model)
+        trainer = {**(TRAIN_READINGS[args.reading] if args.reading else {}), **dict(args.train)}
+        rows = [(r, False) for r in (args.readings or [])] + [(r, True) for r in args.joints_readings]
         for seed in args.seeds:
-            per_seed.append(run_variants(str(cache), str(runs), seed, args.epochs, tuple(args.variants),
-                                         dict(args.model), str(manifest), str(root), train_overrides=trainer))
+            if not rows:
+                results = run_variants(str(cache), str(runs), seed, args.epochs, tuple(args.variants), model,
+                                       str(manifest), str(root), train_overrides=trainer)
+            else:
+                results = []
+                for reading, joints in rows:
+                    extra_model, extra_train = reading_overrides(reading)
+                    variants = tuple(v for v in args.variants if v != "i3d" or not joints)
+                    results += run_variants(
+                        str(cache), str(runs), seed, args.epochs, variants,
+                        {**extra_model, **(JOINT_ANCHORED if joints else {}), **model}, str(manifest), str(root),
+                        train_overrides={**extra_train, **trainer},
+                        label=f" ({reading}{', joints' if joints else ''})")
+            per_seed.append(results)
             if args.oracle:
                 oracle.append(train_oracle(str(cache), seed, args.epochs, str(manifest), str(root),
-                                           model=dict(args.model), train_overrides=trainer, runs_dir=str(runs)))
+                                           model=model, train_overrides=trainer, runs_dir=str(runs)))
             if args.probe:
                 probe.append(run_probe(cache, "ntu60", "cs", seed))
-            print(f"seed {seed}: " + ", ".join(f"{r['variant']} {r['top1']:.3f}"
+            print(f"seed {seed}: " + ", ".join(f"{r.get('label', r['variant'])} {r['top1']:.3f}"
                                                for r in per_seed[-1] + oracle[-1:] + probe[-1:]), flush=True)
+            text = write_results(out, args, per_seed, oracle, probe)
     except (CacheError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    table = summarise_seeds(per_seed, oracle, probe)
-    out = args.out or args.work / "fidelity.json"
-    record = {"n": args.n, "seeds": args.seeds, "epochs": args.epochs, "model": dict(args.model),
-              "train": dict(args.train),
-              "checkpoint_selected_on": CARVED_VAL, "split": "test", "table": table}
-    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
-    text = (f"ntu60 cs test split, {len(args.seeds)} seed(s), best.pt (and the probe's C) chosen on {CARVED_VAL} "
-            f"(training subjects held out), shuffled = test poses permuted across videos, mean ± sd:\n\n{format_table(table)}\n")
-    atomic_write_text(out.with_suffix(".md"), text)
     print(text)
     return 0
+
+
+def write_results(out: Path, args: argparse.Namespace, per_seed: list[list[dict[str, Any]]],
+                  oracle: list[dict[str, Any]], probe: list[dict[str, Any]]) -> str:
+    """Write ``out`` (JSON) and its ``.md`` twin for the seeds done so far (after each seed: a stopped sweep keeps
+    its finished seeds); returns the markdown."""
+    table = summarise_seeds(per_seed, oracle, probe)
+    done = args.seeds[:len(per_seed)]
+    record = {"n": args.n, "seeds": done, "epochs": args.epochs, "model": dict(args.model),
+              "train": dict(args.train), "reading": args.reading, "readings": args.readings,
+              "joints_readings": args.joints_readings,
+              "checkpoint_selected_on": CARVED_VAL, "split": "test", "table": table}
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    text = (f"ntu60 cs test split, {len(done)} seed(s), best.pt (and the probe's C) chosen on {CARVED_VAL} "
+            f"(training subjects held out), shuffled = test poses permuted across videos, hand-aware = from a video "
+            f"whose class-carrying hand differs, mean ± sd:\n\n{format_table(table)}\n")
+    atomic_write_text(out.with_suffix(".md"), text)
+    return text
 
 
 if __name__ == "__main__":

@@ -38,16 +38,19 @@ class PoseAttention(nn.Module):
     """Two tanh-MLP branches from h* to the spatial (S * S) and temporal (T) attention logits (eq. 2)."""
 
     def __init__(self, pose_dim: int, hidden: int, feature_time: int, feature_size: int,
-                 temporal_scale: str = "sum1", zero_init: bool = False, anchors: int = 0, sigma: float = 0.75):
+                 temporal_scale: str = "sum1", zero_init: bool = False, anchors: int = 0, sigma: float = 0.75,
+                 temporal_hidden: int = 0):
         """``anchors`` > 0 makes A_S joint-anchored over that many joints (bodies x J), with bumps of ``sigma``
-        cells; 0 gives the paper's free S x S map."""
+        cells; 0 gives the paper's free S x S map. ``temporal_hidden``: the temporal branch's width (0: ``hidden``;
+        the authors use 256 spatial, 128 temporal)."""
         super().__init__()
         self.feature_size = feature_size
         self.anchors, self.sigma = anchors, sigma
         self.temporal_factor = float(feature_time) if temporal_scale == "mean1" else 1.0
         self.spatial = nn.Sequential(nn.Linear(pose_dim, hidden), nn.Tanh(),
                                      nn.Linear(hidden, anchors or feature_size ** 2))
-        self.temporal = nn.Sequential(nn.Linear(pose_dim, hidden), nn.Tanh(), nn.Linear(hidden, feature_time))
+        width = temporal_hidden or hidden
+        self.temporal = nn.Sequential(nn.Linear(pose_dim, width), nn.Tanh(), nn.Linear(width, feature_time))
         if zero_init:
             for branch in (self.spatial, self.temporal):
                 nn.init.zeros_(branch[-1].weight)

@@ -18,14 +18,33 @@ VARIANTS: tuple[str, ...] = ("i3d", "attention", "vpn")
 """Paper Table 1 rows: ``i3d`` (l1, no pose), ``attention`` (l2, pose attention without the embedding loss),
 ``vpn`` (l3, attention + spatial embedding)."""
 POSE_BACKBONES: tuple[str, ...] = ("gcn", "lstm")
-EMBEDDING_LOSSES: tuple[str, ...] = ("euclid", "kl_fe_pe", "kl_pe_fe", "bikl", "contrastive")
+EMBEDDING_LOSSES: tuple[str, ...] = ("euclid", "kl_fe_pe", "kl_pe_fe", "bikl", "contrastive", "l1_squared")
 PAPER_READING: dict[str, str] = {"pose_pool": "mean", "temporal_scale": "sum1", "embedding_loss": "euclid",
                                  "embedding_centre": "none", "feature_norm": "none"}
 """The paper's reading of the fields whose defaults depart from it (``VPNConfig(**PAPER_READING)``)."""
+OFFICIAL_READING: dict[str, object] = {
+    "graph": "official", "gcn_layer": "filter_bank", "pose_residual": "concat", "pose_pool": "official",
+    "pose_bodies": "first", "attention_hidden": 256, "temporal_hidden": 128, "attention_init": "zero",
+    "temporal_scale": "sum1", "embedding_input": "a_s", "embedding_form": "official", "embedding_centre": "none",
+    "embedding_loss": "l1_squared", "lambda1": 0.99, "attention_reg": "batch_sum", "classifier": "official",
+    "feature_norm": "none"}
+"""The authors' Keras code (``srijandas07/VPN``, ``embedding_gcnn_attention_model.py``, ``compute_adjacency.py``,
+``train_ST_gcnn_attention.py``) for every field that is a head choice; docs/readings.md has the table. Not
+reproduced: the scrambled spatial inflate (a bug), the 2-step Mixed_5c of 16-frame clips, BGR pixels, random pose
+frames (cache choices)."""
+READINGS: dict[str, dict[str, object]] = {"paper": dict(PAPER_READING), "official": dict(OFFICIAL_READING)}
+"""``READING=paper|official``: the ``VPNConfig`` overrides of each reading (no reading: the defaults)."""
+GRAPHS: tuple[str, ...] = ("paper", "official")
+GCN_LAYERS: tuple[str, ...] = ("bare", "filter_bank")
+POSE_RESIDUALS: tuple[str, ...] = ("add", "concat")
+POSE_BODIES: tuple[str, ...] = ("max", "first")
+EMBEDDING_FORMS: tuple[str, ...] = ("paper", "official")
+ATTENTION_REGS: tuple[str, ...] = ("mean", "batch_sum")
+CLASSIFIERS: tuple[str, ...] = ("linear", "official")
 SAVED_BEFORE: dict[str, str] = {"feature_norm": "none"}
 """Fields whose default changed after configs were saved without them: a saved config that lacks one was written
 when it had this value (``VPNConfig.from_saved``), so old runs resume and old checkpoints load as they were."""
-POSE_POOLS: tuple[str, ...] = ("mean", "max_dense")
+POSE_POOLS: tuple[str, ...] = ("mean", "max_dense", "official")
 TEMPORAL_SCALES: tuple[str, ...] = ("sum1", "mean1")
 ATTENTION_INITS: tuple[str, ...] = ("default", "zero")
 ATTENTION_POOLINGS: tuple[str, ...] = ("sum", "normalised")
@@ -91,7 +110,28 @@ class VPNConfig:
             classifier below a logistic-regression probe on the same features (measured in the README, "Does the
             pose steer the head?").
         alpha: adjacency weight of two joints joined by a bone.
-        beta: adjacency weight of two joints not joined by a bone.
+        beta: adjacency weight of two joints not joined by a bone (``graph="paper"``) or of the authors' 6
+            "extrinsic" pairs (``graph="official"``).
+        graph: ``paper`` (the paper's text: ``beta`` on every non-bone pair, so after normalisation each joint
+            takes ~81 % of its input from non-bone joints) or ``official`` (the authors' ``compute_adjacency.py``:
+            their 24 NTU bones at ``alpha``, ``beta`` only on 6 extrinsic pairs, 0 elsewhere; for a skeleton other
+            than NTU's 25 joints their function returns all zeros, so the normalised graph is the identity).
+        gcn_layer: ``bare`` (``A G_t W_t``) or ``filter_bank`` (the authors' ``MultiGraphCNN`` over [I; A]:
+            ``G_t W0_t + A G_t W1_t + b_t``, then ELU and dropout 0.3).
+        pose_residual: ``add`` (a 1 x 1 conv of the raw pose added to the graph output) or ``concat`` (the raw xyz
+            concatenated as 3 more channels, the authors' code).
+        pose_bodies: ``max`` (every present body through the backbone, h* the max over bodies) or ``first``
+            (body 0 only, the authors' loader).
+        temporal_hidden: width of the temporal branch's tanh layer; 0: ``attention_hidden`` (the authors: 128).
+        embedding_form: ``paper`` (f_e = T_v sum_t f, P_e = T_p z1, linear maps of unit spectral norm, optional
+            centring) or ``official`` (the authors': Dense(embed_dim, sigmoid, bias) on the flattened Mixed_5c with
+            its time axis kept, and on the pose side; no norm constraint; ``embedding_centre`` applies to the
+            flattened map as it does to f_s).
+        attention_reg: L_A as ``mean`` (per-sample ||A_S||_2 + sum_t (1 - A_T)^2, averaged) or ``batch_sum`` (the
+            authors' Keras activity regulariser: (1 - sum A_S)^2 + (1 - sum A_T)^2 with each sum over the whole
+            batch; the A_T term is constant because the softmax sums to the batch size).
+        classifier: ``linear`` (dropout then one linear layer) or ``official`` (dropout, the 1 x 1 conv to the
+            classes, then a dense layer classes -> classes, the authors' code).
         feature_channels: C of the I3D Mixed_5c feature map (defaults: ``pipeline.i3d.spec.FEATURE_SHAPE``, the
             paper's clip; a cache of other clips needs ``i3d_spec.feature_shape(clip_len, crop_size)``).
         feature_time: T of the feature map (the temporal attention has this many steps).
@@ -135,6 +175,14 @@ class VPNConfig:
     feature_norm: str = "batch"
     spatial_attention: str = "grid"
     joint_sigma: float = 0.75
+    graph: str = "paper"
+    gcn_layer: str = "bare"
+    pose_residual: str = "add"
+    pose_bodies: str = "max"
+    temporal_hidden: int = 0
+    embedding_form: str = "paper"
+    attention_reg: str = "mean"
+    classifier: str = "linear"
 
     @property
     def pose_channels(self) -> int:
@@ -154,6 +202,16 @@ class VPNConfig:
         _choice("embedding_centre", self.embedding_centre, EMBEDDING_CENTRES)
         _choice("feature_norm", self.feature_norm, FEATURE_NORMS)
         _choice("spatial_attention", self.spatial_attention, SPATIAL_ATTENTIONS)
+        _choice("graph", self.graph, GRAPHS)
+        _choice("gcn_layer", self.gcn_layer, GCN_LAYERS)
+        _choice("pose_residual", self.pose_residual, POSE_RESIDUALS)
+        _choice("pose_bodies", self.pose_bodies, POSE_BODIES)
+        _choice("embedding_form", self.embedding_form, EMBEDDING_FORMS)
+        _choice("attention_reg", self.attention_reg, ATTENTION_REGS)
+        _choice("classifier", self.classifier, CLASSIFIERS)
+        if isinstance(self.temporal_hidden, bool) or not isinstance(self.temporal_hidden, int) \
+                or self.temporal_hidden < 0:
+            raise ValueError(f"VPNConfig.temporal_hidden must be an int >= 0, got {self.temporal_hidden!r}")
         if not is_positive_number(self.joint_sigma):
             raise ValueError(f"VPNConfig.joint_sigma must be a finite number > 0, got {self.joint_sigma!r}")
         if not is_positive_number(self.embedding_temperature):

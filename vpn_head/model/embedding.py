@@ -12,6 +12,9 @@ ignores the pose.
 f_s over the videos (BatchNorm without affine parameters, running statistics at test time), so f_e describes
 how this video differs from the others.
 
+``embedding_form="official"`` (the authors' code): f_e = sigmoid(W_v flatten(f) + b_v) on the whole map with its
+time axis kept, P_e = sigmoid(W_p A_S + b_p), no norm constraint.
+
 ``f_e = T_v f_s`` and ``P_e = T_p z1`` (``embedding_input="a_s"``: ``T_p A_S``, as in the authors' code) project
 both into a common space of size ``embed_dim`` (linear maps, no bias). The constraint ``||T_v|| = ||T_p|| = 1`` is enforced as a unit *spectral* norm with
 ``torch.nn.utils.parametrizations.spectral_norm``: the used weight is ``W / sigma_max(W)``, with sigma_max
@@ -34,15 +37,22 @@ class SpatialEmbedding(nn.Module):
     """Projects the time-summed feature map and the spatial attention logits into one embedding space."""
 
     def __init__(self, feature_channels: int, feature_size: int, embed_dim: int, centre: str = "none",
-                 pose_dim: int | None = None):
-        """``pose_dim``: size of the pose side (default S * S; the joint logits' B * J when A_S is joint-anchored)."""
+                 pose_dim: int | None = None, form: str = "paper", feature_time: int = 1):
+        """``pose_dim``: size of the pose side (default S * S; the joint logits' B * J when A_S is joint-anchored).
+        ``form="official"``: the authors' embeddings (sigmoid dense layers with bias, the video side on the
+        flattened map with its ``feature_time`` steps kept, no norm constraint)."""
         super().__init__()
         self.feature_size = feature_size
         self.centre = centre
-        self.batch_norm = (nn.BatchNorm1d(feature_channels * feature_size ** 2, affine=False)
-                           if centre == "batch" else None)
-        self.visual = spectral_norm(nn.Linear(feature_channels * feature_size ** 2, embed_dim, bias=False))  # T_v
-        self.pose = spectral_norm(nn.Linear(pose_dim or feature_size ** 2, embed_dim, bias=False))  # T_p
+        self.official = form == "official"
+        video_dim = feature_channels * feature_size ** 2 * (feature_time if self.official else 1)
+        self.batch_norm = nn.BatchNorm1d(video_dim, affine=False) if centre == "batch" else None
+        if self.official:
+            self.visual = nn.Sequential(nn.Linear(video_dim, embed_dim), nn.Sigmoid())  # dense_video
+            self.pose = nn.Sequential(nn.Linear(pose_dim or feature_size ** 2, embed_dim), nn.Sigmoid())  # dense_skeleton
+        else:
+            self.visual = spectral_norm(nn.Linear(video_dim, embed_dim, bias=False))  # T_v
+            self.pose = spectral_norm(nn.Linear(pose_dim or feature_size ** 2, embed_dim, bias=False))  # T_p
 
     def forward(self, f: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed video and pose.
@@ -54,11 +64,13 @@ class SpatialEmbedding(nn.Module):
         Returns:
             ``(f_e, p_e)``, each (N, embed_dim).
         """
-        f_s = f.sum(dim=2)  # (N, C, H, W)
-        f_s = F.adaptive_avg_pool2d(f_s, self.feature_size)  # (N, C, 7, 7)
+        if self.official:  # the authors' Flatten of Mixed_5c: time kept
+            f_s = F.adaptive_avg_pool3d(f, (f.shape[2], self.feature_size, self.feature_size))  # (N, C, T, 7, 7)
+        else:
+            f_s = F.adaptive_avg_pool2d(f.sum(dim=2), self.feature_size)  # (N, C, 7, 7)
         if self.centre == "spatial":
-            f_s = f_s - f_s.mean(dim=(2, 3), keepdim=True)  # (N, C, 7, 7)
-        f_s = f_s.flatten(1)  # (N, C * 49)
+            f_s = f_s - f_s.mean(dim=(-2, -1), keepdim=True)  # (N, C, [T,] 7, 7)
+        f_s = f_s.flatten(1)  # (N, C * 49), official (N, C * T * 49)
         if self.batch_norm is not None:
             bn = self.batch_norm
             single = self.training and f_s.shape[0] == 1  # one video has no spread: use the running statistics

@@ -46,7 +46,8 @@ def embedding_loss(f_e: torch.Tensor, p_e: torch.Tensor, kind: str, temperature:
     Args:
         f_e: video embedding (N, D).
         p_e: pose embedding (N, D).
-        kind: ``euclid``: ``||f_e/|f_e| - P_e/|P_e|||^2`` (paper eq. 5); ``kl_fe_pe``: KL(f_e || P_e);
+        kind: ``euclid``: ``||f_e/|f_e| - P_e/|P_e|||^2`` (paper eq. 5); ``l1_squared``: ``(sum_d |f_e - P_e|)^2``
+            (the authors' code: their L1 distance layer trained by MSE towards 0); ``kl_fe_pe``: KL(f_e || P_e);
             ``kl_pe_fe``: KL(P_e || f_e); ``bikl``: the sum of both. For KL each embedding becomes a
             distribution by a softmax over its D entries. ``contrastive``: ``contrastive_loss``.
         temperature: of the ``contrastive`` loss.
@@ -62,6 +63,8 @@ def embedding_loss(f_e: torch.Tensor, p_e: torch.Tensor, kind: str, temperature:
         return (F.normalize(f_e, dim=1) - F.normalize(p_e, dim=1)).square().sum(dim=1).mean()
     if kind == "contrastive":
         return contrastive_loss(f_e, p_e, temperature)
+    if kind == "l1_squared":
+        return (f_e - p_e).abs().sum(dim=1).square().mean()
     if kind == "kl_fe_pe":
         return _kl(f_e, p_e).mean()
     if kind == "kl_pe_fe":
@@ -88,6 +91,21 @@ def attention_regulariser(a_s: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
     return (spatial + temporal).mean()
 
 
+def attention_regulariser_batch_sum(a_s: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """The authors' L_A (``attention_reg="batch_sum"``): their Keras activity regulariser ``(1 - sum(A))^2`` on each
+    attention output, the sum over the whole batch tensor: ``(1 - sum A_S)^2 + (1 - sum A_T)^2``. With A_T a softmax,
+    sum A_T is the batch size, so its term is a constant without gradient.
+
+    Args:
+        a_s: spatial attention (N, S, S) or (N, S * S).
+        a_t: temporal attention (N, T), summing to 1 per sample.
+
+    Returns:
+        Scalar regulariser (before ``lambda2``).
+    """
+    return (1 - a_s.sum()).square() + (1 - a_t.sum()).square()
+
+
 def vpn_loss(out: VPNOutput, labels: torch.Tensor, config: VPNConfig) -> dict[str, torch.Tensor]:
     """Total training loss of ``config.variant`` and its terms (see the module doc for the weighting).
 
@@ -109,7 +127,8 @@ def vpn_loss(out: VPNOutput, labels: torch.Tensor, config: VPNConfig) -> dict[st
     if out.attention_spatial is None or out.attention_temporal is None:
         raise ValueError(f"variant {config.variant!r} needs the attention maps, but the output has none")
     a_t = out.attention_temporal
-    attention = attention_regulariser(out.attention_spatial, a_t / a_t.sum(dim=1, keepdim=True))  # on softmax(z2)
+    regulariser = attention_regulariser_batch_sum if config.attention_reg == "batch_sum" else attention_regulariser
+    attention = regulariser(out.attention_spatial, a_t / a_t.sum(dim=1, keepdim=True))  # on softmax(z2)
     if config.variant == "attention":
         total = classification + config.lambda2 * attention
         return {"total": total, "classification": classification, "embedding": zero, "attention": attention}

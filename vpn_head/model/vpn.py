@@ -87,15 +87,20 @@ class VPN(nn.Module):
         anchors = MAX_BODIES * config.num_joints if config.spatial_attention == "joints" else 0
         self.attention = (PoseAttention(POSE_FEATURE_DIM, config.attention_hidden, config.feature_time,
                                         config.feature_size, config.temporal_scale, config.attention_init == "zero",
-                                        anchors, config.joint_sigma)
+                                        anchors, config.joint_sigma, config.temporal_hidden)
                           if uses_pose else None)
         pose_side = anchors if anchors and config.embedding_input == "z1" else config.feature_size ** 2
         self.embedding = (SpatialEmbedding(config.feature_channels, config.feature_size, config.embed_dim,
-                                           config.embedding_centre, pose_side)
+                                           config.embedding_centre, pose_side, config.embedding_form,
+                                           config.feature_time)
                           if config.variant == "vpn" else None)
         self.feature_norm = PooledNorm(config.feature_channels) if config.feature_norm == "batch" else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.feature_channels, config.num_classes)
+        self.classifier = (nn.Linear(config.feature_channels, config.num_classes) if config.classifier == "linear"
+                           else nn.Sequential(nn.Linear(config.feature_channels, config.num_classes),
+                                              nn.Linear(config.num_classes, config.num_classes)))
+        """``classifier="official"``: the authors' 1 x 1 conv to the classes, then Dense(classes) (its softmax is
+        the cross-entropy's)."""
 
     def _check_inputs(self, features: torch.Tensor, poses: torch.Tensor | None) -> None:
         cfg = self.config

@@ -52,7 +52,7 @@ from vpn_head.data.augment import AugmentConfig
 from vpn_head.engine.checkpoints import (
     CHECKPOINT_NAMES, FINETUNE, CheckpointError, head_from_checkpoint, load_checkpoint,
 )
-from vpn_head.engine.options import add_common_arguments, parse_args_with_config
+from vpn_head.engine.options import add_common_arguments, parse_args_with_config, reading_model
 from vpn_head.model.config import VARIANTS, VPNConfig
 from vpn_head.data.clips import resolve_cache, selection_split
 from vpn_head.engine.config import FinetuneConfig, accumulation_steps
@@ -253,7 +253,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         lr_step=args.lr_step, lr_gamma=args.lr_gamma, freeze_until=args.freeze_until, frozen_bn=args.frozen_bn,
         clip_len=args.clip_len, crop_size=args.crop_size,
         augment=AugmentConfig(args.flip_prob, args.temporal_jitter, args.box_scale, args.box_shift),
-        variant=args.variant, model=dict(args.model), eval_split=args.eval_split,
+        variant=args.variant, model=reading_model(args.reading, args.model), eval_split=args.eval_split,
         val_fraction=args.val_fraction, eval_clips=args.eval_clips,
         eval_crop_size=args.eval_crop_size, seed=args.seed, deterministic=args.deterministic,
         num_workers=args.num_workers, amp=args.amp, device=args.device, manifest=args.manifest,

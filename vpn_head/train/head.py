@@ -34,7 +34,7 @@ from torch.utils.data import Sampler
 from pipeline.cache.reader import CacheError
 from vpn_head.engine import loop as engine
 from vpn_head.engine.checkpoints import HEAD, CheckpointError
-from vpn_head.engine.options import add_common_arguments, parse_args_with_config
+from vpn_head.engine.options import add_common_arguments, parse_args_with_config, reading_model
 from vpn_head.model.config import EMBEDDING_LOSSES, VARIANTS, VPNConfig
 from vpn_head.data.clips import CachedClips, resolve_cache, selection_split
 from vpn_head.engine.metrics import summarise, video_scores
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force-new", action="store_true", help="move an existing run aside and start over")
     args = parse_args_with_config(parser, argv, "train", {"run_name": "run"})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model = dict(args.model)
+    model = reading_model(args.reading, args.model)
     for key in ("pose_backbone", "coupler", "embedding_loss"):
         if getattr(args, key) is not None:
             model[key] = getattr(args, key)

@@ -232,7 +232,7 @@ def test_ablation_writes_every_row_and_skips_finished_runs(tiny_cache, tmp_path)
         assert f"| {escaped} | {ablation.run} |" in text
     runs = {p.name for p in (tmp_path / "ablate").iterdir() if p.is_dir()}
     assert runs == {a.run for a in ABLATIONS}
-    assert "## Table 1" in text and "## Table 3" in text
+    assert "## Table 1" in text and "## Table 3" in text and "## Readings" in text
     assert all(line.count("|") - line.count("\\|") == 6 for line in text.splitlines() if line.startswith("| "))
     i3d_row = next(line for line in text.splitlines() if line.startswith("| I3D (no pose) |"))
     assert i3d_row.endswith("| - |") and "Shuffled poses" in text
