@@ -43,16 +43,16 @@ import h5py
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from pipeline.cache import reader as cache
-from pipeline.tools import verify_cache
 from pipeline.cache import format as cache_format
 from pipeline.cache import merge as cache_merge
+from pipeline.cache import reader as cache
 from pipeline.cache import writer as cache_writer
-from pipeline.cache.writer import write_rows
-from pipeline.utils.fileio import file_sha256
-from pipeline.i3d.spec import CLIP_FRAMES, FEATURE_SHAPE
 from pipeline.cache.integrity import check_integrity
 from pipeline.cache.provenance import library_versions, make_attrs
+from pipeline.cache.writer import write_rows
+from pipeline.i3d.spec import CLIP_FRAMES, FEATURE_SHAPE
+from pipeline.tools import verify_cache
+from pipeline.utils.fileio import file_sha256
 
 log = logging.getLogger("bench_cache")
 

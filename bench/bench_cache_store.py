@@ -36,13 +36,13 @@ import cv2
 import torch
 
 from pipeline.build import extract
-from pipeline.features.extractor import make_extractor
 from pipeline.cache.config import STORE_PREFIX, CacheConfig
 from pipeline.cache.layout import crops_dir
 from pipeline.cache.provenance import make_attrs
 from pipeline.crops import store_build
 from pipeline.crops.store import StoreConfig
 from pipeline.datasets import manifest
+from pipeline.features.extractor import make_extractor
 from pipeline.synthetic.dataset import SyntheticConfig, generate
 from pipeline.utils.fileio import file_sha256
 

@@ -44,14 +44,14 @@ import hdf5plugin
 import numpy as np
 import pandas as pd
 
-from pipeline.video import crop
 from pipeline.crops import store as crop_store
 from pipeline.crops import store_build
 from pipeline.datasets import manifest
-from pipeline.video import reader as video
 from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE
-from pipeline.video.sampling import sample_frame_indices
 from pipeline.synthetic.dataset import SyntheticConfig, generate
+from pipeline.video import crop
+from pipeline.video import reader as video
+from pipeline.video.sampling import sample_frame_indices
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLES = REPO.parent / "shared" / "samples" / "ntu"
@@ -174,8 +174,8 @@ def bench_finetune(videos: int, clip_len: int, crop_size: int, folder: Path) -> 
     """One fine-tune epoch per pixel source on synthetic 1080p videos: epoch seconds from each train_log.csv."""
     from tasks import cache as cache_tasks  # building the bench data needs the Luigi tasks
     from tasks import crops as crops_tasks
-    from vpn_head.train.finetune import finetune
     from vpn_head.engine.config import FinetuneConfig
+    from vpn_head.train.finetune import finetune
 
     generate(folder / "data", SyntheticConfig(n=videos, seed=0, min_frames=60, max_frames=90, num_classes=2,
                                               frame_size=(1920, 1080)))

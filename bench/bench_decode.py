@@ -25,8 +25,8 @@ import cv2
 import decord
 import numpy as np
 
-from pipeline.video.crop import crop_and_resize, to_uint8_crops
 from pipeline.i3d.spec import CLIP_FRAMES
+from pipeline.video.crop import crop_and_resize, to_uint8_crops
 from pipeline.video.reader import BACKENDS, FrameCountError, OpenCVReader, sample_frame_indices
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,13 +37,13 @@ from pipeline.datasets import manifest
 from pipeline.i3d.model import load_i3d
 from pipeline.synthetic.dataset import SyntheticConfig, generate
 from vpn_head.data.augment import AugmentConfig
-from vpn_head.model.config import VPNConfig
 from vpn_head.data.clips import resolve_cache
-from vpn_head.model.finetune_vpn import FinetuneVPN
 from vpn_head.data.pixels import PixelClips, sample_paths
-from vpn_head.runtime import autocast, resolve_device
+from vpn_head.model.config import VPNConfig
+from vpn_head.model.finetune_vpn import FinetuneVPN
 from vpn_head.model.losses import vpn_loss
 from vpn_head.model.vpn import VPN
+from vpn_head.runtime import autocast, resolve_device
 
 log = logging.getLogger("bench_finetune")
 

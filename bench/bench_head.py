@@ -40,14 +40,14 @@ from torch.utils.data import Subset
 
 from pipeline.cache import reader as cache_lib
 from pipeline.cache.merge import merge_shards
+from pipeline.cache.provenance import make_attrs
 from pipeline.cache.writer import ShardWriter
 from pipeline.datasets.registry import get_dataset
 from pipeline.i3d.spec import CLIP_FRAMES, FEATURE_SHAPE
-from pipeline.cache.provenance import make_attrs
-from vpn_head.model.config import VPNConfig
 from vpn_head.data.clips import CachedClips
-from vpn_head.runtime import make_loader
+from vpn_head.model.config import VPNConfig
 from vpn_head.model.vpn import VPN
+from vpn_head.runtime import make_loader
 from vpn_head.train.head import EpochShuffleSampler, train_epoch
 
 log = logging.getLogger("bench_head")

@@ -26,15 +26,15 @@ from pathlib import Path
 import torch
 
 from pipeline.build import extract
-from pipeline.i3d.model import extract_features
+from pipeline.cache.config import CacheConfig
+from pipeline.cache.provenance import make_attrs
+from pipeline.datasets import manifest
+from pipeline.datasets.registry import get_dataset
 from pipeline.features import extractor as features
 from pipeline.features import sample
-from pipeline.datasets import manifest
-from pipeline.cache.config import CacheConfig
-from pipeline.datasets.registry import get_dataset
-from pipeline.utils.fileio import file_sha256
-from pipeline.cache.provenance import make_attrs
+from pipeline.i3d.model import extract_features
 from pipeline.synthetic.dataset import SyntheticConfig, generate
+from pipeline.utils.fileio import file_sha256
 
 
 def _frame_size(text: str) -> tuple[int, int]:

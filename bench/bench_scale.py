@@ -55,22 +55,22 @@ import torch
 from torch.utils.data import RandomSampler
 
 import tasks.cache as cache_tasks
-from pipeline.cache import reader as cache
 from pipeline.build import steps as cache_build
+from pipeline.build.extract import ShardStats
 from pipeline.cache import format as cache_format
 from pipeline.cache import layout
-from pipeline.cache.merge import merge_shards
-from pipeline.cache.writer import ShardWriter, write_rows
+from pipeline.cache import reader as cache
 from pipeline.cache.config import CacheConfig
-from pipeline.datasets.registry import get_dataset
-from pipeline.defaults import DEFAULT_COMPRESSION
-from pipeline.build.extract import ShardStats
 from pipeline.cache.failures import append_failures, read_failures, write_failures
-from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE, FEATURE_SHAPE
 from pipeline.cache.integrity import record_integrity
+from pipeline.cache.merge import merge_shards
+from pipeline.cache.provenance import make_attrs
+from pipeline.cache.writer import ShardWriter, write_rows
 from pipeline.datasets.manifest import read_manifest, read_manifest_root, scan, write_manifest
 from pipeline.datasets.ntu import format_sample_id, parse_sample_id, read_missing_list
-from pipeline.cache.provenance import make_attrs
+from pipeline.datasets.registry import get_dataset
+from pipeline.defaults import DEFAULT_COMPRESSION
+from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE, FEATURE_SHAPE
 from vpn_head.data.clips import CachedClips, resolve_cache
 from vpn_head.runtime import make_loader
 

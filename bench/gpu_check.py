@@ -53,16 +53,16 @@ from bench.bench_finetune import build as build_finetune_model
 from bench.bench_finetune import timed_pass
 from bench.bench_head import write_synthetic_cache
 from pipeline.build import extract
-from pipeline.features import extractor as features
-from pipeline.datasets import manifest
 from pipeline.cache.config import CacheConfig
-from pipeline.utils.fileio import file_sha256
-from pipeline.i3d.model import extract_features, load_i3d
 from pipeline.cache.provenance import make_attrs
+from pipeline.datasets import manifest
+from pipeline.features import extractor as features
+from pipeline.i3d.model import extract_features, load_i3d
 from pipeline.synthetic.dataset import SyntheticConfig, generate
+from pipeline.utils.fileio import file_sha256
+from vpn_head.data.clips import CachedClips
 from vpn_head.engine import loop as engine
 from vpn_head.model.config import VPNConfig
-from vpn_head.data.clips import CachedClips
 from vpn_head.model.vpn import VPN
 from vpn_head.runtime import DistContext, make_loader
 from vpn_head.train.head import EpochShuffleSampler, train_epoch

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import luigi
 
-from pipeline.crops import store as crop_store
-from pipeline.crops import store_build
-from pipeline.cache import layout
 from pipeline.build.lock import BuildLock, CacheBusyError
 from pipeline.build.steps import shard_failure_line
-from pipeline.defaults import DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT, DEFAULT_SHARD_SIZE
+from pipeline.cache import layout
 from pipeline.cache.failures import read_failures
+from pipeline.crops import store as crop_store
+from pipeline.crops import store_build
 from pipeline.datasets.manifest import resolve_data_root
 from pipeline.datasets.registry import get_dataset
+from pipeline.defaults import DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT, DEFAULT_SHARD_SIZE
 from pipeline.utils.fileio import atomic_write_json, file_sha256
 
 log = logging.getLogger("tasks.crops")

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 
 from pipeline.cache import reader as cache
-from pipeline.datasets import manifest
 from pipeline.cache.merge import merge_shards
+from pipeline.cache.provenance import make_attrs
 from pipeline.cache.writer import ShardWriter, write_rows
 from pipeline.contracts import FEATURE_SHAPE
-from pipeline.datasets.registry import get_dataset
-from pipeline.datasets.nucla import NUCLA_ACTION_IDS
+from pipeline.datasets import manifest
 from pipeline.datasets.ntu import format_sample_id
-from pipeline.cache.provenance import make_attrs
+from pipeline.datasets.nucla import NUCLA_ACTION_IDS
+from pipeline.datasets.registry import get_dataset
 from pipeline.synthetic.dataset import SyntheticConfig, generate
 from tests.conftest import shared_path
 from vpn_head.model.config import PAPER_READING, VPNConfig

@@ -27,16 +27,16 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.cache.writer import ShardWriter
-from pipeline.crops.store import CropStore, StoreError
 from pipeline.cache.config import CacheConfig
-from pipeline.contracts import PROBLEM_COLUMN
-from pipeline.datasets.registry import get_dataset
 from pipeline.cache.failures import read_shard_failures
-from pipeline.features.extractor import FLOAT16_MAX, clip_features, overflow_peaks
-from pipeline.features.sample import ENVIRONMENT_STAGE, PreparedSample, SampleError, prepare_sample, sample_path
 from pipeline.cache.integrity import check_integrity
 from pipeline.cache.layout import CacheError
+from pipeline.cache.writer import ShardWriter
+from pipeline.contracts import PROBLEM_COLUMN
+from pipeline.crops.store import CropStore, StoreError
+from pipeline.datasets.registry import get_dataset
+from pipeline.features.extractor import FLOAT16_MAX, clip_features, overflow_peaks
+from pipeline.features.sample import ENVIRONMENT_STAGE, PreparedSample, SampleError, prepare_sample, sample_path
 from pipeline.utils.fileio import is_transient
 from pipeline.utils.progress import show_progress
 

@@ -19,23 +19,33 @@ from pathlib import Path
 import torch
 
 from pipeline.build import extract
-from pipeline.features import extractor as features
-from pipeline.cache.reader import open_cache
-from pipeline.cache.format import open_h5
-from pipeline.cache.merge import merge_shards
 from pipeline.cache.config import PIXELS_SOURCE, STORE_PREFIX, CacheConfig
-from pipeline.crops import store as crop_store
-from pipeline.datasets.registry import get_dataset
 from pipeline.cache.failures import read_failures
-from pipeline.utils.fileio import file_sha256
+from pipeline.cache.format import open_h5
 from pipeline.cache.input_stats import INPUT_COLUMNS, INPUTS_ATTR, describe, inputs_record, shard_changes
 from pipeline.cache.integrity import check_integrity
 from pipeline.cache.layout import (
-    FAILURES_NAME, LUIGI_TEMP_GLOB, MERGED_NAME, CacheError, append_run_log, integrity_path, num_shards,
-    remove_stale_temp_files, shard_path, shards_done, write_config, write_latest,
+    FAILURES_NAME,
+    LUIGI_TEMP_GLOB,
+    MERGED_NAME,
+    CacheError,
+    append_run_log,
+    integrity_path,
+    num_shards,
+    remove_stale_temp_files,
+    shard_path,
+    shards_done,
+    write_config,
+    write_latest,
 )
-from pipeline.datasets.manifest import inside_root, read_manifest, resolve_data_root
+from pipeline.cache.merge import merge_shards
 from pipeline.cache.provenance import make_attrs, utc_now
+from pipeline.cache.reader import open_cache
+from pipeline.crops import store as crop_store
+from pipeline.datasets.manifest import inside_root, read_manifest, resolve_data_root
+from pipeline.datasets.registry import get_dataset
+from pipeline.features import extractor as features
+from pipeline.utils.fileio import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.cache.layout import cache_dir
 from pipeline.defaults import (
-    DEFAULT_BACKEND, DEFAULT_COMPRESSION, DEFAULT_CROP_PAD, DEFAULT_FALLBACK, DEFAULT_SHARD_SIZE,
+    DEFAULT_BACKEND,
+    DEFAULT_COMPRESSION,
+    DEFAULT_CROP_PAD,
+    DEFAULT_FALLBACK,
+    DEFAULT_SHARD_SIZE,
 )
 from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE
-from pipeline.cache.layout import cache_dir
 
 PIXELS_SOURCE = "source"
 """``CacheConfig.pixels`` of a cache decoded from the source videos."""

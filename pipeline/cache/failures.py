@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 
 from pipeline.cache.format import FAILURES, open_h5, strings
+from pipeline.cache.layout import CacheError
 from pipeline.contracts import FAILURE_COLUMNS
 from pipeline.utils.fileio import atomic_write_csv
-from pipeline.cache.layout import CacheError
 
 
 def failure_row(row: Sequence[Any]) -> tuple[str, str, str]:

@@ -23,9 +23,9 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the zstd/blosc2/bitshuffle filters before any file is opened)
 import numpy as np
 
+from pipeline.cache.layout import CacheError
 from pipeline.contracts import CACHE_DATASETS, MAX_BODIES
 from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE, feature_shape
-from pipeline.cache.layout import CacheError
 
 SPLITS_GROUP = "splits"
 ACTIONS = "actions"

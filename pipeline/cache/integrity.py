@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 
 from pipeline.cache.format import VIRTUAL_DATASETS, open_h5
-from pipeline.utils.fileio import atomic_write_text, file_sha256
 from pipeline.cache.layout import CacheError, integrity_path
+from pipeline.utils.fileio import atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 

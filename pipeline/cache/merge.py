@@ -11,17 +11,25 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from pipeline.cache.reader import CacheReader
-from pipeline.cache.format import (
-    ACTIONS, DTYPES, FAILURES, FILE_KWARGS, SPLITS_GROUP, VIRTUAL_DATASETS, create_checked, fixed_strings, row_shapes,
-)
-from pipeline.contracts import CACHE_ATTRS
 from pipeline.cache.failures import write_failures
-from pipeline.utils.fileio import atomic_path
+from pipeline.cache.format import (
+    ACTIONS,
+    DTYPES,
+    FAILURES,
+    FILE_KWARGS,
+    SPLITS_GROUP,
+    VIRTUAL_DATASETS,
+    create_checked,
+    fixed_strings,
+    row_shapes,
+)
 from pipeline.cache.integrity import record_integrity
 from pipeline.cache.layout import FAILURES_NAME, CacheError
-from pipeline.utils.progress import show_progress
 from pipeline.cache.provenance import utc_now
+from pipeline.cache.reader import CacheReader
+from pipeline.contracts import CACHE_ATTRS
+from pipeline.utils.fileio import atomic_path
+from pipeline.utils.progress import show_progress
 
 log = logging.getLogger(__name__)
 

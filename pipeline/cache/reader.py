@@ -29,11 +29,20 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cache.format import (
-    ACTIONS, DTYPES, FAILURES, SPLITS_GROUP, VIRTUAL_DATASETS, attr_str, check_str, open_h5, row_shapes, strings,
+    ACTIONS,
+    DTYPES,
+    FAILURES,
+    SPLITS_GROUP,
+    VIRTUAL_DATASETS,
+    attr_str,
+    check_str,
+    open_h5,
+    row_shapes,
+    strings,
 )
+from pipeline.cache.layout import MERGED_NAME, CacheError
 from pipeline.contracts import CACHE_ATTRS, CACHE_DATASETS, FAILURE_COLUMNS, MAX_BODIES
 from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE
-from pipeline.cache.layout import MERGED_NAME, CacheError
 from pipeline.utils.per_process import PerProcess
 
 __all__ = ["MERGED_NAME", "CacheError", "CacheReader", "float16_to_float32", "open_cache"]

@@ -14,18 +14,29 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.cache.format import (
-    ACTIONS, CHECKSUM, DTYPES, FAILURES, FILE_KWARGS, METADATA_CHUNK_ROWS, SPLITS_GROUP, STRING_DATASETS,
-    VIRTUAL_DATASETS, compression_kwargs, create_checked, fixed_strings, row_shapes,
-)
-from pipeline.contracts import CACHE_ATTRS, FAILURE_COLUMNS, PROTOCOL_VALUES
-from pipeline.defaults import DEFAULT_COMPRESSION
 from pipeline.cache.failures import failure_row
-from pipeline.utils.fileio import temp_path
-from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE
+from pipeline.cache.format import (
+    ACTIONS,
+    CHECKSUM,
+    DTYPES,
+    FAILURES,
+    FILE_KWARGS,
+    METADATA_CHUNK_ROWS,
+    SPLITS_GROUP,
+    STRING_DATASETS,
+    VIRTUAL_DATASETS,
+    compression_kwargs,
+    create_checked,
+    fixed_strings,
+    row_shapes,
+)
 from pipeline.cache.input_stats import INPUTS_ATTR
 from pipeline.cache.integrity import record_integrity
 from pipeline.cache.provenance import check_attrs
+from pipeline.contracts import CACHE_ATTRS, FAILURE_COLUMNS, PROTOCOL_VALUES
+from pipeline.defaults import DEFAULT_COMPRESSION
+from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE
+from pipeline.utils.fileio import temp_path
 
 log = logging.getLogger(__name__)
 

@@ -28,14 +28,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.datasets import poses as pose_lib
-from pipeline.cache.reader import open_cache
-from pipeline.datasets.registry import get_dataset
-from pipeline.utils.fileio import atomic_path
 from pipeline.cache.layout import CacheError, resolve
-from pipeline.datasets.manifest import read_manifest, resolve_data_root
 from pipeline.cache.provenance import utc_now
+from pipeline.cache.reader import open_cache
+from pipeline.datasets import poses as pose_lib
+from pipeline.datasets.manifest import read_manifest, resolve_data_root
+from pipeline.datasets.registry import get_dataset
 from pipeline.datasets.skeleton_io import SkeletonFormatError
+from pipeline.utils.fileio import atomic_path
 from pipeline.video.reader import DecodeError, open_video
 
 log = logging.getLogger(__name__)

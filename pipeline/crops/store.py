@@ -25,7 +25,12 @@ import numpy as np
 
 from pipeline.cache.layout import CONFIG_NAME, CROPS_INDEX, LATEST, CacheError, crops_dir, crops_root
 from pipeline.defaults import (
-    DEFAULT_BACKEND, DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT, DEFAULT_CROP_PAD, DEFAULT_FALLBACK, DEFAULT_SHARD_SIZE,
+    DEFAULT_BACKEND,
+    DEFAULT_BOX_SCALE,
+    DEFAULT_BOX_SHIFT,
+    DEFAULT_CROP_PAD,
+    DEFAULT_FALLBACK,
+    DEFAULT_SHARD_SIZE,
 )
 
 log = logging.getLogger(__name__)

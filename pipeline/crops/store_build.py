@@ -45,22 +45,28 @@ import cv2
 import h5py
 import numpy as np
 
-from pipeline.video import crop
-from pipeline.video import reader as video
 from pipeline.cache.failures import write_failures
-from pipeline.cache.writer import fail_safe_h5
-from pipeline.contracts import PROBLEM_COLUMN
-from pipeline.utils.fileio import atomic_write_json, atomic_write_text
 from pipeline.cache.layout import (
-    CROPS_INDEX, CROPS_SHARD_NAME, FAILURES_NAME, LATEST, crops_dir, crops_root, crops_shard_path,
+    CROPS_INDEX,
+    CROPS_SHARD_NAME,
+    FAILURES_NAME,
+    LATEST,
+    crops_dir,
+    crops_root,
+    crops_shard_path,
     num_shards,
 )
+from pipeline.cache.provenance import make_attrs
+from pipeline.cache.writer import fail_safe_h5
+from pipeline.contracts import PROBLEM_COLUMN
+from pipeline.crops.store import CropStore, StoreConfig, StoreError, decode_h264
 from pipeline.datasets.manifest import inside_root, read_manifest, resolve_data_root
 from pipeline.datasets.ntu import SkeletonFormatError
 from pipeline.datasets.poses import load_skeleton
 from pipeline.datasets.registry import get_dataset
-from pipeline.cache.provenance import make_attrs
-from pipeline.crops.store import CropStore, StoreConfig, StoreError, decode_h264
+from pipeline.utils.fileio import atomic_write_json, atomic_write_text
+from pipeline.video import crop
+from pipeline.video import reader as video
 
 log = logging.getLogger(__name__)
 

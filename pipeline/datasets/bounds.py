@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from pipeline.datasets.spec import DatasetSpec
 from pipeline.datasets.skeleton_io import SkeletonClip
+from pipeline.datasets.spec import DatasetSpec
 
 MAX_FRAME_PIXELS = int(float(os.environ.get("VPN_MAX_FRAME_MPIXELS", "8.3")) * 1e6)
 """Largest decoded frame, in pixels, read from the container header before anything is decoded: 8.3 MP holds 4K

@@ -25,13 +25,13 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
 from pipeline.datasets import bounds as input_bounds
 from pipeline.datasets import pose_pickle
-from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN, PROTOCOL_VALUES
+from pipeline.datasets.files import SampleFiles, ScanReport, printable, real_path, relative
 from pipeline.datasets.registry import DATASETS, DatasetSpec, get_dataset
 from pipeline.utils.fileio import atomic_path, atomic_write_json
 from pipeline.utils.progress import show_progress
-from pipeline.datasets.files import SampleFiles, ScanReport, printable, real_path, relative
 
 log = logging.getLogger(__name__)
 

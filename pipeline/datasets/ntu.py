@@ -26,11 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.contracts import MAX_BODIES
-from pipeline.datasets.spec import DatasetSpec, SampleInfo, left_right_pairs, zero_based
 from pipeline.datasets.files import VIDEO_SUFFIXES, SampleFiles, ScanReport, pair_files
 from pipeline.datasets.skeleton_io import (  # the error: re-exported
-    FLOAT32_MAX, MAX_FRAMES, SkeletonClip, SkeletonFormatError, pad_bodies, read_bounded,
+    FLOAT32_MAX,
+    MAX_FRAMES,
+    SkeletonClip,
+    SkeletonFormatError,
+    pad_bodies,
+    read_bounded,
 )
+from pipeline.datasets.spec import DatasetSpec, SampleInfo, left_right_pairs, zero_based
 
 NTU_CLASSES: tuple[str, ...] = (
     "drink water", "eat meal/snack", "brushing teeth", "brushing hair", "drop", "pickup", "throw",

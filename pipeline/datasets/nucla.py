@@ -21,11 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.spec import DatasetSpec, SampleInfo, left_right_pairs, zero_based
 from pipeline.datasets.files import SampleFiles, ScanReport, pair_files, relative
 from pipeline.datasets.skeleton_io import (
-    FLOAT32_MAX, MAX_FRAMES, SkeletonClip, SkeletonFormatError, load_json, pad_bodies, read_bounded,
+    FLOAT32_MAX,
+    MAX_FRAMES,
+    SkeletonClip,
+    SkeletonFormatError,
+    load_json,
+    pad_bodies,
+    read_bounded,
 )
+from pipeline.datasets.spec import DatasetSpec, SampleInfo, left_right_pairs, zero_based
 
 NUCLA_ACTION_IDS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 9, 11, 12)
 NUCLA_CLASSES: tuple[str, ...] = (

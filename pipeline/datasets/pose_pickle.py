@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contracts import MAX_BODIES, PROBLEM_COLUMN
+from pipeline.datasets.bounds import pose_problem
 from pipeline.datasets.registry import DatasetSpec, get_dataset
 from pipeline.utils.fileio import atomic_path, file_sha256
-from pipeline.datasets.bounds import pose_problem
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.spec import DatasetSpec
 from pipeline.datasets.skeleton_io import SkeletonClip
+from pipeline.datasets.spec import DatasetSpec
 
 
 def load_skeleton(spec: DatasetSpec, path: str | Path, video_size: tuple[int, int]) -> SkeletonClip:

@@ -14,9 +14,7 @@ defined in the test goes through the manifest scan, validation, pose loading and
 
 from __future__ import annotations
 
-from pipeline.datasets import ntu
-from pipeline.datasets import nucla
-from pipeline.datasets import smarthome
+from pipeline.datasets import ntu, nucla, smarthome
 from pipeline.datasets.spec import DatasetSpec
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (*ntu.SPECS, smarthome.SPEC, nucla.SPEC)}

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.contracts import MAX_BODIES
-from pipeline.datasets.spec import DatasetSpec, SampleInfo, left_right_pairs
 from pipeline.datasets.files import VIDEO_SUFFIXES, SampleFiles, ScanReport, pair_files
 from pipeline.datasets.skeleton_io import FLOAT32_MAX, MAX_FRAMES, SkeletonClip, SkeletonFormatError, load_json
+from pipeline.datasets.spec import DatasetSpec, SampleInfo, left_right_pairs
 
 SMARTHOME_CLASSES: tuple[str, ...] = (
     "Cook.Cleandishes", "Cook.Cleanup", "Cook.Cut", "Cook.Stir", "Cook.Usestove", "Cutbread",

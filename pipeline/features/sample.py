@@ -35,9 +35,7 @@ from pipeline.cache.config import CacheConfig
 from pipeline.contracts import PROBLEM_COLUMN
 from pipeline.crops.store import CropStore, StoreError, StoreView
 from pipeline.datasets import bounds as input_bounds
-from pipeline.datasets import manifest
-from pipeline.datasets import pose_pickle
-from pipeline.datasets import poses
+from pipeline.datasets import manifest, pose_pickle, poses
 from pipeline.datasets.ntu import SkeletonFormatError
 from pipeline.datasets.registry import DatasetSpec
 from pipeline.utils.fileio import is_transient

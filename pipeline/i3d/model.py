@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.utils.fileio import file_sha256
 from pipeline.i3d.spec import FEATURE_CHANNELS, FEATURE_SHAPE, SPATIAL_STRIDE, TEMPORAL_STRIDE
+from pipeline.utils.fileio import file_sha256
 
 logger = logging.getLogger(__name__)
 

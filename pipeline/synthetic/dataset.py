@@ -64,16 +64,27 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.utils.cli import add_config_options, run_cli
-from pipeline.utils.fileio import atomic_path, atomic_write_text
 from pipeline.datasets.ntu import SAMPLE_ID_RE, BodyRecord, write_skeleton
 from pipeline.synthetic.motion import (
-    CAMERA_YAW_DEG, JOINT_INDEX, body_motion, place, project_color, project_depth, yaw_matrix,
+    CAMERA_YAW_DEG,
+    JOINT_INDEX,
+    body_motion,
+    place,
+    project_color,
+    project_depth,
+    yaw_matrix,
 )
 from pipeline.synthetic.plan import FPS, SamplePlan, SyntheticConfig, active_hand, plan_samples, random_stream
 from pipeline.synthetic.render import (
-    BodyStyle, SyntheticSample, make_background, make_distractor, random_color, render_frame,
+    BodyStyle,
+    SyntheticSample,
+    make_background,
+    make_distractor,
+    random_color,
+    render_frame,
 )
+from pipeline.utils.cli import add_config_options, run_cli
+from pipeline.utils.fileio import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

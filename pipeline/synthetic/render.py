@@ -9,10 +9,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.datasets.registry import get_dataset
 from pipeline.datasets.ntu import COLOR_FRAME_SIZE, NTU_JOINTS, BodyRecord
+from pipeline.datasets.registry import get_dataset
 from pipeline.synthetic.motion import (
-    COLOR_FOCAL, FINGER_WIDTH_M, HAND_RADIUS_M, HEAD_RADIUS_M, JOINT_INDEX, LIMB_WIDTH_M, project_color,
+    COLOR_FOCAL,
+    FINGER_WIDTH_M,
+    HAND_RADIUS_M,
+    HEAD_RADIUS_M,
+    JOINT_INDEX,
+    LIMB_WIDTH_M,
+    project_color,
 )
 from pipeline.synthetic.plan import FPS, SamplePlan
 

@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.datasets import poses
 from pipeline.cache.reader import CacheError, open_cache
-from pipeline.utils.cli import run_cli
-from pipeline.datasets.registry import get_dataset
-from pipeline.utils.fileio import atomic_path
+from pipeline.datasets import poses
 from pipeline.datasets.manifest import read_manifest, resolve_data_root
+from pipeline.datasets.registry import get_dataset
+from pipeline.utils.cli import run_cli
+from pipeline.utils.fileio import atomic_path
 from pipeline.utils.progress import show_progress
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.cache.reader import CacheReader, open_cache
 from pipeline.cache.format import open_h5
 from pipeline.cache.layout import SHARD_GLOB, CacheError, resolve
+from pipeline.cache.reader import CacheReader, open_cache
 
 FAILURE_EXAMPLES = 5
 H5_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf", 32001: "blosc", 32008: "bitshuffle",

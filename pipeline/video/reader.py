@@ -36,11 +36,11 @@ import cv2
 import decord
 import numpy as np
 
+from pipeline.datasets.bounds import frame_size_problem
 from pipeline.defaults import DEFAULT_BACKEND, DEFAULT_FALLBACK
 from pipeline.i3d.spec import CLIP_FRAMES
-from pipeline.datasets.bounds import frame_size_problem
-from pipeline.video.sampling import sample_frame_indices
 from pipeline.utils.fileio import is_transient
+from pipeline.video.sampling import sample_frame_indices
 
 logger = logging.getLogger(__name__)
 

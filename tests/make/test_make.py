@@ -16,11 +16,11 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.tools import inspect_cache
-from pipeline.datasets import manifest as manifest_cli
-from pipeline.utils import progress
-from pipeline.tools import export_pyskl as pyskl
 from pipeline.cache.provenance import make_attrs
+from pipeline.datasets import manifest as manifest_cli
+from pipeline.tools import export_pyskl as pyskl
+from pipeline.tools import inspect_cache
+from pipeline.utils import progress
 from tasks import cache as cache_cli
 from tasks import crops as crops_cli
 from tests.conftest import REPO, shared_path

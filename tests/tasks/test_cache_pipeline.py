@@ -17,18 +17,17 @@ import pytest
 import torch
 
 from pipeline.build import extract
-from pipeline.features import extractor as features
-from pipeline.datasets import manifest
-from pipeline.datasets import ntu
-from pipeline.cache.reader import open_cache
+from pipeline.cache.config import CacheConfig
 from pipeline.cache.layout import RUN_LOG
 from pipeline.cache.provenance import make_attrs
-from pipeline.cache.config import CacheConfig
+from pipeline.cache.reader import open_cache
+from pipeline.datasets import manifest, ntu
 from pipeline.datasets.registry import get_dataset
+from pipeline.features import extractor as features
 from tasks import cache as cache_tasks
-from vpn_head.data.clips import resolve_cache
 from tests.conftest import REPO, shared_path
 from tests.helpers import synthetic_dataset
+from vpn_head.data.clips import resolve_cache
 
 PY = sys.executable
 

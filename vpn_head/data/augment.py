@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.video import crop
 from pipeline.defaults import DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT
+from pipeline.video import crop
 from pipeline.video.sampling import sample_frame_indices
 
 

@@ -26,8 +26,8 @@ from pipeline.cache import layout
 from pipeline.cache.reader import CacheError, CacheReader, open_cache
 from pipeline.contracts import MAX_BODIES
 from pipeline.crops.joints import read_crop_joints
-from pipeline.utils.per_process import PerProcess
 from pipeline.datasets.registry import DatasetSpec, get_dataset, protocol_label
+from pipeline.utils.per_process import PerProcess
 from vpn_head.data.splits import CARVED_VAL, carve_validation
 
 log = logging.getLogger(__name__)

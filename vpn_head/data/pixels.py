@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from pipeline.video import crop
-from pipeline.crops import store as crop_store
-from pipeline.video import reader as video
 from pipeline.cache.reader import CacheError, open_cache
-from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE
+from pipeline.crops import store as crop_store
 from pipeline.datasets.manifest import read_manifest, resolve_data_root
-from pipeline.utils.per_process import PerProcess
 from pipeline.datasets.poses import align_frames, clip_poses, load_skeleton
+from pipeline.i3d.spec import CLIP_FRAMES, CROP_SIZE
+from pipeline.utils.per_process import PerProcess
+from pipeline.video import crop
+from pipeline.video import reader as video
 from vpn_head.data.augment import AugmentConfig, clip_indices, crop_keep_aspect, flip_clip, flip_poses, jitter_box
 from vpn_head.data.clips import CachedClips, video_groups
 from vpn_head.runtime import DistContext

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.utils.fileio import atomic_write_bytes
 from pipeline.i3d.model import InceptionI3d, nonfinite_tensors
+from pipeline.utils.fileio import atomic_write_bytes
 from vpn_head.engine.config import FinetuneConfig, TrainConfig, saved_type_problem
 from vpn_head.model.config import VPNConfig
 from vpn_head.model.finetune_vpn import FinetuneVPN

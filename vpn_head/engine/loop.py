@@ -41,13 +41,19 @@ from pipeline.utils.fileio import atomic_write_csv, atomic_write_json
 from pipeline.utils.lock import FolderLock
 from pipeline.utils.progress import show_progress
 from vpn_head.engine.checkpoints import (
-    FINETUNE, HEAD, CheckpointError, load_checkpoint, load_model_state, model_state, save_checkpoint,
+    FINETUNE,
+    HEAD,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    model_state,
+    save_checkpoint,
 )
-from vpn_head.model.config import VPNConfig
+from vpn_head.engine.config import TrainerConfig
 from vpn_head.engine.events import EventLog
+from vpn_head.model.config import VPNConfig
 from vpn_head.model.losses import vpn_loss
 from vpn_head.runtime import DistContext, autocast, barrier, gather, rng_state, set_rng_state
-from vpn_head.engine.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.datasets import poses as pose_lib
 from pipeline.cache.reader import open_cache
-from pipeline.datasets.registry import DatasetSpec
+from pipeline.datasets import poses as pose_lib
 from pipeline.datasets.manifest import read_manifest, resolve_data_root
+from pipeline.datasets.registry import DatasetSpec
 from pipeline.video.reader import DecodeError, open_video
 from vpn_head.model.attention import apply_attention
 from vpn_head.model.config import VPNConfig

@@ -23,17 +23,22 @@ import numpy as np
 import torch
 
 from pipeline.cache.reader import CacheError
-from vpn_head.eval import diagnostics as diag
+from vpn_head.data.clips import CachedClips, resolve_cache
 from vpn_head.engine.board import write_eval
 from vpn_head.engine.checkpoints import (
-    CHECKPOINT_NAMES, FINETUNE, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint,
+    CHECKPOINT_NAMES,
+    FINETUNE,
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
 )
 from vpn_head.engine.config import default_run_name, run_folder
-from vpn_head.data.clips import CachedClips, resolve_cache
-from vpn_head.eval.finetune import evaluate_finetuned
 from vpn_head.engine.metrics import summarise, top1_accuracy, video_scores
-from vpn_head.runtime import make_loader, resolve_device
 from vpn_head.engine.scoring import score_clips, write_eval_reports
+from vpn_head.eval import diagnostics as diag
+from vpn_head.eval.finetune import evaluate_finetuned
+from vpn_head.runtime import make_loader, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from pipeline.utils.progress import show_progress
-from vpn_head.engine.checkpoints import FINETUNE, checkpoint_path, load_checkpoint, model_from_checkpoint
 from vpn_head.data.clips import resolve_cache
-from vpn_head.engine.config import FinetuneConfig
-from vpn_head.model.finetune_vpn import FinetuneVPN
-from vpn_head.engine.metrics import summarise, video_scores
 from vpn_head.data.pixels import PixelClips, PixelVideos, sample_paths
-from vpn_head.runtime import DistContext, autocast, gather, make_loader, resolve_device
+from vpn_head.engine.checkpoints import FINETUNE, checkpoint_path, load_checkpoint, model_from_checkpoint
+from vpn_head.engine.config import FinetuneConfig
+from vpn_head.engine.metrics import summarise, video_scores
 from vpn_head.engine.scoring import score_clips, write_eval_reports
+from vpn_head.model.finetune_vpn import FinetuneVPN
+from vpn_head.runtime import DistContext, autocast, gather, make_loader, resolve_device
 
 log = logging.getLogger(__name__)
 PREFETCH = 4

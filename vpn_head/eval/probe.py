@@ -31,9 +31,9 @@ import torch
 from pipeline.cache.reader import CacheError
 from pipeline.utils.fileio import atomic_write_text
 from vpn_head.data.clips import CachedClips, resolve_cache, selection_split
-from vpn_head.engine.metrics import summarise, video_scores
 from vpn_head.data.splits import CARVED_VAL
 from vpn_head.engine.config import TrainerConfig
+from vpn_head.engine.metrics import summarise, video_scores
 
 log = logging.getLogger(__name__)
 

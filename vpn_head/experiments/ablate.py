@@ -23,8 +23,8 @@ from pipeline.utils.fileio import atomic_write_text
 from vpn_head.engine.checkpoints import CheckpointError
 from vpn_head.engine.config import TRAIN_READINGS
 from vpn_head.engine.options import apply_reading, reading_model
-from vpn_head.model.config import OFFICIAL_READING, PAPER_READING
 from vpn_head.eval.evaluate import evaluate_run
+from vpn_head.model.config import OFFICIAL_READING, PAPER_READING
 from vpn_head.train.head import TrainConfig, add_training_arguments, config_from_args, train
 
 log = logging.getLogger(__name__)

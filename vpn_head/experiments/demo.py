@@ -18,11 +18,18 @@ import logging
 import sys
 
 from pipeline.cache.reader import CacheError
-from vpn_head.experiments.fidelity import JOINT_ANCHORED, VARIANTS, format_table, run_variants, summarise_seeds, train_oracle
-from vpn_head.eval.probe import run_probe
 from vpn_head.data.splits import CARVED_VAL
 from vpn_head.engine.config import TRAIN_READINGS
 from vpn_head.engine.options import reading_model
+from vpn_head.eval.probe import run_probe
+from vpn_head.experiments.fidelity import (
+    JOINT_ANCHORED,
+    VARIANTS,
+    format_table,
+    run_variants,
+    summarise_seeds,
+    train_oracle,
+)
 from vpn_head.model.config import READINGS
 
 

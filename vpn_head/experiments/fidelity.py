@@ -31,25 +31,23 @@ import numpy as np
 import torch
 
 from pipeline.cache.reader import CacheError
-from pipeline.datasets.registry import get_dataset
-from pipeline.utils.fileio import atomic_write_text
-from vpn_head.eval import diagnostics as diag
-from vpn_head.model.config import VPNConfig
 from pipeline.datasets.manifest import main as manifest_main
+from pipeline.datasets.registry import get_dataset
 from pipeline.synthetic.dataset import SyntheticConfig, generate
-from vpn_head.engine.config import TRAIN_READINGS
-from vpn_head.engine.options import parse_override, reading_model
-from vpn_head.model.config import READINGS
+from pipeline.utils.fileio import atomic_write_text
 from vpn_head.data.clips import CachedClips, resolve_cache
-from vpn_head.eval.evaluate import evaluate_run
-from vpn_head.engine.metrics import summarise, video_scores
-from vpn_head.eval.probe import run_probe
-from vpn_head.runtime import seed_everything
 from vpn_head.data.splits import CARVED_VAL
 from vpn_head.engine import loop as engine
 from vpn_head.engine.checkpoints import HEAD, load_checkpoint
-from vpn_head.runtime import loss_scaler, make_loader
+from vpn_head.engine.config import TRAIN_READINGS
+from vpn_head.engine.metrics import summarise, video_scores
+from vpn_head.engine.options import parse_override, reading_model
 from vpn_head.engine.scoring import score_clips
+from vpn_head.eval import diagnostics as diag
+from vpn_head.eval.evaluate import evaluate_run
+from vpn_head.eval.probe import run_probe
+from vpn_head.model.config import READINGS, VPNConfig
+from vpn_head.runtime import loss_scaler, make_loader, seed_everything
 from vpn_head.train.head import EpochShuffleSampler, TrainConfig, make_optimizer, train
 
 log = logging.getLogger(__name__)

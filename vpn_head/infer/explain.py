@@ -17,9 +17,8 @@ the figure says so and shows the crops and the top-k only.
 
 from __future__ import annotations
 
-import argparse
-import os
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from pipeline.datasets.registry import DatasetSpec
 from pipeline.features.inputs import find_inputs
 from pipeline.features.sample import SampleError, prepare_sample
 from pipeline.utils.fileio import atomic_write_json
-from vpn_head.infer.predict import ERRORS, Predictor, add_run_options, load_predictor, run_folder, score_sample, top_k
+from vpn_head.infer.predict import ERRORS, Predictor, open_run, parse_command, score_sample, top_k
 from vpn_head.report.figures import new_figure, save_png, upsample_attention
 
 log = logging.getLogger(__name__)
@@ -215,14 +214,9 @@ def explain(predictor: Predictor, source: str, skeleton: str | None, out_dir: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpn_head.infer.explain", description=__doc__.split("\n\n")[0])
-    add_run_options(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_dir = run_folder(args)
+    args, run_dir = parse_command("python -m vpn_head.infer.explain", __doc__, argv)
     try:
-        predictor = load_predictor(run_dir, args.checkpoint, args.cache_dir, args.i3d_weights, args.device,
-                                   args.batch_size)
+        predictor = open_run(args, run_dir)
         summary = explain(predictor, args.input, args.skeleton, Path(args.out or run_dir / "explain"), args.topk,
                           args.data_root)
     except (ExplainError, *ERRORS) as error:

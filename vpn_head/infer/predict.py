@@ -34,14 +34,24 @@ from pipeline.cache.reader import open_cache
 from pipeline.crops.joints import clip_crop_joints
 from pipeline.datasets.registry import DatasetSpec, get_dataset
 from pipeline.features.extractor import (
-    FLOAT16_MAX, WeightsMismatchError, as_stored, clip_features, extractor_for, overflow_peaks,
+    FLOAT16_MAX,
+    WeightsMismatchError,
+    as_stored,
+    clip_features,
+    extractor_for,
+    overflow_peaks,
 )
 from pipeline.features.inputs import RawInputs, find_inputs
 from pipeline.features.sample import PreparedSample, SampleError, prepare_sample
 from pipeline.utils.fileio import atomic_write_csv, atomic_write_json
 from pipeline.utils.progress import show_progress
 from vpn_head.engine.checkpoints import (
-    CHECKPOINT_NAMES, FINETUNE, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint,
+    CHECKPOINT_NAMES,
+    FINETUNE,
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
 )
 from vpn_head.engine.metrics import video_scores
 from vpn_head.engine.scoring import score_clips
@@ -276,17 +286,34 @@ ERRORS = (CheckpointError, CacheError, WeightsMismatchError, FileNotFoundError, 
 """Expected failures of ``make predict`` / ``make explain``: one ``error:`` line, exit status 1."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpn_head.infer.predict", description=__doc__.split("\n\n")[0])
+def parse_command(prog: str, doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, Path]:
+    """Parse a ``make predict`` / ``make explain`` command line and set up logging.
+
+    Returns:
+        The arguments and the run folder they name.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     add_run_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_dir = run_folder(args)
+    return args, run_folder(args)
+
+
+def open_run(args: argparse.Namespace, run_dir: Path) -> Predictor:
+    """The predictor of the run a command line names (its checkpoint, cache config and I3D weights).
+
+    Raises:
+        ValueError: ``TOPK`` below 1; and the errors of ``load_predictor`` (``ERRORS``).
+    """
+    if args.topk < 1:
+        raise ValueError(f"TOPK must be >= 1, got {args.topk}")
+    return load_predictor(run_dir, args.checkpoint, args.cache_dir, args.i3d_weights, args.device, args.batch_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, run_dir = parse_command("python -m vpn_head.infer.predict", __doc__, argv)
     try:
-        if args.topk < 1:
-            raise ValueError(f"TOPK must be >= 1, got {args.topk}")
-        predictor = load_predictor(run_dir, args.checkpoint, args.cache_dir, args.i3d_weights, args.device,
-                                   args.batch_size)
+        predictor = open_run(args, run_dir)
         inputs = find_inputs(predictor.cache_config.dataset, args.input, args.skeleton, args.data_root)
         summary = predict_inputs(predictor, inputs, args.out or run_dir / "predict", args.topk)
     except ERRORS as error:

@@ -9,6 +9,7 @@ from torch import nn
 from pipeline.i3d.model import InceptionI3d
 from vpn_head.model.vpn import VPN, VPNOutput
 
+
 class FinetuneVPN(nn.Module):
     """I3D to Mixed_5c followed by the VPN head: ``(clips, poses) -> VPNOutput``.
 

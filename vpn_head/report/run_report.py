@@ -37,21 +37,31 @@ import pandas as pd
 import torch
 
 from pipeline.cache.reader import CacheError, open_cache
-from pipeline.video.crop import to_uint8_crops
-from pipeline.datasets.registry import get_dataset
-from pipeline.utils.fileio import atomic_write_text
-from pipeline.i3d.spec import CROP_SIZE
 from pipeline.datasets.manifest import read_manifest, resolve_data_root
+from pipeline.datasets.registry import get_dataset
+from pipeline.i3d.spec import CROP_SIZE
+from pipeline.utils.fileio import atomic_write_text
+from pipeline.video.crop import to_uint8_crops
 from pipeline.video.reader import DEFAULT_BACKEND, DEFAULT_FALLBACK, DecodeError, backends_for, read_clip
-from vpn_head.engine.checkpoints import (
-    CHECKPOINT_NAMES, FINETUNE, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint,
-)
 from vpn_head.data.clips import SPLITS, CachedClips, resolve_cache
-from vpn_head.eval.evaluate import evaluate_run
+from vpn_head.engine.checkpoints import (
+    CHECKPOINT_NAMES,
+    FINETUNE,
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from vpn_head.engine.config import run_folder
 from vpn_head.engine.metrics import per_class_accuracy
+from vpn_head.eval.evaluate import evaluate_run
 from vpn_head.report.figures import (
-    ReportError, new_figure, plot_attention, plot_per_class_accuracy, plot_training_curves, save_png,
+    ReportError,
+    new_figure,
+    plot_attention,
+    plot_per_class_accuracy,
+    plot_training_curves,
+    save_png,
 )
 from vpn_head.report.tsne import MIN_CLIPS, clip_embeddings, draw_tsne, embed_tsne
 

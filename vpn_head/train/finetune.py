@@ -45,23 +45,27 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.cache.reader import CacheError
 from pipeline.crops.store import PIXELS_CHOICES
-from pipeline.utils.fileio import atomic_write_json
 from pipeline.i3d.model import load_i3d
-from vpn_head.engine import loop as engine
+from pipeline.utils.fileio import atomic_write_json
 from vpn_head.data.augment import AugmentConfig
-from vpn_head.engine.checkpoints import (
-    CHECKPOINT_NAMES, FINETUNE, CheckpointError, head_from_checkpoint, load_checkpoint,
-)
-from vpn_head.engine.options import add_common_arguments, parse_args_with_config, reading_model
-from vpn_head.model.config import VARIANTS, VPNConfig
 from vpn_head.data.clips import resolve_cache, selection_split
+from vpn_head.data.pixels import PixelClips, StepSampler, sample_paths
+from vpn_head.data.splits import CARVED_VAL
+from vpn_head.engine import loop as engine
+from vpn_head.engine.checkpoints import (
+    CHECKPOINT_NAMES,
+    FINETUNE,
+    CheckpointError,
+    head_from_checkpoint,
+    load_checkpoint,
+)
 from vpn_head.engine.config import FinetuneConfig, accumulation_steps
+from vpn_head.engine.options import add_common_arguments, parse_args_with_config, reading_model
 from vpn_head.eval.finetune import PREFETCH, evaluate_finetuned, score_split
+from vpn_head.model.config import VARIANTS, VPNConfig
 from vpn_head.model.finetune_vpn import FinetuneVPN
 from vpn_head.model.vpn import VPN
-from vpn_head.data.pixels import PixelClips, StepSampler, sample_paths
 from vpn_head.runtime import DistContext, init_distributed, loss_scaler, make_loader, seed_everything
-from vpn_head.data.splits import CARVED_VAL
 
 log = logging.getLogger(__name__)
 

@@ -32,17 +32,17 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from pipeline.cache.reader import CacheError
+from vpn_head.data.clips import CachedClips, resolve_cache, selection_split
+from vpn_head.data.splits import CARVED_VAL
 from vpn_head.engine import loop as engine
 from vpn_head.engine.checkpoints import HEAD, CheckpointError
-from vpn_head.engine.options import add_common_arguments, parse_args_with_config, reading_model
-from vpn_head.model.config import EMBEDDING_LOSSES, VARIANTS, VPNConfig
-from vpn_head.data.clips import CachedClips, resolve_cache, selection_split
+from vpn_head.engine.config import OPTIMIZERS, TrainConfig
 from vpn_head.engine.metrics import summarise, video_scores
+from vpn_head.engine.options import add_common_arguments, parse_args_with_config, reading_model
+from vpn_head.engine.scoring import score_clips
+from vpn_head.model.config import EMBEDDING_LOSSES, VARIANTS, VPNConfig
 from vpn_head.model.vpn import VPN
 from vpn_head.runtime import loss_scaler, make_loader, resolve_device, seed_everything
-from vpn_head.engine.scoring import score_clips
-from vpn_head.data.splits import CARVED_VAL
-from vpn_head.engine.config import OPTIMIZERS, TrainConfig
 
 log = logging.getLogger(__name__)
 

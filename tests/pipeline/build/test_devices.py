@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.build import steps as cache_build
 from pipeline.build import devices
+from pipeline.build import steps as cache_build
 from pipeline.cache import layout
 from pipeline.cache.config import CacheConfig
 from tasks import cache as cache_tasks

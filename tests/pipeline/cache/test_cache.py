@@ -14,16 +14,15 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cache import reader as cache
+from pipeline.cache import failures, layout
 from pipeline.cache import format as cache_format
-from pipeline.cache import failures
-from pipeline.cache import layout
+from pipeline.cache import reader as cache
 from pipeline.cache.merge import merge_shards
+from pipeline.cache.provenance import make_attrs
 from pipeline.cache.writer import ShardWriter
 from pipeline.contracts import CACHE_ATTRS, CACHE_DATASETS, FAILURE_COLUMNS, FEATURE_SHAPE
-from pipeline.cache.provenance import make_attrs
 from tests.conftest import REPO
-from tests.helpers import J, T_P, Records, build_cache, make_records, write_shard
+from tests.helpers import T_P, J, Records, build_cache, make_records, write_shard
 
 CONFIG = {"dataset": "ntu60", "clip_frames": 64, "t_p": T_P, "data_root": Path("/data/ntu")}
 

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from pipeline.cache import reader as cache
-from pipeline.tools import verify_cache
-from pipeline.tools import inspect_cache
 from pipeline.cache.integrity import record_integrity
-from tests.conftest import REPO
+from pipeline.tools import inspect_cache, verify_cache
 from tasks import cache as cache_tasks
+from tests.conftest import REPO
 from tests.helpers import SMALL_MODEL, synthetic_dataset, tiny_config, write_tiny_cache
 from vpn_head.eval import evaluate
 from vpn_head.train import head as train

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import reader as cache
-from pipeline.tools import verify_cache
-from pipeline.build.lock import BuildLock
 from pipeline.build import extract
+from pipeline.build.lock import BuildLock
 from pipeline.cache import layout
-from pipeline.datasets import manifest
-from pipeline.cache.reader import CacheError, open_cache
-from pipeline.cache.writer import ShardWriter
+from pipeline.cache import reader as cache
 from pipeline.cache.failures import read_failures
 from pipeline.cache.integrity import check_integrity
 from pipeline.cache.provenance import make_attrs
+from pipeline.cache.reader import CacheError, open_cache
+from pipeline.cache.writer import ShardWriter
+from pipeline.datasets import manifest
+from pipeline.tools import verify_cache
 from tasks import cache as cache_tasks
 from tests.conftest import REPO
 from tests.helpers import synthetic_dataset, tiny_config, write_tiny_cache

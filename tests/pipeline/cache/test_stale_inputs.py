@@ -13,11 +13,11 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cache import reader as cache
-from pipeline.tools import verify_cache
 from pipeline.cache import input_stats
-from pipeline.datasets import manifest
+from pipeline.cache import reader as cache
 from pipeline.cache.config import CacheConfig
+from pipeline.datasets import manifest
+from pipeline.tools import verify_cache
 from tasks import cache as cache_tasks
 from tests.helpers import synthetic_dataset
 

@@ -7,17 +7,17 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.crops import joints as cj
 from pipeline.cache.reader import CacheError, open_cache
+from pipeline.crops import joints as cj
 from pipeline.datasets.registry import get_dataset
 from pipeline.synthetic.dataset import TRUTH_FILE
 from tasks import cache as cache_tasks
 from tests.helpers import SMALL_MODEL, synthetic_dataset, tiny_config, write_tiny_cache
+from vpn_head.data.clips import CachedClips, resolve_cache
 from vpn_head.eval import diagnostics as diag
+from vpn_head.eval.evaluate import evaluate_run
 from vpn_head.model.attention import joint_anchored_map
 from vpn_head.model.config import VPNConfig
-from vpn_head.data.clips import CachedClips, resolve_cache
-from vpn_head.eval.evaluate import evaluate_run
 from vpn_head.model.vpn import VPN
 from vpn_head.train.head import train
 

@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.cache import layout
+from pipeline.cache.failures import read_failures
+from pipeline.crops import store as crop_store
+from pipeline.crops import store_build
+from pipeline.datasets import manifest
 from pipeline.tools import verify_cache
 from pipeline.video import crop
 from pipeline.video import reader as video
-from pipeline.crops import store as crop_store
-from pipeline.crops import store_build
-from pipeline.cache import layout
-from pipeline.datasets import manifest
-from pipeline.cache.failures import read_failures
 from tasks import cache as cache_tasks
 from tasks import crops as crops_tasks
 from tests.conftest import REPO, shared_path

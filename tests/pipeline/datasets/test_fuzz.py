@@ -31,9 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.datasets import ntu
-from pipeline.datasets import nucla
-from pipeline.datasets import smarthome
+from pipeline.datasets import ntu, nucla, smarthome
 from pipeline.datasets.skeleton_io import SkeletonFormatError
 from tests.conftest import shared_path
 

@@ -14,12 +14,9 @@ import numpy as np
 import pytest
 
 from pipeline.build import extract
-from pipeline.datasets import manifest
-from pipeline.datasets import ntu
-from pipeline.datasets import nucla
-from pipeline.datasets import smarthome
 from pipeline.cache.config import CacheConfig
 from pipeline.contracts import PROBLEM_COLUMN
+from pipeline.datasets import manifest, ntu, nucla, smarthome
 from pipeline.datasets.skeleton_io import SkeletonFormatError, read_bounded
 from tests.conftest import shared_path
 

@@ -13,8 +13,8 @@ from pipeline.build import extract
 from pipeline.cache.config import CacheConfig
 from pipeline.contracts import PROBLEM_COLUMN
 from pipeline.datasets import manifest, nucla, smarthome
-from pipeline.datasets.registry import get_dataset
 from pipeline.datasets.files import real_path
+from pipeline.datasets.registry import get_dataset
 from tasks import cache as cache_tasks
 from tests.helpers import synthetic_dataset
 

@@ -18,10 +18,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.datasets import bounds as input_bounds
-from pipeline.datasets import manifest
-from pipeline.datasets import pose_pickle
 from pipeline.cache.failures import append_failures, read_failures, write_failures
+from pipeline.datasets import bounds as input_bounds
+from pipeline.datasets import manifest, pose_pickle
 from tasks import cache as cache_task
 from tests.conftest import REPO, shared_path
 from tests.helpers import tiny_config, write_tiny_cache

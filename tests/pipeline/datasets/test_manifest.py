@@ -8,8 +8,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from pipeline.datasets import manifest
 from pipeline.contracts import MANIFEST_COLUMNS, PROBLEM_COLUMN
+from pipeline.datasets import manifest
 from tests.conftest import shared_path
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.datasets import poses
 from pipeline.cache.config import CacheConfig
+from pipeline.datasets import poses
 from pipeline.datasets.registry import get_dataset
 from tests.conftest import shared_path
 

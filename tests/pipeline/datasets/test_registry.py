@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.datasets import manifest
-from pipeline.datasets import poses
-from pipeline.tools import export_pyskl as pyskl
-from pipeline.datasets.spec import DatasetSpec, SampleInfo, left_right_pairs
-from pipeline.datasets.registry import DATASETS, get_dataset, register
+from pipeline.datasets import manifest, poses
 from pipeline.datasets.files import SampleFiles, ScanReport, pair_files
+from pipeline.datasets.registry import DATASETS, get_dataset, register
 from pipeline.datasets.skeleton_io import SkeletonClip, SkeletonFormatError, pad_bodies
+from pipeline.datasets.spec import DatasetSpec, SampleInfo, left_right_pairs
+from pipeline.tools import export_pyskl as pyskl
 from vpn_head.data.splits import carve_validation, sample_subject
 
 # ---- a toy fifth dataset, complete in a few lines: ids ``s01_v1_a0``, a ``.mp4`` and a ``.txt`` skeleton each,

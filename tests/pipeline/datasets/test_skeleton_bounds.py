@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from pipeline.build import extract
-from pipeline.datasets import bounds as input_bounds
-from pipeline.datasets import manifest
-from pipeline.datasets import ntu
 from pipeline.cache.config import CacheConfig
+from pipeline.datasets import bounds as input_bounds
+from pipeline.datasets import manifest, ntu
 from pipeline.datasets.registry import get_dataset
 from pipeline.datasets.skeleton_io import SkeletonFormatError
 from tests.conftest import shared_path

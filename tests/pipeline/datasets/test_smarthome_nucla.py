@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.datasets import nucla
-from pipeline.datasets import smarthome
+from pipeline.datasets import nucla, smarthome
+from pipeline.datasets.ntu import SkeletonFormatError
 from pipeline.datasets.registry import get_dataset
 from pipeline.datasets.smarthome import SMARTHOME_CLASSES, SMARTHOME_CV_CLASSES
-from pipeline.datasets.ntu import SkeletonFormatError
 from tests.conftest import shared_path
 
 SPLIT_FILES = {

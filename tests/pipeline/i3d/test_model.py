@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import shared_path
-from tests.helpers import cricket_clip
 
 from pipeline.i3d import model as i3d
 from pipeline.i3d.model import I3DConfig, InceptionI3d, extract_features, load_i3d, tf_same_padding, weights_sha256
+from tests.conftest import shared_path
+from tests.helpers import cricket_clip
 
 RGB_SCRATCH_SHA256 = "8a4aa81da7d98b4ebc9063e74345705d63c05c0193320977138c715a4a8bbce2"
 CRICKET_TOP5 = ["playing cricket", "robot dancing", "pumping fist", "breakdancing", "hurling (sport)"]

@@ -8,11 +8,11 @@ import torch
 
 from pipeline import contracts
 from pipeline.build import steps as cache_build
-from pipeline.i3d import spec as i3d_spec
 from pipeline.cache import layout
-from pipeline.cache.reader import CacheError, open_cache
 from pipeline.cache.config import CacheConfig
+from pipeline.cache.reader import CacheError, open_cache
 from pipeline.features.extractor import PixelFeatures
+from pipeline.i3d import spec as i3d_spec
 from pipeline.utils.fileio import file_sha256
 from tests.helpers import SMALL_MODEL, synthetic_dataset
 from vpn_head.model.config import VPNConfig

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline.datasets import ntu
-from pipeline.synthetic import dataset as synthetic
 from pipeline.datasets.ntu import NTU_JOINTS
+from pipeline.synthetic import dataset as synthetic
 from pipeline.synthetic.dataset import SyntheticConfig
 
 SMALL = SyntheticConfig(n=24, seed=3, frame_size=(192, 108), min_frames=20, max_frames=40,

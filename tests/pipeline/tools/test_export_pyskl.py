@@ -9,15 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.features import sample
-from pipeline.datasets import manifest
-from pipeline.datasets import pose_pickle
-from pipeline.datasets import poses
-from pipeline.tools import export_pyskl as pyskl
-from pipeline.cache.merge import merge_shards
 from pipeline.cache.config import CacheConfig
-from pipeline.datasets.registry import get_dataset
+from pipeline.cache.merge import merge_shards
 from pipeline.cache.provenance import make_attrs
+from pipeline.datasets import manifest, pose_pickle, poses
+from pipeline.datasets.registry import get_dataset
+from pipeline.features import sample
+from pipeline.tools import export_pyskl as pyskl
 from tests.conftest import shared_path
 from tests.helpers import make_records, write_shard
 

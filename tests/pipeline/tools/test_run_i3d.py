@@ -17,7 +17,6 @@ from tests.conftest import REPO, shared_path
 from tests.helpers import cricket_clip
 
 
-
 def test_cli_features_round_trip(tmp_path, random_model: InceptionI3d) -> None:
     x = (np.random.default_rng(0).random((2, 3, 9, 224, 224), dtype=np.float32) * 2 - 1)
     np.save(tmp_path / "x.npy", x)

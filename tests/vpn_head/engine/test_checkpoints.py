@@ -9,8 +9,15 @@ import torch
 
 from pipeline.i3d.model import InceptionI3d
 from vpn_head.engine.checkpoints import (
-    CHECKPOINT_FORMAT, FINETUNE, HEAD, CheckpointError, checkpoint_path, load_checkpoint, model_from_checkpoint,
-    model_state, save_checkpoint,
+    CHECKPOINT_FORMAT,
+    FINETUNE,
+    HEAD,
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+    model_state,
+    save_checkpoint,
 )
 from vpn_head.model.config import VPNConfig
 from vpn_head.model.finetune_vpn import FinetuneVPN

@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from vpn_head.train import finetune
-from vpn_head.train import head as train
+from tests.helpers import tiny_config, write_tiny_cache
 from vpn_head.data.augment import AugmentConfig
 from vpn_head.eval.evaluate import load_checkpoint
-from tests.helpers import tiny_config, write_tiny_cache
+from vpn_head.train import finetune
+from vpn_head.train import head as train
 
 
 @pytest.fixture(scope="module")

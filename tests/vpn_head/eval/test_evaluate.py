@@ -12,13 +12,13 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.metrics import confusion_matrix as sklearn_confusion
 
-from pipeline.datasets.registry import get_dataset
 from pipeline.datasets.nucla import parse_sample_name
+from pipeline.datasets.registry import get_dataset
 from tests.helpers import tiny_sample_id, write_tiny_cache
-from vpn_head.model.config import VPNConfig
 from vpn_head.engine.checkpoints import HEAD, CheckpointError, save_checkpoint
-from vpn_head.eval.evaluate import evaluate_run, main
 from vpn_head.engine.metrics import confusion_matrix, max_pool_scores, mean_class_accuracy, top1_accuracy, video_scores
+from vpn_head.eval.evaluate import evaluate_run, main
+from vpn_head.model.config import VPNConfig
 from vpn_head.model.vpn import VPN
 from vpn_head.train.head import TrainConfig
 

@@ -14,19 +14,18 @@ from pipeline.datasets.ntu import format_sample_id, parse_sample_id
 from pipeline.synthetic.dataset import TRUTH_FILE, SyntheticConfig, active_hand, generate, plan_samples
 from pipeline.synthetic.motion import TEMPLATE, TEMPLATE_LEFT_ACTIVE, body_motion
 from tests.helpers import SMALL_MODEL, tiny_head_config, tiny_inputs, write_tiny_cache
-from vpn_head.eval import diagnostics as diag
-from vpn_head.model.config import PAPER_READING, VPNConfig
-from vpn_head.engine.checkpoints import HEAD, save_checkpoint
 from vpn_head.data.clips import CachedClips
+from vpn_head.data.splits import CARVED_VAL, carve_validation, held_out_subjects, sample_subject
+from vpn_head.engine.checkpoints import HEAD, save_checkpoint
 from vpn_head.engine.loop import relative_gradients
+from vpn_head.engine.scoring import score_clips
+from vpn_head.eval import diagnostics as diag
 from vpn_head.eval.evaluate import evaluate_run
+from vpn_head.model.config import PAPER_READING, VPNConfig
 from vpn_head.model.losses import contrastive_loss, embedding_loss
 from vpn_head.model.vpn import VPN, VPNOutput
 from vpn_head.runtime import make_loader
-from vpn_head.engine.scoring import score_clips
-from vpn_head.data.splits import CARVED_VAL, carve_validation, held_out_subjects, sample_subject
 from vpn_head.train.head import GRAD_GROUPS, TrainConfig
-
 
 # ---------------------------------------------------------------- validation carved by subject
 

@@ -9,12 +9,17 @@ import pytest
 import torch
 
 from vpn_head.model.config import OFFICIAL_READING, PAPER_READING, READINGS, VPNConfig
-from vpn_head.model.losses import (attention_regulariser, attention_regulariser_batch_sum, embedding_loss,
-                                   vpn_loss)
-from vpn_head.model.pose_backbone import (OFFICIAL_NTU_EXTRINSIC, GCNBackbone, PoseEncoder, config_adjacency,
-                                          filter_bank_convolution, normalised_adjacency, official_adjacency)
+from vpn_head.model.losses import attention_regulariser, attention_regulariser_batch_sum, embedding_loss, vpn_loss
+from vpn_head.model.pose_backbone import (
+    OFFICIAL_NTU_EXTRINSIC,
+    GCNBackbone,
+    PoseEncoder,
+    config_adjacency,
+    filter_bank_convolution,
+    normalised_adjacency,
+    official_adjacency,
+)
 from vpn_head.model.vpn import VPN
-
 
 C = 64
 """Feature channels of the test heads (Mixed_5c has 1024; fewer keep the authors' dense video embedding small)."""

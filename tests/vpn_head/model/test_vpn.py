@@ -13,9 +13,8 @@ from tests.helpers import CHAIN, tiny_head_config, tiny_inputs
 from vpn_head.model.attention import apply_attention, couple, resize_spatial_attention
 from vpn_head.model.config import VPNConfig
 from vpn_head.model.losses import attention_regulariser, embedding_loss, vpn_loss
-from vpn_head.model.vpn import VPN, VPNOutput
 from vpn_head.model.pose_backbone import build_adjacency, graph_convolution, normalised_adjacency
-
+from vpn_head.model.vpn import VPN, VPNOutput
 
 # ---------------------------------------------------------------- pose backbone (eq. 1)
 

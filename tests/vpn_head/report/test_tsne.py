@@ -10,9 +10,9 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from tests.helpers import SMALL_MODEL, tiny_config, write_tiny_cache
+from vpn_head.data.clips import CachedClips
 from vpn_head.engine.checkpoints import load_checkpoint, model_from_checkpoint
 from vpn_head.model.config import VPNConfig
-from vpn_head.data.clips import CachedClips
 from vpn_head.model.vpn import VPN
 from vpn_head.report.run_report import main, make_report
 from vpn_head.report.tsne import NoEmbeddingError, class_colours, clip_embeddings, draw_tsne, embed_tsne

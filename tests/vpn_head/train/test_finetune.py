@@ -18,27 +18,33 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from pipeline.video import crop
-from pipeline.datasets import manifest
 from pipeline.cache.reader import CacheError, open_cache
+from pipeline.datasets import manifest
 from pipeline.datasets.registry import DATASETS, get_dataset
+from pipeline.video import crop
 from tasks import cache as cache_tasks
 from tests.conftest import REPO
 from tests.helpers import synthetic_dataset
-from vpn_head.engine import loop as engine
-from vpn_head.train import finetune as ft
 from vpn_head.data.augment import (
-    AugmentConfig, clip_indices, crop_keep_aspect, flip_clip, flip_permutation, flip_poses, jitter_box,
+    AugmentConfig,
+    clip_indices,
+    crop_keep_aspect,
+    flip_clip,
+    flip_permutation,
+    flip_poses,
+    jitter_box,
 )
-from vpn_head.engine.checkpoints import HEAD, CheckpointError, save_checkpoint
-from vpn_head.model.config import VPNConfig
 from vpn_head.data.clips import resolve_cache
-from vpn_head.engine.loop import RunConfigError
+from vpn_head.data.pixels import PixelClips, StepSampler, sample_paths
+from vpn_head.engine import loop as engine
+from vpn_head.engine.checkpoints import HEAD, CheckpointError, save_checkpoint
 from vpn_head.engine.config import FinetuneConfig, accumulation_steps
+from vpn_head.engine.loop import RunConfigError
+from vpn_head.model.config import VPNConfig
 from vpn_head.model.losses import vpn_loss
 from vpn_head.model.vpn import VPN
-from vpn_head.data.pixels import PixelClips, StepSampler, sample_paths
 from vpn_head.runtime import DistContext
+from vpn_head.train import finetune as ft
 
 TINY_HEAD = {"embed_dim": 16, "attention_hidden": 16, "gcn_channels": 8, "dropout": 0.0}
 NO_AUGMENT = AugmentConfig(flip_prob=0.0, temporal_jitter=False, box_scale=0.0, box_shift=0.0)

@@ -12,11 +12,11 @@ import torch
 from pipeline.cache.reader import CacheError
 from pipeline.datasets.registry import get_dataset, protocol_label
 from tests.helpers import tiny_config, tiny_sample_id, write_tiny_cache
-from vpn_head.experiments.ablate import ABLATIONS, ablate
 from vpn_head.data.clips import CachedClips, EmptySplitError, resolve_cache, video_groups
 from vpn_head.engine import loop as engine
 from vpn_head.engine.checkpoints import CheckpointError, load_checkpoint
 from vpn_head.engine.loop import RunConfigError
+from vpn_head.experiments.ablate import ABLATIONS, ablate
 from vpn_head.train.head import LOG_COLUMNS, TrainConfig, main, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

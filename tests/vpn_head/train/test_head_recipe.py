@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from tests.helpers import SMALL_MODEL, tiny_config, write_tiny_cache
-from vpn_head.eval import diagnostics as diag
-from vpn_head.model.config import VPNConfig
+from vpn_head.data.splits import CARVED_VAL
 from vpn_head.engine.loop import relative_gradients
-from vpn_head.model.vpn import VPN, PooledNorm
+from vpn_head.eval import diagnostics as diag
 from vpn_head.eval.probe import main as probe_main
 from vpn_head.eval.probe import run_probe
-from vpn_head.data.splits import CARVED_VAL
+from vpn_head.model.config import VPNConfig
+from vpn_head.model.vpn import VPN, PooledNorm
 from vpn_head.train.head import TrainConfig, make_optimizer, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
