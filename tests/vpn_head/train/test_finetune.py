@@ -410,7 +410,9 @@ def test_two_gloo_processes_reach_the_weights_of_one(data, tmp_path):
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           *_cli(data, tmp_path, "ddp")], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    # a failing rank's own words (an abort's "terminate called ..." line) come before torchrun's summary: keep both
+    cause = [line for line in ddp.stderr.splitlines() if "rank1" in line or "terminate" in line or "Error" in line]
+    assert ddp.returncode == 0, "\n".join(cause[-20:]) + "\n" + ddp.stderr[-1500:]
     log_rows = (tmp_path / "ddp" / "train_log.csv").read_text().splitlines()
     assert log_rows[1].split(",")[-2:] == ["2", "2"]  # world_size, accum_steps
     a, b = _states(tmp_path / "single"), _states(tmp_path / "ddp")
