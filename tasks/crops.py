@@ -31,7 +31,6 @@ from pipeline.crops import store as crop_store
 from pipeline.crops import store_build
 from pipeline.datasets.manifest import resolve_data_root
 from pipeline.datasets.registry import get_dataset
-from pipeline.defaults import DEFAULT_BOX_SCALE, DEFAULT_BOX_SHIFT, DEFAULT_SHARD_SIZE
 from pipeline.utils.fileio import atomic_write_json, file_sha256
 
 log = logging.getLogger("tasks.crops")
@@ -104,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default=defaults.backend, choices=("opencv", "pyav", "decord"))
     parser.add_argument("--store-size", type=int, default=defaults.size,
                         help="short side of a video's whole person box in the store, px")
-    parser.add_argument("--margin-scale", type=float, default=DEFAULT_BOX_SCALE,
+    parser.add_argument("--margin-scale", type=float, default=defaults.margin_scale,
                         help="box jitter scale the store must hold (the fine-tune's BOX_SCALE)")
-    parser.add_argument("--margin-shift", type=float, default=DEFAULT_BOX_SHIFT,
+    parser.add_argument("--margin-shift", type=float, default=defaults.margin_shift,
                         help="box jitter shift the store must hold (the fine-tune's BOX_SHIFT)")
     parser.add_argument("--crf", type=int, default=defaults.crf, help="libx264 constant rate factor")
     parser.add_argument("--preset", default=defaults.preset, help="libx264 preset")
     parser.add_argument("--tune", default=defaults.tune, help="libx264 tune (\"\": none)")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
+    parser.add_argument("--shard-size", type=int, default=defaults.shard_size)
     parser.add_argument("--workers", type=int, default=1, help="Luigi worker processes (shards in parallel)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vpn_head.eval.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--protocol", required=True)
-    parser.add_argument("--cache-dir", dest="cache", default="cache", help="cache root, cache directory or cache.h5")
+    parser.add_argument("--cache-dir", dest="cache", default=TrainerConfig.cache, help="cache root, cache directory or cache.h5")
     parser.add_argument("--seed", type=int, default=0, help="chooses the carved validation subjects")
     parser.add_argument("--eval-split", default="auto", choices=("auto", "val", CARVED_VAL))
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
